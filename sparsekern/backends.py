@@ -1,0 +1,122 @@
+"""Backend registry: which implementation of the kernels runs for a tensor.
+
+Names: ``torch`` (pure-PyTorch reference), ``cpu`` and ``cuda`` (the compiled
+extension), ``triton``; ``auto`` picks the fastest available one for the
+tensor's device. Choose with ``use_backend(name)`` or ``SPARSEKERN_BACKEND``.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import threading
+from types import ModuleType
+
+import torch
+
+from sparsekern import _extension
+
+NAMES = ("torch", "cpu", "cuda", "triton")
+_MODULES = {
+    "torch": "sparsekern.reference",
+    "cpu": "sparsekern.compiled",
+    "cuda": "sparsekern.compiled",
+    "triton": "sparsekern.triton.backend",
+}
+_state = threading.local()
+
+
+def _check_name(name: str, where: str) -> str:
+    if name not in NAMES + ("auto",):
+        raise ValueError(f"{where}: unknown backend {name!r}; expected one of {', '.join(NAMES + ('auto',))}")
+    return name
+
+
+def _default() -> str:
+    return _check_name(os.environ.get("SPARSEKERN_BACKEND", "auto").strip() or "auto", "SPARSEKERN_BACKEND")
+
+
+def current_backend() -> str:
+    """The selected backend name (may be ``auto``)."""
+    return getattr(_state, "name", None) or _default()
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def is_available(name: str) -> bool:
+    _check_name(name, "is_available")
+    if name in ("torch", "auto"):
+        return True
+    if name == "cpu":
+        return _extension.compiled_has("CPU")
+    if name == "cuda":
+        return torch.cuda.is_available() and _extension.compiled_has("CUDA")
+    return _triton_importable() and (torch.cuda.is_available() or triton_interpreted())
+
+
+def available_backends() -> list[str]:
+    """Backends usable in this process, in the order ``auto`` prefers them."""
+    return [n for n in ("cuda", "triton", "cpu", "torch") if is_available(n)]
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the ops inside the ``with`` block on backend ``name``."""
+    _check_name(name, "use_backend")
+    if not is_available(name):
+        raise ValueError(f"use_backend: backend {name!r} is not available here (available: {available_backends()})")
+    previous = getattr(_state, "name", None)
+    _state.name = name
+    try:
+        yield name
+    finally:
+        _state.name = previous
+
+
+def _supports(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """None if backend `name` can run on (device, dtype), else the reason it cannot."""
+    if name == "torch":
+        return None
+    if name == "cpu":
+        return None if device.type == "cpu" else f"it runs on CPU tensors, got {device.type}"
+    if dtype == torch.float64:
+        return "it supports float32/float16/bfloat16, got float64 (use 'torch' or 'cpu')"
+    if name == "cuda":
+        return None if device.type == "cuda" else f"it runs on CUDA tensors, got {device.type}"
+    if device.type == "cuda" or (device.type == "cpu" and triton_interpreted()):
+        return None
+    return f"it runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device.type}"
+
+
+def resolve_name(device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """The concrete backend that runs for a tensor on `device` with `dtype`."""
+    name = current_backend()
+    if name == "auto":
+        for candidate in available_backends():
+            if _supports(candidate, device, dtype) is None and (candidate != "triton" or device.type == "cuda"):
+                return candidate
+        return "torch"
+    why = _supports(name, device, dtype)
+    if why is not None:
+        raise ValueError(f"backend {name!r} cannot run this op: {why}")
+    if not is_available(name):
+        raise ValueError(f"backend {name!r} (from SPARSEKERN_BACKEND) is not available here (available: {available_backends()})")
+    return name
+
+
+def module(name: str) -> ModuleType:
+    return importlib.import_module(_MODULES[name])
+
+
+def resolve(device: torch.device, dtype: torch.dtype = torch.float32) -> ModuleType:
+    return module(resolve_name(device, dtype))
