@@ -13,7 +13,23 @@ from sparsekern.ops import (
 
 __version__ = "0.1.0"
 
-__all__ = [
+# The model layer is imported on first use, so `import sparsekern` stays light.
+_PRUNING = ("GMP", "TargetSparsity", "finalize", "format_report", "global_sparsity", "param_groups",
+            "regularization", "sparse_modules", "sparsify", "sparsity_report")
+_SUBMODULES = ("nn", "pruning", "reference", "backends", "ops", "selftest")
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _PRUNING:
+        return getattr(importlib.import_module("sparsekern.pruning"), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"sparsekern.{name}")
+    raise AttributeError(f"module 'sparsekern' has no attribute {name!r}")
+
+
+__all__ = list(_PRUNING) + [
     "available_backends",
     "current_backend",
     "gated_activation",

@@ -1,0 +1,218 @@
+// CUDA implementations of the sparsekern_C ops (schemas in csrc/ops.cpp): the torch
+// side only. Each op checks dtypes, allocates outputs, launches one kernel from
+// csrc/cuda/*_kernels.cu on the current stream and, for group gradients, sums the
+// kernel's fixed-shape partial buffer (deterministic: no atomics anywhere).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "launch.h"
+
+namespace sparsekern {
+namespace cuda {
+namespace {
+
+using at::Tensor;
+
+DType dtype_of(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), "sparsekern cuda kernels: ", name, " must be a CUDA tensor, got ", t.device());
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kFloat;
+    case at::kHalf: return DType::kHalf;
+    case at::kBFloat16: return DType::kBFloat16;
+    default:
+      TORCH_CHECK_TYPE(false, "sparsekern cuda kernels: ", name, " must be float32, float16 or bfloat16, got ",
+                       t.scalar_type());
+  }
+}
+
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+HcCall hc_call(int64_t seed, int64_t offset, double beta, double gamma, double zeta) {
+  return {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), beta, gamma, zeta};
+}
+
+// The upstream gradient in the dtype of the output it belongs to, contiguous.
+Tensor grad_like(const Tensor& grad, const Tensor& like) { return grad.to(like.scalar_type()).contiguous(); }
+
+Tensor f32_empty(const Tensor& like) { return at::empty(like.sizes(), like.options().dtype(at::kFloat)); }
+
+Tensor row_partial(const Tensor& x, int64_t rows, int64_t inner) {
+  return at::empty({rows, inner > 0 ? row_col_tiles(inner) : 0}, x.options().dtype(at::kFloat));
+}
+
+int64_t groups(const Tensor& x, const Tensor& param) { return param.numel() == 1 ? 1 : x.size(0); }
+
+int64_t inner_of(const Tensor& x, int64_t rows) { return rows > 0 ? x.numel() / rows : 0; }
+
+// ---------------------------------------------------------------- soft threshold
+Tensor soft_threshold(const Tensor& weight_in, const Tensor& s_in) {
+  const c10::cuda::CUDAGuard guard(weight_in.device());
+  const Tensor weight = weight_in.contiguous(), s = s_in.contiguous();
+  Tensor out = at::empty(weight.sizes(), weight.options());
+  const int64_t rows = groups(weight, s);
+  soft_threshold_rows(dtype_of(weight, "weight"), dtype_of(s, "s"), weight.data_ptr(), s.data_ptr(), nullptr,
+                      out.data_ptr(), nullptr, rows, inner_of(weight, rows), stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+std::tuple<Tensor, Tensor> soft_threshold_backward(const Tensor& grad_in, const Tensor& weight_in,
+                                                   const Tensor& s_in) {
+  const c10::cuda::CUDAGuard guard(weight_in.device());
+  const Tensor weight = weight_in.contiguous(), s = s_in.contiguous(), grad = grad_like(grad_in, weight);
+  Tensor grad_w = at::empty(weight.sizes(), weight.options());
+  const int64_t rows = groups(weight, s), inner = inner_of(weight, rows);
+  Tensor partial = row_partial(weight, rows, inner);
+  soft_threshold_rows(dtype_of(weight, "weight"), dtype_of(s, "s"), weight.data_ptr(), s.data_ptr(),
+                      grad.data_ptr(), grad_w.data_ptr(), partial.data_ptr<float>(), rows, inner, stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {grad_w, partial.sum(1).reshape(s.sizes())};
+}
+
+// ---------------------------------------------------------------- hard-concrete gates
+Tensor gates(const Tensor* grad_in, const Tensor& la_in, const HcCall& hc, bool eval_gate) {
+  const c10::cuda::CUDAGuard guard(la_in.device());
+  const Tensor la = la_in.contiguous();
+  const Tensor grad = grad_in ? grad_like(*grad_in, la) : Tensor();
+  Tensor out = grad_in ? f32_empty(la) : at::empty(la.sizes(), la.options());
+  hard_concrete(dtype_of(la, "log_alpha"), la.data_ptr(), grad_in ? grad.data_ptr() : nullptr, out.data_ptr(),
+                la.numel(), hc, eval_gate, stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+Tensor hard_concrete_fwd(const Tensor& la, int64_t seed, int64_t offset, double beta, double gamma, double zeta) {
+  return gates(nullptr, la, hc_call(seed, offset, beta, gamma, zeta), false);
+}
+
+Tensor hard_concrete_bwd(const Tensor& grad, const Tensor& la, int64_t seed, int64_t offset, double beta,
+                         double gamma, double zeta) {
+  return gates(&grad, la, hc_call(seed, offset, beta, gamma, zeta), false);
+}
+
+Tensor hard_concrete_eval_fwd(const Tensor& la, double gamma, double zeta) {
+  return gates(nullptr, la, hc_call(0, 0, 1.0, gamma, zeta), true);
+}
+
+Tensor hard_concrete_eval_bwd(const Tensor& grad, const Tensor& la, double gamma, double zeta) {
+  return gates(&grad, la, hc_call(0, 0, 1.0, gamma, zeta), true);
+}
+
+// ---------------------------------------------------------------- expected L0
+Tensor l0_norm_fwd(const Tensor& la_in, double beta, double gamma, double zeta) {
+  const c10::cuda::CUDAGuard guard(la_in.device());
+  const Tensor la = la_in.contiguous();
+  const int64_t n = la.numel();
+  Tensor partial = at::empty({(n + l0_block_size() - 1) / l0_block_size()}, la.options().dtype(at::kFloat));
+  l0_partial(dtype_of(la, "log_alpha"), la.data_ptr(), partial.data_ptr<float>(), n,
+             hc_call(0, 0, beta, gamma, zeta), stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return partial.sum().to(la.scalar_type());
+}
+
+Tensor l0_norm_bwd(const Tensor& grad_in, const Tensor& la_in, double beta, double gamma, double zeta) {
+  const c10::cuda::CUDAGuard guard(la_in.device());
+  const Tensor la = la_in.contiguous(), grad = grad_in.contiguous();
+  TORCH_CHECK(grad.numel() == 1, "sparsekern l0_norm_backward: grad must have one element, got ", grad.sizes());
+  Tensor out = f32_empty(la);
+  l0_backward(dtype_of(la, "log_alpha"), dtype_of(grad, "grad"), la.data_ptr(), grad.data_ptr(),
+              out.data_ptr<float>(), la.numel(), hc_call(0, 0, beta, gamma, zeta), stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+// ---------------------------------------------------------------- gated weight / activation
+// One call for forward (grad_in == nullptr) and backward: (out or grad_w, grad_la or undefined).
+std::tuple<Tensor, Tensor> gated_weight_impl(const Tensor* grad_in, const Tensor& w_in, const Tensor& la_in,
+                                             const HcCall& hc) {
+  const c10::cuda::CUDAGuard guard(w_in.device());
+  const Tensor w = w_in.contiguous(), la = la_in.contiguous();
+  const Tensor grad = grad_in ? grad_like(*grad_in, w) : Tensor();
+  const void* grad_ptr = grad_in ? grad.data_ptr() : nullptr;
+  const DType wt = dtype_of(w, "weight"), lt = dtype_of(la, "log_alpha");
+  Tensor out = at::empty(w.sizes(), w.options());
+  Tensor grad_la;
+  if (la.numel() == w.numel()) {
+    if (grad_in) grad_la = f32_empty(la);
+    gated_weight_full(wt, lt, w.data_ptr(), la.data_ptr(), grad_ptr, out.data_ptr(),
+                      grad_in ? grad_la.data_ptr<float>() : nullptr, w.numel(), hc, stream());
+  } else {
+    const int64_t rows = la.numel(), inner = inner_of(w, rows);
+    Tensor partial = grad_in ? row_partial(w, rows, inner) : Tensor();
+    gated_rows(wt, lt, w.data_ptr(), la.data_ptr(), grad_ptr, out.data_ptr(),
+               grad_in ? partial.data_ptr<float>() : nullptr, rows, inner, rows, hc, stream());
+    if (grad_in) grad_la = partial.sum(1).reshape(la.sizes());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {out, grad_la};
+}
+
+Tensor gated_weight_fwd(const Tensor& w, const Tensor& la, int64_t seed, int64_t offset, double beta, double gamma,
+                        double zeta) {
+  return std::get<0>(gated_weight_impl(nullptr, w, la, hc_call(seed, offset, beta, gamma, zeta)));
+}
+
+std::tuple<Tensor, Tensor> gated_weight_bwd(const Tensor& grad, const Tensor& w, const Tensor& la, int64_t seed,
+                                            int64_t offset, double beta, double gamma, double zeta) {
+  return gated_weight_impl(&grad, w, la, hc_call(seed, offset, beta, gamma, zeta));
+}
+
+std::tuple<Tensor, Tensor> gated_activation_impl(const Tensor* grad_in, const Tensor& x_in, const Tensor& la_in,
+                                                 const HcCall& hc) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  TORCH_CHECK(x_in.dim() >= 2, "sparsekern gated_activation: x must be [B, C, ...], got ", x_in.sizes());
+  const Tensor x = x_in.contiguous(), la = la_in.contiguous();
+  const Tensor grad = grad_in ? grad_like(*grad_in, x) : Tensor();
+  const int64_t batch = x.size(0), channels = x.size(1), rows = batch * channels, inner = inner_of(x, rows);
+  Tensor out = at::empty(x.sizes(), x.options());
+  Tensor partial = grad_in ? row_partial(x, rows, inner) : Tensor();
+  gated_rows(dtype_of(x, "x"), dtype_of(la, "log_alpha"), x.data_ptr(), la.data_ptr(),
+             grad_in ? grad.data_ptr() : nullptr, out.data_ptr(), grad_in ? partial.data_ptr<float>() : nullptr,
+             rows, inner, channels, hc, stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (!grad_in) return {out, Tensor()};
+  return {out, partial.sum(1).reshape({batch, channels}).sum(0).reshape(la.sizes())};
+}
+
+Tensor gated_activation_fwd(const Tensor& x, const Tensor& la, int64_t seed, int64_t offset, double beta,
+                            double gamma, double zeta) {
+  return std::get<0>(gated_activation_impl(nullptr, x, la, hc_call(seed, offset, beta, gamma, zeta)));
+}
+
+std::tuple<Tensor, Tensor> gated_activation_bwd(const Tensor& grad, const Tensor& x, const Tensor& la, int64_t seed,
+                                                int64_t offset, double beta, double gamma, double zeta) {
+  return gated_activation_impl(&grad, x, la, hc_call(seed, offset, beta, gamma, zeta));
+}
+
+// ---------------------------------------------------------------- the random stream
+void uniform_out(Tensor out, int64_t seed, int64_t offset) {
+  const c10::cuda::CUDAGuard guard(out.device());
+  TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kFloat && out.is_contiguous(),
+              "sparsekern uniform: out must be a contiguous float32 CUDA tensor");
+  uniform(out.data_ptr<float>(), out.numel(), static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace sparsekern
+
+TORCH_LIBRARY_IMPL(sparsekern_C, CUDA, m) {
+  namespace k = sparsekern::cuda;
+  m.impl("soft_threshold", &k::soft_threshold);
+  m.impl("soft_threshold_backward", &k::soft_threshold_backward);
+  m.impl("hard_concrete", &k::hard_concrete_fwd);
+  m.impl("hard_concrete_backward", &k::hard_concrete_bwd);
+  m.impl("hard_concrete_eval", &k::hard_concrete_eval_fwd);
+  m.impl("hard_concrete_eval_backward", &k::hard_concrete_eval_bwd);
+  m.impl("l0_norm", &k::l0_norm_fwd);
+  m.impl("l0_norm_backward", &k::l0_norm_bwd);
+  m.impl("gated_weight", &k::gated_weight_fwd);
+  m.impl("gated_weight_backward", &k::gated_weight_bwd);
+  m.impl("gated_activation", &k::gated_activation_fwd);
+  m.impl("gated_activation_backward", &k::gated_activation_bwd);
+  m.impl("uniform", &k::uniform_out);
+}

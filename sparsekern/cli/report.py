@@ -1,0 +1,77 @@
+"""`sparsekern report RUN_DIR`: the per-layer sparsity table and PNG plots of a finished run."""
+from __future__ import annotations
+
+import os
+
+from sparsekern.cli.common import CLIError, format_table, read_history, read_json, require_run_dir, say
+
+BUDGET_PNG = "sparsity_budget.png"
+CURVES_PNG = "curves.png"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("run_dir", help="a run directory written by `sparsekern prune`")
+
+
+def sparsity_table(summary: dict) -> str:
+    rows = []
+    for r in summary["layers"]:
+        rows.append([r["name"] + ("" if r.get("sparsified", True) else " (dense)"), r["params"], r["nonzero"],
+                     f"{r['sparsity']:.2%}", r["dense_flops"], r["flops"]])
+    params = sum(r["params"] for r in summary["layers"])
+    nonzero = sum(r["nonzero"] for r in summary["layers"])
+    rows.append(["total", params, nonzero, f"{1 - nonzero / max(params, 1):.2%}",
+                 summary["dense_flops"], summary["flops"]])
+    table = format_table(["layer", "weights", "nonzero", "sparsity", "dense FLOPs", "FLOPs"], rows)
+    return (f"{table}\n\nmethod {summary['method']}, model {summary['model']}, data {summary['data']}: "
+            f"test accuracy {summary['accuracy']:.4f}, sparsity of sparsified layers {summary['sparsity']:.4f}, "
+            f"FLOPs {summary['flops'] / max(summary['dense_flops'], 1):.2%} of dense")
+
+
+def plot(run_dir: str, summary: dict, history: list[dict]) -> list[str]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise CLIError("plots need matplotlib (pip install matplotlib)") from e
+    layers = summary["layers"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(layers) + 2), 4))
+    ax.bar(range(len(layers)), [100 * r["sparsity"] for r in layers], color="tab:blue")
+    ax.set_xticks(range(len(layers)), [r["name"] for r in layers], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("sparsity (% zero weights)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"per-layer sparsity budget ({summary['method']}, {summary['model']})")
+    fig.tight_layout()
+    budget = os.path.join(run_dir, BUDGET_PNG)
+    fig.savefig(budget, dpi=100)
+    plt.close(fig)
+
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [100 * r["test_acc"] for r in history], "o-", color="tab:green", label="test accuracy")
+    ax.plot(epochs, [100 * r["train_acc"] for r in history], ".--", color="tab:olive", label="train accuracy")
+    ax.plot(epochs, [100 * r["sparsity"] for r in history], "s-", color="tab:red", label="sparsity")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="lower right")
+    ax.set_title("accuracy and sparsity over training")
+    fig.tight_layout()
+    curves = os.path.join(run_dir, CURVES_PNG)
+    fig.savefig(curves, dpi=100)
+    plt.close(fig)
+    return [budget, curves]
+
+
+def run(args) -> int:
+    run_dir = require_run_dir(args.run_dir)
+    summary = read_json(run_dir, "summary.json")
+    history = read_history(run_dir)
+    missing = {"layers", "accuracy", "sparsity", "flops", "dense_flops", "method", "model", "data"} - summary.keys()
+    if missing:
+        raise CLIError(f"{os.path.join(run_dir, 'summary.json')!r} lacks {', '.join(sorted(missing))}")
+    say(sparsity_table(summary))
+    for path in plot(run_dir, summary, history):
+        say(f"wrote {path}")
+    return 0

@@ -1,0 +1,37 @@
+"""Model zoo for the pruning pipeline: ``build_model(name, num_classes, in_channels, image_size)``.
+
+Built in: ``lenet300`` (LeNet-300-100), ``lenet5`` (LeNet-5-Caffe), ``vgg16``,
+``resnet20``, ``resnet56`` (CIFAR-style, any input >= 4x4, e.g. 1x8x8 digits or
+3x32x32 CIFAR); any other name is looked up in torchvision when it is installed.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from sparsekern.models.flops import layer_flops
+from sparsekern.models.lenet import lenet5, lenet300
+from sparsekern.models.resnet import resnet20, resnet56
+from sparsekern.models.tv import torchvision_model
+from sparsekern.models.vgg import vgg16
+
+MODELS = {"lenet300": lenet300, "lenet5": lenet5, "vgg16": vgg16, "resnet20": resnet20, "resnet56": resnet56}
+
+
+def build_model(name: str, num_classes: int, in_channels: int, image_size) -> nn.Module:
+    """A freshly initialised classifier for inputs [N, in_channels, *image_size]."""
+    if not isinstance(name, str):
+        raise TypeError(f"build_model: name must be a str, got {type(name).__name__}")
+    for arg, v in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"build_model: {arg} must be a positive int, got {v!r}")
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or any(not isinstance(s, int) or s < 1 for s in size):
+        raise ValueError(f"build_model: image_size must be an int or (H, W) of positive ints, got {image_size!r}")
+    if name in MODELS:
+        if name != "lenet300" and min(size) < 4:
+            raise ValueError(f"build_model: {name} needs images of at least 4x4, got {size}")
+        return MODELS[name](num_classes, in_channels, size)
+    return torchvision_model(name, num_classes, in_channels)
+
+
+__all__ = ["MODELS", "build_model", "layer_flops"]

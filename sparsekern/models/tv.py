@@ -1,0 +1,30 @@
+"""Any torchvision classification model by name (torchvision is optional)."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    try:
+        import torchvision.models as tvm
+    except ImportError as e:
+        raise ValueError(
+            f"model {name!r} is not built in and torchvision, which provides it, is not installed "
+            "(pip install torchvision)") from e
+    known = set(tvm.list_models(module=tvm))
+    if name not in known:
+        raise ValueError(f"model {name!r}: unknown (not built in, not a torchvision classification model)")
+    model = tvm.get_model(name, weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        _replace_first_conv(model, in_channels)
+    return model
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(parent, child_name, nn.Conv2d(
+                    in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                    child.dilation, child.groups, child.bias is not None))
+                return

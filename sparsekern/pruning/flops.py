@@ -1,0 +1,74 @@
+"""Dense FLOPs of every Linear/Conv2d, measured with forward hooks on a real forward.
+
+FLOPs here are multiply-accumulates per example (the STR paper's convention): a layer
+producing ``out`` values per example, each a dot product of ``weight.numel() / out_channels``
+terms (in_features, or in_channels/groups * kh * kw), costs ``out * that``; biases,
+activations, BatchNorm and pooling are not counted. The conv output size is the real one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from sparsekern.nn import ChannelGate
+
+
+@dataclass
+class TraceEvent:
+    """One call seen in the forward: a weight layer (with its dense FLOPs) or a channel gate."""
+    name: str
+    module: nn.Module
+    dense_flops: float = 0.0
+
+
+def _batch_size(example_input) -> int:
+    first = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
+    if not isinstance(first, Tensor) or first.dim() == 0:
+        raise TypeError("example_input must be a batched Tensor (or a tuple of inputs whose first is one)")
+    return first.shape[0]
+
+
+def trace(model: nn.Module, example_input) -> list[TraceEvent]:
+    """Events in execution order from an eval-mode, no-grad forward of ``example_input``."""
+    batch = _batch_size(example_input)
+    events: list[TraceEvent] = []
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            if isinstance(module, ChannelGate):
+                events.append(TraceEvent(name, module))
+                return
+            per_value = module.weight.numel() // module.weight.shape[0]
+            events.append(TraceEvent(name, module, output.numel() / batch * per_value))
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d, ChannelGate))]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            args = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return events
+
+
+def record_flops_per_weight(model: nn.Module, example_input) -> dict[str, float]:
+    """Store ``flops_per_weight`` (dense FLOPs / weights: 1 per token for Linear, out H*W for a conv)
+    on every Linear/Conv2d that ran; returns {name: value}. Used by FLOPs-weighted penalties."""
+    totals: dict[str, float] = {}
+    modules: dict[str, nn.Module] = {}
+    for e in trace(model, example_input):
+        if not isinstance(e.module, ChannelGate):
+            totals[e.name] = totals.get(e.name, 0.0) + e.dense_flops
+            modules[e.name] = e.module
+    for name, flops in totals.items():
+        modules[name].flops_per_weight = flops / modules[name].weight.numel()
+    return {n: modules[n].flops_per_weight for n in totals}

@@ -1,0 +1,74 @@
+"""``sparsify``: swap a model's nn.Linear / nn.Conv2d layers for sparse ones, in place."""
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Iterable
+
+from torch import nn
+
+from sparsekern.nn import L0Conv2d, L0Linear, MaskedConv2d, MaskedLinear, STRConv2d, STRLinear
+
+LAYER_TYPES = {
+    "str": {nn.Linear: STRLinear, nn.Conv2d: STRConv2d},
+    "l0": {nn.Linear: L0Linear, nn.Conv2d: L0Conv2d},
+    "gmp": {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d},
+}
+
+
+def _patterns(arg, name: str) -> list[str]:
+    if arg is None:
+        return []
+    if isinstance(arg, str):
+        return [arg]
+    if isinstance(arg, Iterable) and all(isinstance(p, str) for p in arg):
+        return list(arg)
+    raise TypeError(f"sparsify: {name} must be a pattern string or a list of them, got {arg!r}")
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """fnmatch on the qualified layer name; a pattern starting with ``re:`` is a regex (re.fullmatch)."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False, keep_last: bool = False,
+             include=None, exclude=None, **layer_opts) -> nn.Module:
+    """Replace every plain nn.Linear / nn.Conv2d of ``model`` by its sparse version, in place.
+
+    method: ``"str"`` (STRLinear/STRConv2d), ``"l0"`` (L0Linear/L0Conv2d) or ``"gmp"``
+    (MaskedLinear/MaskedConv2d). Weights and biases are kept (``from_dense``);
+    ``layer_opts`` go to every new layer (e.g. ``s_init``, ``per_channel``, ``granularity``).
+    keep_first / keep_last: leave the first / last candidate layer dense, in registration
+    order (``model.named_modules()``, which for usual models is the forward order).
+    include / exclude: a pattern or list of patterns on the qualified name (``"features.0"``):
+    shell-style ``fnmatch`` (``"features.*"``), or a regex when prefixed with ``"re:"``
+    (``"re:layer[12]\\..*"``, full match). A layer is swapped if it matches some include
+    pattern (all layers when include is None) and no exclude pattern. Layers already sparse
+    are left alone. Returns ``model``.
+    """
+    if method not in LAYER_TYPES:
+        raise ValueError(f"sparsify: method must be one of {sorted(LAYER_TYPES)}, got {method!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"sparsify: model must be an nn.Module, got {type(model).__name__}")
+    includes, excludes = _patterns(include, "include"), _patterns(exclude, "exclude")
+    types = LAYER_TYPES[method]
+    candidates = [(n, m) for n, m in model.named_modules() if type(m) in types and n]
+    if keep_first:
+        candidates = candidates[1:]
+    if keep_last:
+        candidates = candidates[:-1]
+    for name, layer in candidates:
+        if includes and not any(_matches(name, p) for p in includes):
+            continue
+        if any(_matches(name, p) for p in excludes):
+            continue
+        _set_module(model, name, types[type(layer)].from_dense(layer, **layer_opts))
+    return model

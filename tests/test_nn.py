@@ -1,0 +1,218 @@
+"""Sparse layers: equivalence with dense layers, gate sampling vs the ops, RNG stream, gradients."""
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import sparsekern
+from sparsekern import nn as snn
+
+L0_CASES = [("weight", "weight"), ("out", "weight"), ("in", "weight"), ("out", "activation"), ("in", "activation")]
+
+
+def _dense(kind):
+    return nn.Linear(6, 5) if kind == "linear" else nn.Conv2d(3, 4, 3, padding=1)
+
+
+def _input(kind, batch=3):
+    return torch.randn(batch, 6) if kind == "linear" else torch.randn(batch, 3, 5, 5)
+
+
+def _apply(layer, x, weight, bias):
+    return F.linear(x, weight, bias) if isinstance(layer, nn.Linear) else F.conv2d(x, weight, bias, padding=1)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_str_with_vanishing_threshold_equals_dense(kind):
+    torch.manual_seed(0)
+    dense = _dense(kind)
+    cls = snn.STRLinear if kind == "linear" else snn.STRConv2d
+    layer = cls.from_dense(dense, s_init=-1e4)  # sigmoid(-1e4) == 0 exactly
+    assert torch.equal(layer.weight, dense.weight) and torch.equal(layer.bias, dense.bias)
+    x = _input(kind)
+    torch.testing.assert_close(layer(x), dense(x), rtol=0, atol=0)
+    assert layer.nonzero_mask().all()
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_str_forward_is_soft_threshold_and_s_gets_gradient(kind, per_channel):
+    torch.manual_seed(1)
+    cls = snn.STRLinear if kind == "linear" else snn.STRConv2d
+    layer = cls.from_dense(_dense(kind), per_channel=per_channel, s_init=-2.0)
+    assert layer.s.shape == ((layer.weight.shape[0],) if per_channel else (1,))
+    with torch.no_grad():
+        layer.s.add_(torch.randn_like(layer.s) * 0.3)
+    x = _input(kind)
+    t = torch.sigmoid(layer.s).reshape((-1,) + (1,) * (layer.weight.dim() - 1))
+    expected_w = torch.sign(layer.weight) * torch.clamp(layer.weight.abs() - t, min=0)
+    torch.testing.assert_close(layer(x), _apply(layer, x, expected_w, layer.bias))
+    layer(x).square().sum().backward()
+    assert layer.s.grad is not None and layer.s.grad.abs().sum() > 0
+    assert torch.isfinite(layer.weight.grad).all()
+
+
+def test_str_default_threshold_is_relative_to_weights():
+    torch.manual_seed(2)
+    dense = nn.Linear(40, 30)
+    layer = snn.STRLinear.from_dense(dense)
+    torch.testing.assert_close(torch.sigmoid(layer.s), 0.01 * dense.weight.abs().mean().reshape(1))
+    per_row = snn.STRLinear.from_dense(dense, per_channel=True)
+    torch.testing.assert_close(torch.sigmoid(per_row.s), 0.01 * dense.weight.abs().mean(1))
+    sparsity = 1 - layer.nonzero_mask().float().mean().item()
+    assert 0 < sparsity < 0.05
+
+
+def _eval_gates(layer):
+    return sparsekern.hard_concrete_eval(layer.log_alpha, gamma=layer.gamma, zeta=layer.zeta)
+
+
+def _gated_params(layer, z):
+    """Weight/bias with gates z (shape of the gates) applied like the layer does."""
+    w, b = layer.weight, layer.bias
+    rest = (1,) * (w.dim() - 1)
+    if layer.granularity == "weight":
+        return w * z, b
+    if layer.granularity == "out":
+        return w * z.reshape((-1,) + rest), b * z
+    return w * z.reshape((1, -1) + rest[1:]), b
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("granularity,mode", L0_CASES)
+def test_l0_eval_is_deterministic_dense_with_eval_gates(kind, granularity, mode):
+    torch.manual_seed(3)
+    cls = snn.L0Linear if kind == "linear" else snn.L0Conv2d
+    dense = _dense(kind)
+    layer = cls.from_dense(dense, granularity=granularity, mode=mode).eval()
+    assert torch.equal(layer.weight, dense.weight)
+    with torch.no_grad():
+        layer.log_alpha.normal_(0, 3)  # some gates closed, some open, some in between
+    x = _input(kind)
+    offset = layer.noise_offset
+    y1, y2 = layer(x), layer(x)
+    assert torch.equal(y1, y2) and layer.noise_offset == offset
+    torch.testing.assert_close(y1, _apply(layer, x, *_gated_params(layer, _eval_gates(layer))))
+    torch.testing.assert_close(layer.to_dense()(x), y1)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("granularity,mode", L0_CASES)
+def test_l0_training_sample_matches_ops_and_advances_offset(kind, granularity, mode):
+    torch.manual_seed(4)
+    cls = snn.L0Linear if kind == "linear" else snn.L0Conv2d
+    layer = cls.from_dense(_dense(kind), granularity=granularity, mode=mode, drop_rate=0.3).train()
+    x = _input(kind, batch=3)
+    for _ in range(2):
+        seed, offset = layer.noise_seed, layer.noise_offset
+        y = layer(x)
+        la = layer.log_alpha
+        if mode == "weight":
+            z = sparsekern.hard_concrete(la, seed, offset)
+            expected = _apply(layer, x, *_gated_params(layer, z))
+            step = la.numel()
+        else:
+            z = sparsekern.hard_concrete(la.reshape(1, -1).expand(3, -1).contiguous(), seed, offset)
+            zb = z.reshape(z.shape + (1,) * (x.dim() - 2))
+            expected = (_apply(layer, x * zb, layer.weight, layer.bias) if granularity == "in"
+                        else _apply(layer, x, layer.weight, layer.bias) * zb)
+            step = 3 * la.numel()
+        torch.testing.assert_close(y, expected)
+        assert layer.noise_offset == offset + step
+    y.sum().backward()
+    assert layer.log_alpha.grad.abs().sum() > 0 and torch.isfinite(layer.log_alpha.grad).all()
+    assert layer.weight.grad.abs().sum() > 0
+
+
+def test_seeds_follow_torch_manual_seed():
+    def run(seed):
+        torch.manual_seed(seed)
+        model = nn.Sequential(snn.L0Linear(6, 8, granularity="out"), nn.ReLU(), snn.ChannelGate(8),
+                              snn.L0Linear(8, 2, granularity="in", mode="activation"))
+        x = torch.randn(4, 6)
+        return torch.cat([model(x), model(x)])
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
+def test_noise_stream_is_in_state_dict():
+    torch.manual_seed(5)
+    layer = snn.L0Linear(6, 5)
+    x = torch.randn(2, 6)
+    layer(x)
+    clone = snn.L0Linear(6, 5)
+    assert clone.noise_seed != layer.noise_seed
+    clone.load_state_dict(copy.deepcopy(layer.state_dict()))
+    assert (clone.noise_seed, clone.noise_offset) == (layer.noise_seed, layer.noise_offset)
+    assert torch.equal(clone(x), layer(x))
+    with pytest.raises(ValueError, match="noise_offset"):
+        clone.set_extra_state({"noise_seed": 1, "noise_offset": -1})
+
+
+def test_channel_gate_per_example_and_eval():
+    torch.manual_seed(6)
+    gate = snn.ChannelGate(4, drop_rate=0.4)
+    x = torch.randn(3, 4, 2, 2)
+    seed, offset = gate.noise_seed, gate.noise_offset
+    z = sparsekern.hard_concrete(gate.log_alpha.reshape(1, 4).expand(3, 4).contiguous(), seed, offset)
+    torch.testing.assert_close(gate(x), x * z[:, :, None, None])
+    assert gate.noise_offset == offset + 12
+    gate(x).sum().backward()
+    assert gate.log_alpha.grad.abs().sum() > 0
+    gate.eval()
+    torch.testing.assert_close(gate(x), x * _eval_gates(gate)[None, :, None, None])
+    with pytest.raises(ValueError, match="ChannelGate"):
+        gate(torch.randn(3, 5))
+
+
+def test_log_alpha_from_external_source():
+    torch.manual_seed(7)
+    generator = nn.Linear(1, 5)  # stands in for a Dep-L0 gate generator
+    source = lambda: generator(torch.ones(1, 1)).reshape(5)  # noqa: E731
+    layer = snn.L0Linear(6, 5, granularity="out", log_alpha_source=source)
+    assert layer.log_alpha is None and "log_alpha" not in dict(layer.named_parameters())
+    assert not any(p is generator.weight for p in layer.parameters())
+    layer(torch.randn(2, 6)).sum().backward()
+    assert generator.weight.grad is not None and generator.weight.grad.abs().sum() > 0
+    gate = snn.ChannelGate(5, log_alpha_source=source)
+    gate.eval()
+    torch.testing.assert_close(gate.eval_gates(), sparsekern.hard_concrete_eval(source()))
+    layer.set_log_alpha_source(None)
+    assert isinstance(layer.log_alpha, nn.Parameter) and layer.log_alpha.shape == (5,)
+
+
+def test_log_alpha_init_from_drop_rate():
+    torch.manual_seed(8)
+    layer = snn.L0Linear(100, 100, drop_rate=0.2)
+    assert abs(layer.log_alpha.mean().item() - math.log(0.8 / 0.2)) < 1e-3
+    assert abs(layer.log_alpha.std().item() - 0.01) < 1e-3
+
+
+def test_masked_layer_uses_mask():
+    torch.manual_seed(9)
+    layer = snn.MaskedLinear.from_dense(nn.Linear(6, 5))
+    layer.mask[0] = False
+    x = torch.randn(2, 6)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight * layer.mask, layer.bias))
+    assert layer.nonzero_mask()[0].sum() == 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="granularity"):
+        snn.L0Linear(3, 2, granularity="row")
+    with pytest.raises(ValueError, match="mode"):
+        snn.L0Linear(3, 2, granularity="weight", mode="activation")
+    with pytest.raises(ValueError, match="drop_rate"):
+        snn.L0Linear(3, 2, drop_rate=1.0)
+    with pytest.raises(ValueError, match="groups"):
+        snn.L0Conv2d(4, 4, 3, groups=2, granularity="in")
+    with pytest.raises(TypeError, match="plain Linear"):
+        snn.STRLinear.from_dense(nn.Conv2d(3, 3, 1))
+    with pytest.raises(ValueError, match="s_init"):
+        snn.STRLinear(3, 2, s_init="x")
+    with pytest.raises(TypeError, match="log_alpha_source"):
+        snn.ChannelGate(3, log_alpha_source=3)
