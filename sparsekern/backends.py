@@ -115,6 +115,9 @@ def resolve_name(device: torch.device, dtype: torch.dtype = torch.float32) -> st
 
 
 def module(name: str) -> ModuleType:
+    """The kernels of a concrete backend (not ``auto``)."""
+    if name not in _MODULES:
+        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(NAMES)}")
     return importlib.import_module(_MODULES[name])
 
 

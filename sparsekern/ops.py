@@ -73,10 +73,14 @@ def _unsigned(v: int) -> int:
     return v + _U64 if v < 0 else v
 
 
-def _kernels(*tensors: Tensor):
+def _backend_name(*tensors: Tensor) -> str:
     t = tensors[0]
     dtype = torch.float64 if any(x.dtype == torch.float64 for x in tensors) else t.dtype
-    return backends.resolve(t.device, dtype)
+    return backends.resolve_name(t.device, dtype)
+
+
+def _kernels(*tensors: Tensor):
+    return backends.module(_backend_name(*tensors))
 
 
 def _grad_dtype(param: Tensor, grad: Tensor) -> Tensor:
@@ -99,22 +103,23 @@ def _(weight, s):
 
 
 @torch.library.custom_op("sparsekern::soft_threshold_backward", mutates_args=())
-def _soft_threshold_backward(grad: Tensor, weight: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-    return _kernels(weight, s).soft_threshold_backward(grad.contiguous(), weight.contiguous(), s.contiguous())
+def _soft_threshold_backward(grad: Tensor, weight: Tensor, s: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    return backends.module(backend).soft_threshold_backward(grad.contiguous(), weight.contiguous(), s.contiguous())
 
 
 @_soft_threshold_backward.register_fake
-def _(grad, weight, s):
+def _(grad, weight, s, backend):
     return weight.new_empty(weight.shape), s.new_empty(s.shape, dtype=_param_grad_dtype(s))
 
 
 def _soft_threshold_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
+    ctx.backend = _backend_name(*inputs)
 
 
 def _soft_threshold_grad(ctx, grad):
     weight, s = ctx.saved_tensors
-    grad_w, grad_s = _soft_threshold_backward(grad, weight, s)
+    grad_w, grad_s = _soft_threshold_backward(grad, weight, s, ctx.backend)
     return grad_w, _grad_dtype(s, grad_s)
 
 
@@ -146,15 +151,15 @@ def _(log_alpha, seed, offset, beta, gamma, zeta):
 
 @torch.library.custom_op("sparsekern::hard_concrete_backward", mutates_args=())
 def _hard_concrete_backward(
-    grad: Tensor, log_alpha: Tensor, seed: int, offset: int, beta: float, gamma: float, zeta: float
+    grad: Tensor, log_alpha: Tensor, seed: int, offset: int, beta: float, gamma: float, zeta: float, backend: str
 ) -> Tensor:
-    return _kernels(log_alpha).hard_concrete_backward(
+    return backends.module(backend).hard_concrete_backward(
         grad.contiguous(), log_alpha.contiguous(), _unsigned(seed), _unsigned(offset), beta, gamma, zeta
     )
 
 
 @_hard_concrete_backward.register_fake
-def _(grad, log_alpha, seed, offset, beta, gamma, zeta):
+def _(grad, log_alpha, seed, offset, beta, gamma, zeta, backend):
     return log_alpha.new_empty(log_alpha.shape, dtype=_param_grad_dtype(log_alpha))
 
 
@@ -162,11 +167,14 @@ def _save_all(ctx, inputs, output):
     tensors = [x for x in inputs if isinstance(x, Tensor)]
     ctx.save_for_backward(*tensors)
     ctx.scalars = tuple(x for x in inputs if not isinstance(x, Tensor))
+    # The backward runs on the forward's backend: autograd may call it from another
+    # thread, where a (thread-local) use_backend() block is not in effect.
+    ctx.backend = _backend_name(*tensors)
 
 
 def _hard_concrete_grad(ctx, grad):
     (log_alpha,) = ctx.saved_tensors
-    g = _hard_concrete_backward(grad, log_alpha, *ctx.scalars)
+    g = _hard_concrete_backward(grad, log_alpha, *ctx.scalars, ctx.backend)
     return (_grad_dtype(log_alpha, g),) + (None,) * len(ctx.scalars)
 
 
@@ -194,18 +202,18 @@ def _(log_alpha, gamma, zeta):
 
 
 @torch.library.custom_op("sparsekern::hard_concrete_eval_backward", mutates_args=())
-def _hard_concrete_eval_backward(grad: Tensor, log_alpha: Tensor, gamma: float, zeta: float) -> Tensor:
-    return _kernels(log_alpha).hard_concrete_eval_backward(grad.contiguous(), log_alpha.contiguous(), gamma, zeta)
+def _hard_concrete_eval_backward(grad: Tensor, log_alpha: Tensor, gamma: float, zeta: float, backend: str) -> Tensor:
+    return backends.module(backend).hard_concrete_eval_backward(grad.contiguous(), log_alpha.contiguous(), gamma, zeta)
 
 
 @_hard_concrete_eval_backward.register_fake
-def _(grad, log_alpha, gamma, zeta):
+def _(grad, log_alpha, gamma, zeta, backend):
     return log_alpha.new_empty(log_alpha.shape, dtype=_param_grad_dtype(log_alpha))
 
 
 def _hard_concrete_eval_grad(ctx, grad):
     (log_alpha,) = ctx.saved_tensors
-    g = _hard_concrete_eval_backward(grad, log_alpha, *ctx.scalars)
+    g = _hard_concrete_eval_backward(grad, log_alpha, *ctx.scalars, ctx.backend)
     return _grad_dtype(log_alpha, g), None, None
 
 
@@ -232,18 +240,18 @@ def _(log_alpha, beta, gamma, zeta):
 
 
 @torch.library.custom_op("sparsekern::l0_norm_backward", mutates_args=())
-def _l0_norm_backward(grad: Tensor, log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
-    return _kernels(log_alpha).l0_norm_backward(grad.contiguous(), log_alpha.contiguous(), beta, gamma, zeta)
+def _l0_norm_backward(grad: Tensor, log_alpha: Tensor, beta: float, gamma: float, zeta: float, backend: str) -> Tensor:
+    return backends.module(backend).l0_norm_backward(grad.contiguous(), log_alpha.contiguous(), beta, gamma, zeta)
 
 
 @_l0_norm_backward.register_fake
-def _(grad, log_alpha, beta, gamma, zeta):
+def _(grad, log_alpha, beta, gamma, zeta, backend):
     return log_alpha.new_empty(log_alpha.shape, dtype=_param_grad_dtype(log_alpha))
 
 
 def _l0_norm_grad(ctx, grad):
     (log_alpha,) = ctx.saved_tensors
-    g = _l0_norm_backward(grad, log_alpha, *ctx.scalars)
+    g = _l0_norm_backward(grad, log_alpha, *ctx.scalars, ctx.backend)
     return _grad_dtype(log_alpha, g), None, None, None
 
 
@@ -274,21 +282,21 @@ def _(weight, log_alpha, seed, offset, beta, gamma, zeta):
 
 @torch.library.custom_op("sparsekern::gated_weight_backward", mutates_args=())
 def _gated_weight_backward(grad: Tensor, weight: Tensor, log_alpha: Tensor, seed: int, offset: int, beta: float,
-                           gamma: float, zeta: float) -> tuple[Tensor, Tensor]:
-    return _kernels(weight, log_alpha).gated_weight_backward(
+                           gamma: float, zeta: float, backend: str) -> tuple[Tensor, Tensor]:
+    return backends.module(backend).gated_weight_backward(
         grad.contiguous(), weight.contiguous(), log_alpha.contiguous(), _unsigned(seed), _unsigned(offset),
         beta, gamma, zeta,
     )
 
 
 @_gated_weight_backward.register_fake
-def _(grad, weight, log_alpha, seed, offset, beta, gamma, zeta):
+def _(grad, weight, log_alpha, seed, offset, beta, gamma, zeta, backend):
     return weight.new_empty(weight.shape), log_alpha.new_empty(log_alpha.shape, dtype=_param_grad_dtype(log_alpha))
 
 
 def _gated_weight_grad(ctx, grad):
     weight, log_alpha = ctx.saved_tensors
-    grad_w, grad_la = _gated_weight_backward(grad, weight, log_alpha, *ctx.scalars)
+    grad_w, grad_la = _gated_weight_backward(grad, weight, log_alpha, *ctx.scalars, ctx.backend)
     return (grad_w, _grad_dtype(log_alpha, grad_la)) + (None,) * len(ctx.scalars)
 
 
@@ -323,21 +331,21 @@ def _(x, log_alpha, seed, offset, beta, gamma, zeta):
 
 @torch.library.custom_op("sparsekern::gated_activation_backward", mutates_args=())
 def _gated_activation_backward(grad: Tensor, x: Tensor, log_alpha: Tensor, seed: int, offset: int, beta: float,
-                               gamma: float, zeta: float) -> tuple[Tensor, Tensor]:
-    return _kernels(x, log_alpha).gated_activation_backward(
+                               gamma: float, zeta: float, backend: str) -> tuple[Tensor, Tensor]:
+    return backends.module(backend).gated_activation_backward(
         grad.contiguous(), x.contiguous(), log_alpha.contiguous(), _unsigned(seed), _unsigned(offset),
         beta, gamma, zeta,
     )
 
 
 @_gated_activation_backward.register_fake
-def _(grad, x, log_alpha, seed, offset, beta, gamma, zeta):
+def _(grad, x, log_alpha, seed, offset, beta, gamma, zeta, backend):
     return x.new_empty(x.shape), log_alpha.new_empty(log_alpha.shape, dtype=_param_grad_dtype(log_alpha))
 
 
 def _gated_activation_grad(ctx, grad):
     x, log_alpha = ctx.saved_tensors
-    grad_x, grad_la = _gated_activation_backward(grad, x, log_alpha, *ctx.scalars)
+    grad_x, grad_la = _gated_activation_backward(grad, x, log_alpha, *ctx.scalars, ctx.backend)
     return (grad_x, _grad_dtype(log_alpha, grad_la)) + (None,) * len(ctx.scalars)
 
 

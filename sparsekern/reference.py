@@ -17,6 +17,8 @@ float32 (float64 for float64 parameters) with the parameter's shape.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 EPS = 1e-6
@@ -89,7 +91,7 @@ def _reduce_rows(t: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """Sum t over the group each element of param owns; shape of param."""
     if param.numel() == 1:
         return t.sum().reshape(param.shape)
-    return t.reshape(param.numel(), -1).sum(1).reshape(param.shape)
+    return t.reshape(param.numel(), math.prod(t.shape[1:])).sum(1).reshape(param.shape)
 
 
 def soft_threshold(weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -197,6 +199,6 @@ def gated_activation_backward(grad, x, log_alpha, seed: int, offset: int, beta: 
     xm, g = _math(x), _math(grad)
     zb = z.reshape(z.shape + (1,) * (x.dim() - 2))
     grad_x = (g * zb).to(x.dtype)
-    gx = (g * xm).reshape(x.shape[0], x.shape[1], -1).sum(2)  # [B, C]
+    gx = (g * xm).reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:])).sum(2)  # [B, C]
     grad_la = (gx * dz).sum(0).reshape(log_alpha.shape)
     return grad_x, grad_la

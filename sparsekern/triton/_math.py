@@ -53,7 +53,7 @@ def stretched_gate(s, scale, stretch, gamma):
     scale is 1/beta's role in d/dlog_alpha (1/beta for samples, 1 for eval gates).
     """
     s_bar = tl.fma(s, stretch, gamma)  # explicit: nvcc contracts it (default -fmad=true), Triton's default may not
-    z = tl.minimum(tl.maximum(s_bar, 0.0), 1.0)
+    z = tl.where(s_bar < 0.0, 0.0, tl.where(s_bar > 1.0, 1.0, s_bar))  # keeps NaN, unlike min/max
     inside = (s_bar > 0.0) & (s_bar < 1.0)
     dz = tl.where(inside, tl.math.div_rn(stretch * s * (1.0 - s), scale), 0.0)
     return z, dz

@@ -135,7 +135,8 @@ def soft_threshold_kernel(w_ptr, s_ptr, grad_ptr, out_ptr, partial_ptr, rows, in
         row_sum = tl.sum(tl.where(w < 0.0, -gm, gm), axis=1)
         tl.store(partial_ptr + r * n_col_tiles + pid_c, row_sum, mask=r < rows)
     else:
-        mag = tl.maximum(tl.abs(w) - t, 0.0)
+        mag = tl.abs(w) - t
+        mag = tl.where(mag < 0.0, 0.0, mag)  # keeps NaN, unlike tl.maximum
         tl.store(out_ptr + offs, m.cast_to(tl.where(w < 0.0, -mag, mag), out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -1,0 +1,426 @@
+"""Benchmark of every sparsekern op: compiled backend vs eager reference vs torch.compile vs clone.
+
+    python bench/ops.py                                   # CPU, 1M/4M/16M fp32 elements
+    python bench/ops.py --sizes 1M --repeat 3             # quick smoke test
+    python bench/ops.py --device cuda --sizes 1M,4M,16M,64M,256M   # GPU: + ResNet-50 step + plot
+
+Variants: `cpu` (on CPU) or `cuda`/`triton` (on GPU), each if available: the
+public op run on that backend; `eager`: the public op on the `torch` backend;
+`compile`: torch.compile of the sparsekern.reference functions (forward; and for
+fwd+bwd one function calling the reference forward and backward kernels);
+`clone`: a copy of the op's main tensor, the memory-bandwidth floor.
+Bandwidth counts the bytes an op must move: every input read once and every
+output written once (forward, plus backward for fwd+bwd).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import sparsekern  # noqa: E402
+from sparsekern import reference  # noqa: E402
+
+HC = (2.0 / 3.0, -0.1, 1.1)  # beta, gamma, zeta
+SEED, OFFSET = 1234, 0
+RESULTS = Path(__file__).resolve().parent / "results"
+UNITS = {"K": 2**10, "M": 2**20, "G": 2**30}
+
+
+# ---------------------------------------------------------------- the ops
+@dataclass
+class OpBench:
+    """One op at one size: inputs, the public call, the reference fwd/bwd kernels, byte counts."""
+
+    tensors: dict  # name -> tensor (floating ones get gradients)
+    grad: torch.Tensor | None  # upstream gradient for fwd+bwd (None: no backward)
+    public: Callable  # (**tensors) -> output, through sparsekern's public op
+    ref_fwd: Callable  # (**tensors) -> output, sparsekern.reference
+    ref_bwd: Callable | None  # (grad, **tensors) -> grads, sparsekern.reference
+    bytes_fwd: int
+    bytes_bwd: int
+    main: str  # the tensor whose clone is the bandwidth floor
+
+
+def _make(op: str, n: int, dtype: torch.dtype, device: str) -> OpBench:
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, device=device) * scale).to(dtype)
+
+    es = torch.empty((), dtype=dtype).element_size()
+    rows = max(1, n // 1024)
+    w = randn(rows, n // rows)
+    if op == "soft_threshold":
+        s = torch.full((1,), -3.0, dtype=dtype, device=device)  # one threshold per layer, the paper's default
+        return OpBench(dict(weight=w, s=s), randn(*w.shape),
+                       lambda weight, s: sparsekern.soft_threshold(weight, s),
+                       reference.soft_threshold, reference.soft_threshold_backward,
+                       2 * n * es, 3 * n * es, "weight")
+    if op in ("hard_concrete", "hard_concrete_eval", "l0_norm"):
+        la = randn(rows, n // rows, scale=1.5)
+        if op == "hard_concrete":
+            return OpBench(dict(log_alpha=la), randn(*la.shape),
+                           lambda log_alpha: sparsekern.hard_concrete(log_alpha, SEED, OFFSET),
+                           lambda log_alpha: reference.hard_concrete(log_alpha, SEED, OFFSET, *HC),
+                           lambda g, log_alpha: reference.hard_concrete_backward(g, log_alpha, SEED, OFFSET, *HC),
+                           2 * n * es, 3 * n * es, "log_alpha")
+        if op == "hard_concrete_eval":
+            return OpBench(dict(log_alpha=la), randn(*la.shape),
+                           lambda log_alpha: sparsekern.hard_concrete_eval(log_alpha),
+                           lambda log_alpha: reference.hard_concrete_eval(log_alpha, *HC[1:]),
+                           lambda g, log_alpha: reference.hard_concrete_eval_backward(g, log_alpha, *HC[1:]),
+                           2 * n * es, 3 * n * es, "log_alpha")
+        return OpBench(dict(log_alpha=la), torch.ones((), dtype=dtype, device=device),
+                       lambda log_alpha: sparsekern.l0_norm(log_alpha),
+                       lambda log_alpha: reference.l0_norm(log_alpha, *HC),
+                       lambda g, log_alpha: reference.l0_norm_backward(g, log_alpha, *HC),
+                       n * es, 2 * n * es, "log_alpha")
+    if op == "gated_weight":  # unstructured: one gate per weight
+        la = randn(*w.shape, scale=1.5)
+        return OpBench(dict(weight=w, log_alpha=la), randn(*w.shape),
+                       lambda weight, log_alpha: sparsekern.gated_weight(weight, log_alpha, SEED, OFFSET),
+                       lambda weight, log_alpha: reference.gated_weight(weight, log_alpha, SEED, OFFSET, *HC),
+                       lambda g, weight, log_alpha: reference.gated_weight_backward(g, weight, log_alpha, SEED,
+                                                                                    OFFSET, *HC),
+                       3 * n * es, 5 * n * es, "weight")
+    if op == "gated_activation":  # conv activations [B, 64, 32, 32], one gate per (example, channel)
+        x = randn(max(1, n // 65536), 64, 32, 32)
+        la = randn(64, scale=1.5)
+        return OpBench(dict(x=x, log_alpha=la), randn(*x.shape),
+                       lambda x, log_alpha: sparsekern.gated_activation(x, log_alpha, SEED, OFFSET),
+                       lambda x, log_alpha: reference.gated_activation(x, log_alpha, SEED, OFFSET, *HC),
+                       lambda g, x, log_alpha: reference.gated_activation_backward(g, x, log_alpha, SEED,
+                                                                                   OFFSET, *HC),
+                       2 * x.numel() * es, 3 * x.numel() * es, "x")
+    if op == "uniform":
+        dev = torch.device(device)
+        return OpBench(dict(like=w), None,
+                       lambda like: sparsekern.uniform(n, SEED, OFFSET, device=dev),
+                       lambda like: reference.uniform(n, SEED, OFFSET, dev),
+                       None, 4 * n, 0, "like")
+    raise ValueError(f"unknown op {op!r}")
+
+
+RNG_OPS = ("hard_concrete", "gated_weight", "gated_activation", "uniform")
+OPS = ("soft_threshold", "hard_concrete", "hard_concrete_eval", "l0_norm", "gated_weight", "gated_activation",
+       "uniform")
+
+
+# ---------------------------------------------------------------- timing
+class Backend:
+    """Selects a sparsekern backend for the calling thread and (through the env var) autograd's device threads."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        self.old = os.environ.get("SPARSEKERN_BACKEND")
+        os.environ["SPARSEKERN_BACKEND"] = self.name
+        self.ctx = sparsekern.use_backend(self.name)
+        self.ctx.__enter__()
+
+    def __exit__(self, *exc):
+        self.ctx.__exit__(*exc)
+        if self.old is None:
+            os.environ.pop("SPARSEKERN_BACKEND", None)
+        else:
+            os.environ["SPARSEKERN_BACKEND"] = self.old
+
+
+def time_cpu(fn: Callable, repeat: int, min_time: float) -> float:
+    """Median seconds per call: median over `repeat` blocked_autorange measurements of their medians."""
+    from torch.utils.benchmark import Timer
+
+    fn()
+    fn()  # warm up (torch.compile, allocator)
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return statistics.median(timer.blocked_autorange(min_run_time=min_time).median for _ in range(repeat))
+
+
+def time_cuda(fn: Callable, repeat: int, min_time: float) -> float:
+    """Median seconds per call on the GPU (L2 flushed between calls by do_bench, or CUDA events)."""
+    fn()
+    torch.cuda.synchronize()
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        return do_bench(fn, warmup=25, rep=max(100, int(min_time * 1000)), return_mode="median") / 1e3
+    times = []
+    for _ in range(max(repeat, 10)):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def _fwd_bwd_public(b: OpBench) -> Callable:
+    leaves = {k: v.detach().requires_grad_() for k, v in b.tensors.items()}
+
+    def run():
+        out = b.public(**leaves)
+        torch.autograd.grad(out, list(leaves.values()), b.grad)
+
+    return run
+
+
+def _variants(b: OpBench, mode: str, ours: list[str], compile_ok: bool = True) -> dict:
+    """name -> (backend to select or None, zero-argument callable)."""
+    t = b.tensors
+    if mode == "fwd":
+        public = lambda: b.public(**t)  # noqa: E731
+        compiled = torch.compile(b.ref_fwd, fullgraph=True)  # lazy: compiles on first call
+        comp = lambda: compiled(**t)  # noqa: E731
+    else:
+        public = _fwd_bwd_public(b)
+
+        def both(g, **kw):
+            return b.ref_fwd(**kw), b.ref_bwd(g, **kw)
+
+        compiled = torch.compile(both, fullgraph=True)
+        comp = lambda: compiled(b.grad, **t)  # noqa: E731
+    out = {name: (name, public) for name in ours}
+    out["eager"] = ("torch", public)
+    if compile_ok:
+        out["compile"] = (None, comp)
+    main = t[b.main]
+    out["clone"] = (None, main.clone)
+    return out
+
+
+def measure(fn, backend, timer, repeat, min_time) -> float:
+    if backend is None:
+        return timer(fn, repeat, min_time)
+    with Backend(backend):
+        return timer(fn, repeat, min_time)
+
+
+# ---------------------------------------------------------------- ResNet-50 step
+def resnet50_weight_shapes() -> list[tuple]:
+    """Conv and fc weight shapes of ResNet-50 (torchvision if importable; else the same architecture written out)."""
+    try:
+        import torchvision
+
+        model = torchvision.models.resnet50()
+        return [tuple(p.shape) for name, p in model.named_parameters() if p.dim() in (2, 4) and "weight" in name]
+    except ImportError:
+        pass
+    shapes, inplanes = [(64, 3, 7, 7)], 64
+    for planes, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
+        for block in range(blocks):
+            shapes += [(planes, inplanes, 1, 1), (planes, planes, 3, 3), (planes * 4, planes, 1, 1)]
+            if block == 0:
+                shapes.append((planes * 4, inplanes, 1, 1))  # the downsample projection
+            inplanes = planes * 4
+    shapes.append((1000, 2048))
+    return shapes  # 54 layers, 25,502,912 weights (+ BN and fc bias = torchvision's 25,557,032)
+
+
+def bench_model(dtype, device, ours, timer, repeat, min_time) -> dict:
+    """One STR training step over every ResNet-50 conv/fc weight: per-layer soft_threshold fwd + bwd."""
+    shapes = resnet50_weight_shapes()
+    gen = torch.Generator(device=device).manual_seed(0)
+    ws = [(torch.randn(s, generator=gen, device=device) * 0.05).to(dtype) for s in shapes]
+    ss = [torch.full((1,), -5.0, dtype=dtype, device=device) for _ in shapes]
+    gs = [torch.randn(s, generator=gen, device=device).to(dtype) for s in shapes]
+    es = torch.empty((), dtype=dtype).element_size()
+    numel = sum(w.numel() for w in ws)
+    leaves = [t.detach().requires_grad_() for t in ws + ss]
+
+    def public_step():
+        outs = [sparsekern.soft_threshold(w, s) for w, s in zip(leaves[: len(ws)], leaves[len(ws):])]
+        torch.autograd.grad(outs, leaves, gs)
+
+    def reference_step(ws, ss, gs):
+        return [(reference.soft_threshold(w, s), reference.soft_threshold_backward(g, w, s))
+                for w, s, g in zip(ws, ss, gs)]
+
+    compiled = torch.compile(reference_step, fullgraph=True)
+    variants = {name: (name, public_step) for name in ours}
+    variants.update(eager=("torch", public_step), compile=(None, lambda: compiled(ws, ss, gs)),
+                    clone=(None, lambda: [w.clone() for w in ws]))
+    times = {name: measure(fn, be, timer, repeat, min_time) for name, (be, fn) in variants.items()}
+    return dict(layers=len(shapes), numel=numel, bytes=5 * numel * es, clone_bytes=2 * numel * es, seconds=times)
+
+
+# ---------------------------------------------------------------- reporting
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"(\d+)([KMG]?)", text.strip().upper())
+    if not m:
+        raise argparse.ArgumentTypeError(f"--sizes: cannot read {text!r} (e.g. 1M, 4M, 256M, 65536)")
+    return int(m.group(1)) * UNITS.get(m.group(2), 1)
+
+
+def size_name(n: int) -> str:
+    for unit in ("G", "M", "K"):
+        if n % UNITS[unit] == 0:
+            return f"{n // UNITS[unit]}{unit}"
+    return str(n)
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"cpu-{cores}core"
+
+
+def ratios(row: dict, ours: list[str]) -> dict:
+    t = row["seconds"]
+    clone_bw = row["clone_bytes"] / t["clone"]
+    out = {}
+    for name in ours:
+        bw = row["bytes"] / t[name]
+        vs_compile = t["compile"] / t[name] if "compile" in t else None
+        out[name] = dict(vs_eager=t["eager"] / t[name], vs_compile=vs_compile, gbps=bw / 1e9,
+                         clone_fraction=bw / clone_bw)
+    out["clone_gbps"] = clone_bw / 1e9
+    return out
+
+
+def print_table(rows: list[dict], ours: list[str]) -> None:
+    names = ours + ["eager", "compile", "clone"]
+    head = f"{'op':<19}{'mode':<8}{'size':>6} " + "".join(f"{n + ' ms':>12}" for n in names)
+    head += "".join(f"{n + ' x eager':>16}{n + ' x comp':>15}{n + ' GB/s':>12}{n + ' %clone':>13}" for n in ours)
+    print(head)
+    for r in rows:
+        line = f"{r['op']:<19}{r['mode']:<8}{size_name(r['numel']):>6} "
+        line += "".join(f"{r['seconds'][n] * 1e3:>12.3f}" if n in r["seconds"] else f"{'-':>12}" for n in names)
+        for n in ours:
+            q = r["ratios"][n]
+            comp = f"{q['vs_compile']:>15.2f}" if q["vs_compile"] is not None else f"{'-':>15}"
+            line += f"{q['vs_eager']:>16.2f}{comp}{q['gbps']:>12.1f}{q['clone_fraction'] * 100:>12.0f}%"
+        print(line)
+
+
+def plot(rows: list[dict], ours: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = sorted({r["op"] for r in rows})
+    ncols = min(4, len(ops))
+    nrows = -(-len(ops) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    colors = {name: f"C{i}" for i, name in enumerate(ours + ["eager", "compile"])}
+    for ax in axes.flat[len(ops):]:
+        ax.axis("off")
+    for ax, op in zip(axes.flat, ops):
+        for mode in ("fwd", "fwd+bwd"):
+            sel = sorted((r for r in rows if r["op"] == op and r["mode"] == mode), key=lambda r: r["numel"])
+            if not sel:
+                continue
+            for name in [n for n in ours + ["eager", "compile"] if n in sel[0]["seconds"]]:
+                bw = [r["bytes"] / r["seconds"][name] / 1e9 for r in sel]
+                ax.plot([r["numel"] for r in sel], bw, marker="o", linestyle="-" if mode == "fwd" else "--",
+                        color=colors[name], label=f"{name} {mode}")
+            ax.plot([r["numel"] for r in sel], [r["ratios"]["clone_gbps"] for r in sel], color="k", marker="x",
+                    linewidth=0.8, label="clone" if mode == "fwd" else None)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(op)
+        ax.set_xlabel("elements")
+        ax.set_ylabel("GB/s (bytes the op must move)")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="1M,4M,16M", help="comma-separated element counts (K/M/G suffixes)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
+    p.add_argument("--repeat", type=int, default=3, help="measurements per case (median taken)")
+    p.add_argument("--min-time", type=float, default=0.2, help="seconds per CPU measurement (blocked_autorange)")
+    p.add_argument("--model", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time a ResNet-50 STR step (default: on for cuda)")
+    p.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None,
+                   help="write the bandwidth plot (default: on for cuda)")
+    p.add_argument("--compile-rng", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the reference of the ops that draw random numbers (default: on for cuda; "
+                        "on CPU inductor took over 10 minutes to compile the reference Philox, so off)")
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/<device>-ops.json)")
+    args = p.parse_args(argv)
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    unknown = sorted(set(ops) - set(OPS))
+    if unknown:
+        p.error(f"--ops: unknown {unknown}; choose from {list(OPS)}")
+    dtype = getattr(torch, args.dtype)
+    available = sparsekern.available_backends()
+    ours = [n for n in (("cpu",) if args.device == "cpu" else ("cuda", "triton")) if n in available]
+    if not ours:
+        print(f"note: no compiled backend for {args.device} is available (have {available}); "
+              "timing eager, compile and clone only", file=sys.stderr)
+    timer = time_cuda if args.device == "cuda" else time_cpu
+    name = device_name(args.device)
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+
+    rows = []
+    for op in ops:
+        for n in sizes:
+            b = _make(op, n, dtype, args.device)
+            for mode in ("fwd", "fwd+bwd") if b.ref_bwd is not None else ("fwd",):
+                compile_ok = op not in RNG_OPS or (args.compile_rng if args.compile_rng is not None
+                                                   else args.device == "cuda")
+                variants = _variants(b, mode, ours, compile_ok)
+                seconds = {v: measure(fn, be, timer, args.repeat, args.min_time) for v, (be, fn) in variants.items()}
+                numel = b.tensors[b.main].numel()
+                es = b.tensors[b.main].element_size()
+                row = dict(op=op, mode=mode, numel=numel, seconds=seconds, clone_bytes=2 * numel * es,
+                           bytes=b.bytes_fwd + (b.bytes_bwd if mode == "fwd+bwd" else 0))
+                row["ratios"] = ratios(row, ours)
+                rows.append(row)
+                times = ", ".join(f"{k} {v * 1e3:.3f}" for k, v in seconds.items())
+                print(f"  {op} {mode} {size_name(numel)}: {times} ms", file=sys.stderr, flush=True)
+            del b
+    print(f"\n{name}  dtype={args.dtype}  threads={torch.get_num_threads()}  torch={torch.__version__}  "
+          f"(median seconds shown as ms; x = speedup of our backend; %clone = fraction of clone bandwidth)")
+    print_table(rows, ours)
+
+    result = dict(device=name, dtype=args.dtype, threads=torch.get_num_threads(), torch=torch.__version__,
+                  backends=available, ours=ours, repeat=args.repeat, rows=rows)
+    if args.model if args.model is not None else args.device == "cuda":
+        model = bench_model(dtype, args.device, ours, timer, args.repeat, args.min_time)
+        model["ratios"] = ratios(model, ours)
+        result["resnet50_step"] = model
+        t = model["seconds"]
+        print(f"\nResNet-50 STR step ({model['layers']} layers, {model['numel'] / 1e6:.1f}M weights, fwd+bwd): "
+              + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in t.items()))
+        for n in ours:
+            q = model["ratios"][n]
+            print(f"  {n}: {q['vs_eager']:.2f}x eager, {q['vs_compile']:.2f}x compile, {q['gbps']:.1f} GB/s, "
+                  f"{q['clone_fraction'] * 100:.0f}% of clone bandwidth")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out else RESULTS / f"{name}-ops.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {out}")
+    if args.plot if args.plot is not None else args.device == "cuda":
+        png = out.with_name(f"{name}-bandwidth.png")
+        plot(rows, ours, png)
+        print(f"wrote {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
