@@ -12,6 +12,7 @@ import torch
 LOAD_ERROR: Exception | None = None
 try:
     from sparsekern import _C  # noqa: F401  (import registers the ops)
+    from sparsekern import compiled  # noqa: F401  (their fake kernels)
 except Exception as exc:  # ImportError, or an OSError/undefined symbol from a stale build
     LOAD_ERROR = exc
     warnings.warn(

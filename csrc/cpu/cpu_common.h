@@ -1,0 +1,137 @@
+// Helpers shared by the CPU kernels: dtype dispatch, argument checks, and the
+// deterministic, thread-count-independent work split used by every reduction.
+#pragma once
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
+#include <vector>
+
+#include "sparsekern/macros.h"
+
+namespace sparsekern {
+namespace cpu {
+
+// Math runs in float for fp32/fp16/bf16 data and in double for fp64 (SPEC 5).
+template <typename S>
+using math_t = std::conditional_t<std::is_same<S, double>::value, double, float>;
+
+inline at::ScalarType math_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Elements per work item: fixed, so reductions never depend on the thread count.
+constexpr int64_t kChunk = 16384;
+// Independent partial sums per work item (vectorizes without reassociating the sum).
+constexpr int kLanes = 16;
+
+#define SK_DISPATCH_FLOATS(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+inline void check_inputs(const char* op, std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors) {
+    TORCH_CHECK(t->device().is_cpu(), op, ": expected CPU tensors, got one on ", t->device());
+    TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": expected floating tensors, got ", t->scalar_type());
+  }
+}
+
+// `t` contiguous and in `dtype` (a no-op for the tensors the Python layer passes).
+inline at::Tensor as_dense(const at::Tensor& t, at::ScalarType dtype) {
+  return t.to(dtype).contiguous();
+}
+
+inline uint64_t as_u64(int64_t v) {
+  return static_cast<uint64_t>(v);
+}
+
+// Split [begin, end) (flat element indices) at boundaries of groups of `group_len`
+// elements and call fn(group, seg_begin, seg_end) for each piece.
+template <typename F>
+inline void for_each_group_segment(int64_t begin, int64_t end, int64_t group_len, const F& fn) {
+  while (begin < end) {
+    const int64_t group = begin / group_len;
+    const int64_t stop = std::min(end, (group + 1) * group_len);
+    fn(group, begin, stop);
+    begin = stop;
+  }
+}
+
+// sum_{i in [begin, end)} term(i) with kLanes interleaved accumulators and a fixed combine.
+// term(i) may also store outputs; it is called exactly once per index, in blocks.
+template <typename acc_t, typename F>
+SK_FORCE_INLINE acc_t lane_sum(int64_t begin, int64_t end, const F& term) {
+  acc_t acc[kLanes] = {};
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      acc[j] += term(i + j);
+    }
+  }
+  acc_t tail = acc_t(0);
+  for (; i < end; ++i) {
+    tail += term(i);
+  }
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int j = 0; j < width; ++j) {
+      acc[j] += acc[j + width];
+    }
+  }
+  return acc[0] + tail;
+}
+
+// Per-group sums: groups of `group_len` consecutive elements, range_sum(begin, end)
+// returns the partial sum of a piece inside one group (and may store outputs).
+// Pieces are fixed (kChunk) and combined in order: the result is bitwise
+// reproducible for any number of threads.
+template <typename acc_t, typename F>
+std::vector<acc_t> grouped_sums(int64_t groups, int64_t group_len, const F& range_sum) {
+  std::vector<acc_t> sums(static_cast<size_t>(groups), acc_t(0));
+  if (groups == 0 || group_len == 0) {
+    return sums;
+  }
+  if (group_len >= kChunk) {
+    const int64_t per_group = (group_len + kChunk - 1) / kChunk;
+    std::vector<acc_t> partial(static_cast<size_t>(groups * per_group));
+    at::parallel_for(0, groups * per_group, 1, [&](int64_t first, int64_t last) {
+      for (int64_t item = first; item < last; ++item) {
+        const int64_t group = item / per_group;
+        const int64_t start = group * group_len + (item % per_group) * kChunk;
+        const int64_t stop = std::min(start + kChunk, (group + 1) * group_len);
+        partial[item] = range_sum(start, stop);
+      }
+    });
+    for (int64_t group = 0; group < groups; ++group) {
+      acc_t acc = acc_t(0);
+      for (int64_t j = 0; j < per_group; ++j) {
+        acc += partial[group * per_group + j];
+      }
+      sums[group] = acc;
+    }
+  } else {
+    const int64_t groups_per_item = std::max<int64_t>(1, kChunk / group_len);
+    const int64_t items = (groups + groups_per_item - 1) / groups_per_item;
+    at::parallel_for(0, items, 1, [&](int64_t first, int64_t last) {
+      const int64_t stop_group = std::min(groups, last * groups_per_item);
+      for (int64_t group = first * groups_per_item; group < stop_group; ++group) {
+        sums[group] = range_sum(group * group_len, (group + 1) * group_len);
+      }
+    });
+  }
+  return sums;
+}
+
+// Element-wise loop over [0, n) in parallel; body(begin, end).
+template <typename F>
+inline void parallel_elements(int64_t n, const F& body) {
+  at::parallel_for(0, n, kChunk, body);
+}
+
+}  // namespace cpu
+}  // namespace sparsekern

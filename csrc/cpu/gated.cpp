@@ -1,0 +1,249 @@
+// Tensors multiplied by sampled hard-concrete gates (SPEC 2) on CPU:
+// gated_weight (one gate per weight, per row, or per tensor) and gated_activation
+// (per-example gates over [B, C, ...], RNG index b * C + c). Backward fuses
+// grad of the data with the per-gate reductions that give grad_log_alpha.
+#include <torch/library.h>
+
+#include <utility>
+
+#include "cpu_common.h"
+#include "sparsekern/philox.h"
+#include "sparsekern/sparsity_math.h"
+
+namespace sparsekern {
+namespace cpu {
+namespace {
+
+// Both operands in double when either is (fp64 is the gradcheck path); otherwise
+// log_alpha in float32 (a no-op for the usual fp32 parameters), so kernels are
+// instantiated per data dtype only.
+std::pair<at::Tensor, at::Tensor> promote(const at::Tensor& data, const at::Tensor& log_alpha) {
+  if (data.scalar_type() == at::kDouble || log_alpha.scalar_type() == at::kDouble) {
+    return {as_dense(data, at::kDouble), as_dense(log_alpha, at::kDouble)};
+  }
+  return {data.contiguous(), as_dense(log_alpha, at::kFloat)};
+}
+
+// Runs body(W(), P()) for the data storage type W; log_alpha (after promote) is math_t<W>.
+template <typename F>
+void dispatch_pair(const at::Tensor& data, const F& body) {
+  SK_DISPATCH_FLOATS(data.scalar_type(), "sparsekern_gated", [&] { body(scalar_t(), math_t<scalar_t>()); });
+}
+
+template <typename W, typename P>
+using pair_math_t = std::conditional_t<std::is_same<W, double>::value || std::is_same<P, double>::value, double, float>;
+
+// Gates z_k (and dz_k) for k < count, gate k reading log_alpha[k % channels] and counter offset + k.
+template <typename T, typename P>
+std::vector<Gate<T>> sample_gates(const P* log_alpha, int64_t count, int64_t channels, uint64_t seed,
+                                  uint64_t offset, const HardConcreteParams<T>& p) {
+  std::vector<Gate<T>> gates(static_cast<size_t>(count));
+  parallel_elements(count, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      gates[k] = hc_sample(static_cast<T>(log_alpha[k % channels]), sk_uniform(seed, offset + static_cast<uint64_t>(k)), p);
+    }
+  });
+  return gates;
+}
+
+// out[i] = data[i] * z[i / group_len] for precomputed gates.
+template <typename T, typename W>
+void scale_groups(const W* data, W* out, int64_t n, int64_t group_len, const std::vector<Gate<T>>& gates) {
+  parallel_elements(n, [&](int64_t begin, int64_t end) {
+    for_each_group_segment(begin, end, group_len, [&](int64_t group, int64_t b, int64_t e) {
+      const T z = gates[group].z;
+      for (int64_t i = b; i < e; ++i) {
+        out[i] = static_cast<W>(static_cast<T>(data[i]) * z);
+      }
+    });
+  });
+}
+
+// grad_data[i] = grad[i] * z[group] and the per-group sums of grad * data.
+template <typename T, typename W>
+std::vector<T> scale_groups_backward(const W* grad, const W* data, W* grad_data, int64_t n, int64_t group_len,
+                                     const std::vector<Gate<T>>& gates) {
+  const int64_t groups = static_cast<int64_t>(gates.size());
+  return grouped_sums<T>(groups, groups > 0 ? n / groups : 0, [&](int64_t begin, int64_t end) {
+    const T z = gates[begin / group_len].z;
+    return lane_sum<T>(begin, end, [&](int64_t i) SK_LAMBDA_INLINE {
+      const T g = static_cast<T>(grad[i]);
+      grad_data[i] = static_cast<W>(g * z);
+      return g * static_cast<T>(data[i]);
+    });
+  });
+}
+
+// The result in the caller's dtype when promote() changed it.
+at::Tensor restore(const at::Tensor& t, at::ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : t.to(dtype);
+}
+
+void check_gated_weight(const char* op, const at::Tensor& weight, const at::Tensor& log_alpha) {
+  check_inputs(op, {&weight, &log_alpha});
+  const int64_t gates = log_alpha.numel();
+  TORCH_CHECK(gates == weight.numel() || gates == 1 || (weight.dim() > 0 && gates == weight.size(0)), op,
+              ": log_alpha must have weight.numel(), weight.shape[0] or 1 elements, got ", log_alpha.sizes());
+}
+
+at::Tensor gated_weight(const at::Tensor& weight_in, const at::Tensor& log_alpha_in, int64_t seed, int64_t offset,
+                        double beta, double gamma, double zeta) {
+  check_gated_weight("gated_weight", weight_in, log_alpha_in);
+  const std::pair<at::Tensor, at::Tensor> promoted = promote(weight_in, log_alpha_in);
+  const at::Tensor& weight = promoted.first;
+  const at::Tensor& log_alpha = promoted.second;
+  at::Tensor out = at::empty_like(weight);
+  const int64_t n = weight.numel();
+  const int64_t gate_count = log_alpha.numel();
+  const uint64_t key = as_u64(seed), base = as_u64(offset);
+  dispatch_pair(weight, [&](auto w_tag, auto p_tag) {
+    using W = decltype(w_tag);
+    using P = decltype(p_tag);
+    using T = pair_math_t<W, P>;
+    const HardConcreteParams<T> p = hc_params<T>(beta, gamma, zeta);
+    const W* wp = weight.data_ptr<W>();
+    const P* lp = log_alpha.data_ptr<P>();
+    W* op = out.data_ptr<W>();
+    if (gate_count == n) {
+      parallel_elements(n, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const T z = hc_sample(static_cast<T>(lp[i]), sk_uniform(key, base + static_cast<uint64_t>(i)), p).z;
+          op[i] = static_cast<W>(static_cast<T>(wp[i]) * z);
+        }
+      });
+    } else {
+      const auto gates = sample_gates<T>(lp, gate_count, gate_count, key, base, p);
+      scale_groups(wp, op, n, n / gate_count, gates);
+    }
+  });
+  return restore(out, weight_in.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> gated_weight_backward(const at::Tensor& grad_in, const at::Tensor& weight_in,
+                                                         const at::Tensor& log_alpha_in, int64_t seed, int64_t offset,
+                                                         double beta, double gamma, double zeta) {
+  check_gated_weight("gated_weight_backward", weight_in, log_alpha_in);
+  check_inputs("gated_weight_backward", {&grad_in});
+  TORCH_CHECK(grad_in.sizes() == weight_in.sizes(), "gated_weight_backward: grad and weight shapes differ");
+  const std::pair<at::Tensor, at::Tensor> promoted = promote(weight_in, log_alpha_in);
+  const at::Tensor& weight = promoted.first;
+  const at::Tensor& log_alpha = promoted.second;
+  const at::Tensor grad = as_dense(grad_in, weight.scalar_type());
+  at::Tensor grad_w = at::empty_like(weight);
+  at::Tensor grad_la = at::empty(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
+  const int64_t n = weight.numel();
+  const int64_t gate_count = log_alpha.numel();
+  const uint64_t key = as_u64(seed), base = as_u64(offset);
+  dispatch_pair(weight, [&](auto w_tag, auto p_tag) {
+    using W = decltype(w_tag);
+    using P = decltype(p_tag);
+    using T = pair_math_t<W, P>;
+    using G = math_t<P>;
+    const HardConcreteParams<T> p = hc_params<T>(beta, gamma, zeta);
+    const W* wp = weight.data_ptr<W>();
+    const W* gp = grad.data_ptr<W>();
+    const P* lp = log_alpha.data_ptr<P>();
+    W* gwp = grad_w.data_ptr<W>();
+    G* glp = grad_la.data_ptr<G>();
+    if (gate_count == n) {
+      parallel_elements(n, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const Gate<T> gate = hc_sample(static_cast<T>(lp[i]), sk_uniform(key, base + static_cast<uint64_t>(i)), p);
+          const T g = static_cast<T>(gp[i]);
+          gwp[i] = static_cast<W>(g * gate.z);
+          glp[i] = static_cast<G>(g * static_cast<T>(wp[i]) * gate.dz);
+        }
+      });
+    } else {
+      const auto gates = sample_gates<T>(lp, gate_count, gate_count, key, base, p);
+      const std::vector<T> sums = scale_groups_backward(gp, wp, gwp, n, n / gate_count, gates);
+      for (int64_t k = 0; k < gate_count; ++k) {
+        glp[k] = static_cast<G>(sums[k] * gates[k].dz);
+      }
+    }
+  });
+  return {restore(grad_w, weight_in.scalar_type()), restore(grad_la, math_dtype(log_alpha_in))};
+}
+
+void check_gated_activation(const char* op, const at::Tensor& x, const at::Tensor& log_alpha) {
+  check_inputs(op, {&x, &log_alpha});
+  TORCH_CHECK(x.dim() >= 2, op, ": x must have shape [B, C, ...], got ", x.sizes());
+  TORCH_CHECK(log_alpha.numel() == x.size(1), op, ": log_alpha must have x.shape[1] elements, got ",
+              log_alpha.sizes());
+}
+
+at::Tensor gated_activation(const at::Tensor& x_in, const at::Tensor& log_alpha_in, int64_t seed, int64_t offset,
+                            double beta, double gamma, double zeta) {
+  check_gated_activation("gated_activation", x_in, log_alpha_in);
+  const std::pair<at::Tensor, at::Tensor> promoted = promote(x_in, log_alpha_in);
+  const at::Tensor& x = promoted.first;
+  const at::Tensor& log_alpha = promoted.second;
+  at::Tensor out = at::empty_like(x);
+  const int64_t n = x.numel();
+  const int64_t channels = x.size(1);
+  const int64_t gate_count = x.size(0) * channels;
+  if (gate_count == 0) {
+    return restore(out, x_in.scalar_type());
+  }
+  dispatch_pair(x, [&](auto w_tag, auto p_tag) {
+    using W = decltype(w_tag);
+    using P = decltype(p_tag);
+    using T = pair_math_t<W, P>;
+    const HardConcreteParams<T> p = hc_params<T>(beta, gamma, zeta);
+    const auto gates = sample_gates<T>(log_alpha.data_ptr<P>(), gate_count, channels, as_u64(seed), as_u64(offset), p);
+    scale_groups(x.data_ptr<W>(), out.data_ptr<W>(), n, n / gate_count, gates);
+  });
+  return restore(out, x_in.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> gated_activation_backward(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                             const at::Tensor& log_alpha_in, int64_t seed,
+                                                             int64_t offset, double beta, double gamma, double zeta) {
+  check_gated_activation("gated_activation_backward", x_in, log_alpha_in);
+  check_inputs("gated_activation_backward", {&grad_in});
+  TORCH_CHECK(grad_in.sizes() == x_in.sizes(), "gated_activation_backward: grad and x shapes differ");
+  const std::pair<at::Tensor, at::Tensor> promoted = promote(x_in, log_alpha_in);
+  const at::Tensor& x = promoted.first;
+  const at::Tensor& log_alpha = promoted.second;
+  const at::Tensor grad = as_dense(grad_in, x.scalar_type());
+  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_la = at::zeros(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
+  const int64_t n = x.numel();
+  const int64_t batch = x.size(0);
+  const int64_t channels = x.size(1);
+  const int64_t gate_count = batch * channels;
+  if (gate_count > 0) {
+    dispatch_pair(x, [&](auto w_tag, auto p_tag) {
+      using W = decltype(w_tag);
+      using P = decltype(p_tag);
+      using T = pair_math_t<W, P>;
+      using G = math_t<P>;
+      const HardConcreteParams<T> p = hc_params<T>(beta, gamma, zeta);
+      const auto gates =
+          sample_gates<T>(log_alpha.data_ptr<P>(), gate_count, channels, as_u64(seed), as_u64(offset), p);
+      const std::vector<T> sums =
+          scale_groups_backward(grad.data_ptr<W>(), x.data_ptr<W>(), grad_x.data_ptr<W>(), n, n / gate_count, gates);
+      G* glp = grad_la.data_ptr<G>();
+      for (int64_t c = 0; c < channels; ++c) {
+        T acc = T(0);
+        for (int64_t b = 0; b < batch; ++b) {
+          acc += sums[b * channels + c] * gates[b * channels + c].dz;
+        }
+        glp[c] = static_cast<G>(acc);
+      }
+    });
+  }
+  return {restore(grad_x, x_in.scalar_type()), restore(grad_la, math_dtype(log_alpha_in))};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsekern_C, CPU, m) {
+  m.impl("gated_weight", &gated_weight);
+  m.impl("gated_weight_backward", &gated_weight_backward);
+  m.impl("gated_activation", &gated_activation);
+  m.impl("gated_activation_backward", &gated_activation_backward);
+}
+
+}  // namespace cpu
+}  // namespace sparsekern

@@ -1,0 +1,145 @@
+// Hard-concrete gates on CPU (SPEC 2): training sample, deterministic gate and
+// expected L0, each with its backward. One pass per call; the noise is regenerated
+// from (seed, offset) in backward instead of being stored.
+#include <torch/library.h>
+
+#include "cpu_common.h"
+#include "sparsekern/philox.h"
+#include "sparsekern/sparsity_math.h"
+
+namespace sparsekern {
+namespace cpu {
+namespace {
+
+// out[i] = f(i, T(log_alpha[i])), stored in log_alpha's dtype (a gate) or, with
+// kParamGrad, in its math dtype (a parameter gradient).
+template <bool kParamGrad = false, typename F>
+at::Tensor map_gate(const char* name, const at::Tensor& log_alpha_in, const F& f) {
+  check_inputs(name, {&log_alpha_in});
+  const at::Tensor log_alpha = log_alpha_in.contiguous();
+  at::Tensor out = kParamGrad ? at::empty(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)))
+                              : at::empty_like(log_alpha);
+  const int64_t n = log_alpha.numel();
+  SK_DISPATCH_FLOATS(log_alpha.scalar_type(), "sparsekern_gate", [&] {
+    using P = scalar_t;
+    using T = math_t<P>;
+    using O = std::conditional_t<kParamGrad, T, P>;
+    const P* lp = log_alpha.data_ptr<P>();
+    O* op = out.data_ptr<O>();
+    const auto fn = f(T());
+    parallel_elements(n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        op[i] = static_cast<O>(fn(i, static_cast<T>(lp[i])));
+      }
+    });
+  });
+  return out;
+}
+
+// out[i] = f(T(grad[i]), T(log_alpha[i])) in log_alpha's math dtype (a parameter gradient).
+template <typename F>
+at::Tensor map_gate_grad(const char* name, const at::Tensor& grad_in, const at::Tensor& log_alpha_in, const F& f) {
+  check_inputs(name, {&grad_in, &log_alpha_in});
+  TORCH_CHECK(grad_in.sizes() == log_alpha_in.sizes(), name, ": grad and log_alpha shapes differ");
+  const at::Tensor log_alpha = log_alpha_in.contiguous();
+  const at::Tensor grad = as_dense(grad_in, log_alpha.scalar_type());
+  at::Tensor out = at::empty(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
+  const int64_t n = log_alpha.numel();
+  SK_DISPATCH_FLOATS(log_alpha.scalar_type(), "sparsekern_gate", [&] {
+    using P = scalar_t;
+    using T = math_t<P>;
+    const P* lp = log_alpha.data_ptr<P>();
+    const P* gp = grad.data_ptr<P>();
+    T* op = out.data_ptr<T>();
+    const auto fn = f(T());
+    parallel_elements(n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        op[i] = fn(i, static_cast<T>(gp[i]), static_cast<T>(lp[i]));
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor hard_concrete(const at::Tensor& log_alpha, int64_t seed, int64_t offset, double beta, double gamma,
+                         double zeta) {
+  const uint64_t key = as_u64(seed), base = as_u64(offset);
+  return map_gate("hard_concrete", log_alpha, [&](auto zero) {
+    using T = decltype(zero);
+    const HardConcreteParams<T> p = hc_params<T>(beta, gamma, zeta);
+    return [=](int64_t i, T la) SK_LAMBDA_INLINE { return hc_sample(la, sk_uniform(key, base + static_cast<uint64_t>(i)), p).z; };
+  });
+}
+
+at::Tensor hard_concrete_backward(const at::Tensor& grad, const at::Tensor& log_alpha, int64_t seed, int64_t offset,
+                                  double beta, double gamma, double zeta) {
+  const uint64_t key = as_u64(seed), base = as_u64(offset);
+  return map_gate_grad("hard_concrete_backward", grad, log_alpha, [&](auto zero) {
+    using T = decltype(zero);
+    const HardConcreteParams<T> p = hc_params<T>(beta, gamma, zeta);
+    return [=](int64_t i, T g, T la) SK_LAMBDA_INLINE {
+      return g * hc_sample(la, sk_uniform(key, base + static_cast<uint64_t>(i)), p).dz;
+    };
+  });
+}
+
+at::Tensor hard_concrete_eval(const at::Tensor& log_alpha, double gamma, double zeta) {
+  return map_gate("hard_concrete_eval", log_alpha, [&](auto zero) {
+    using T = decltype(zero);
+    const HardConcreteParams<T> p = hc_params<T>(1.0, gamma, zeta);
+    return [=](int64_t, T la) SK_LAMBDA_INLINE { return hc_eval(la, p).z; };
+  });
+}
+
+at::Tensor hard_concrete_eval_backward(const at::Tensor& grad, const at::Tensor& log_alpha, double gamma,
+                                       double zeta) {
+  return map_gate_grad("hard_concrete_eval_backward", grad, log_alpha, [&](auto zero) {
+    using T = decltype(zero);
+    const HardConcreteParams<T> p = hc_params<T>(1.0, gamma, zeta);
+    return [=](int64_t, T g, T la) SK_LAMBDA_INLINE { return g * hc_eval(la, p).dz; };
+  });
+}
+
+at::Tensor l0_norm(const at::Tensor& log_alpha_in, double beta, double gamma, double zeta) {
+  check_inputs("l0_norm", {&log_alpha_in});
+  const at::Tensor log_alpha = log_alpha_in.contiguous();
+  at::Tensor out = at::empty({}, log_alpha.options());
+  const int64_t n = log_alpha.numel();
+  SK_DISPATCH_FLOATS(log_alpha.scalar_type(), "l0_norm", [&] {
+    using P = scalar_t;
+    using T = math_t<P>;
+    const HardConcreteParams<T> p = hc_params<T>(beta, gamma, zeta);
+    const P* lp = log_alpha.data_ptr<P>();
+    const std::vector<T> total = grouped_sums<T>(1, n, [&](int64_t begin, int64_t end) {
+      return lane_sum<T>(begin, end, [&](int64_t i) SK_LAMBDA_INLINE { return l0_prob(static_cast<T>(lp[i]), p); });
+    });
+    out.fill_(total[0]);
+  });
+  return out;
+}
+
+at::Tensor l0_norm_backward(const at::Tensor& grad, const at::Tensor& log_alpha, double beta, double gamma,
+                            double zeta) {
+  TORCH_CHECK(grad.numel() == 1, "l0_norm_backward: grad must have one element, got ", grad.sizes());
+  const double g = grad.item<double>();
+  return map_gate<true>("l0_norm_backward", log_alpha, [&](auto zero) {
+    using T = decltype(zero);
+    const HardConcreteParams<T> p = hc_params<T>(beta, gamma, zeta);
+    const T gt = static_cast<T>(g);
+    return [=](int64_t, T la) SK_LAMBDA_INLINE { return l0_prob_grad(gt, la, p); };
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsekern_C, CPU, m) {
+  m.impl("hard_concrete", &hard_concrete);
+  m.impl("hard_concrete_backward", &hard_concrete_backward);
+  m.impl("hard_concrete_eval", &hard_concrete_eval);
+  m.impl("hard_concrete_eval_backward", &hard_concrete_eval_backward);
+  m.impl("l0_norm", &l0_norm);
+  m.impl("l0_norm_backward", &l0_norm_backward);
+}
+
+}  // namespace cpu
+}  // namespace sparsekern
