@@ -12,7 +12,6 @@ import torch
 LOAD_ERROR: Exception | None = None
 try:
     from sparsekern import _C  # noqa: F401  (import registers the ops)
-    from sparsekern import compiled  # noqa: F401  (their fake kernels)
 except Exception as exc:  # ImportError, or an OSError/undefined symbol from a stale build
     LOAD_ERROR = exc
     warnings.warn(
@@ -33,3 +32,7 @@ def compiled_has(dispatch_key: str) -> bool:
     if LOAD_ERROR is not None:
         return False
     return torch._C._dispatch_has_kernel_for_dispatch_key("sparsekern_C::soft_threshold", dispatch_key)
+
+
+if LOAD_ERROR is None:
+    from sparsekern import compiled  # noqa: E402,F401  (fake kernels of the compiled ops)

@@ -10,6 +10,15 @@ from sparsekern import nn as snn
 from sparsekern import pruning
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: extra threads only add overhead (and stall when the 2 CI cores are busy).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _mlp():
     return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
 
@@ -214,8 +223,51 @@ def test_target_sparsity_calibrate_and_state():
     state = ctl.state_dict()
     other = pruning.TargetSparsity(model, 0.75, 10)
     other.load_state_dict(state)
-    assert other.step_count == 1 and other.integral == ctl.integral
+    assert other.step_count == 1
     with pytest.raises(ValueError, match="STR"):
         pruning.TargetSparsity(_mlp(), 0.5, 10)
     with pytest.raises(ValueError, match="target"):
         pruning.TargetSparsity(model, 1.0, 10)
+
+
+def test_target_sparsity_tracks_the_schedule_and_caps_layers():
+    """Every step lands on the schedule (no lag, no overshoot); no layer is pruned past its cap."""
+    torch.manual_seed(2)
+    model = _mlp()
+    with torch.no_grad():
+        model[4].weight.mul_(1e-3)  # with equal thresholds, a common shift prunes this layer first and fully
+    pruning.sparsify(model, "str", s_init=-12.0)
+    ctl = pruning.TargetSparsity(model, 0.6, 20, start_frac=0.1, max_shift=100.0, max_layer_sparsity=0.9)
+    s_before = [layer.s.clone() for layer in ctl.layers]
+    ctl.step(), ctl.step()  # nothing before start_frac (step 2 of 20)
+    assert all(torch.equal(a, layer.s) for a, layer in zip(s_before, ctl.layers))
+    for _ in range(18):
+        reached = ctl.step()
+        assert abs(reached - ctl.scheduled()) <= 1 / ctl.total_weights + 1e-9
+        per_layer = [1 - layer.nonzero_mask().float().mean().item() for _, layer in pruning.sparse_modules(model)]
+        assert max(per_layer) <= 0.9 + 1e-9
+    assert per_layer[2] == pytest.approx(0.9, abs=1 / 36)  # the tiny layer sits at its cap
+    assert reached == pytest.approx(0.6, abs=1 / ctl.total_weights)
+    with pytest.raises(ValueError, match="ramp_frac"):
+        pruning.TargetSparsity(model, 0.5, 10, start_frac=0.5, ramp_frac=0.4)
+
+
+def _run(tmp_path, **kw):
+    from sparsekern.pruning.trainer import PruneConfig, run_prune
+    return run_prune(PruneConfig(data="digits", seed=0, out=str(tmp_path / "run"), progress=False, **kw))
+
+
+def test_str_target_on_lenet5_learns(tmp_path):
+    """Regression: STR with a target on LeNet-5 stayed at chance (the controller pruned 92% within
+    the first epoch; the soft threshold then shrank every layer ~5x and the signal vanished)."""
+    summary = _run(tmp_path, method="str", model="lenet5", epochs=6, target_sparsity=0.8)
+    assert summary["sparsity"] == pytest.approx(0.8, abs=0.005)
+    assert summary["accuracy"] > 0.75  # measured 0.90 (dense 0.98, GMP 0.95, before the fix 0.10)
+
+
+def test_l0_defaults_give_useful_sparsity(tmp_path):
+    """`prune --method l0` with its defaults (input-neuron gates, Adam on the gates): per-weight gates
+    with SGD gave either 0% sparsity or a collapse to 100% at chance, whatever lambda."""
+    summary = _run(tmp_path, method="l0", model="lenet300", epochs=10)
+    assert summary["sparsity"] > 0.2
+    assert summary["accuracy"] > 0.8  # chance: 0.1
