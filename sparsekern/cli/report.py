@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from sparsekern.cli.common import CLIError, format_table, read_history, read_json, require_run_dir, say
+from sparsekern.cli.common import CLIError, read_history, read_json, require_run_dir, say
 
 BUDGET_PNG = "sparsity_budget.png"
 CURVES_PNG = "curves.png"
@@ -14,15 +14,9 @@ def add_arguments(p) -> None:
 
 
 def sparsity_table(summary: dict) -> str:
-    rows = []
-    for r in summary["layers"]:
-        rows.append([r["name"] + ("" if r.get("sparsified", True) else " (dense)"), r["params"], r["nonzero"],
-                     f"{r['sparsity']:.2%}", r["dense_flops"], r["flops"]])
-    params = sum(r["params"] for r in summary["layers"])
-    nonzero = sum(r["nonzero"] for r in summary["layers"])
-    rows.append(["total", params, nonzero, f"{1 - nonzero / max(params, 1):.2%}",
-                 summary["dense_flops"], summary["flops"]])
-    table = format_table(["layer", "weights", "nonzero", "sparsity", "dense FLOPs", "FLOPs"], rows)
+    from sparsekern.pruning import format_report
+
+    table = format_report({"layers": summary["layers"], "total": summary["total"]})
     return (f"{table}\n\nmethod {summary['method']}, model {summary['model']}, data {summary['data']}: "
             f"test accuracy {summary['accuracy']:.4f}, sparsity of sparsified layers {summary['sparsity']:.4f}, "
             f"FLOPs {summary['flops'] / max(summary['dense_flops'], 1):.2%} of dense")
@@ -68,7 +62,7 @@ def run(args) -> int:
     run_dir = require_run_dir(args.run_dir)
     summary = read_json(run_dir, "summary.json")
     history = read_history(run_dir)
-    missing = {"layers", "accuracy", "sparsity", "flops", "dense_flops", "method", "model", "data"} - summary.keys()
+    missing = {"layers", "total", "accuracy", "sparsity", "flops", "dense_flops", "method", "model", "data"} - summary.keys()
     if missing:
         raise CLIError(f"{os.path.join(run_dir, 'summary.json')!r} lacks {', '.join(sorted(missing))}")
     say(sparsity_table(summary))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from sparsekern.models.flops import layer_flops
 from sparsekern.models.lenet import lenet5, lenet300
 from sparsekern.models.resnet import resnet20, resnet56
 from sparsekern.models.tv import torchvision_model
@@ -34,4 +33,4 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size) -> nn
     return torchvision_model(name, num_classes, in_channels)
 
 
-__all__ = ["MODELS", "build_model", "layer_flops"]
+__all__ = ["MODELS", "build_model"]

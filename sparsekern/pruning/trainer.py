@@ -34,7 +34,7 @@ from torch import nn
 
 from sparsekern.backends import use_backend
 from sparsekern.data import load_dataset
-from sparsekern.models import build_model, layer_flops
+from sparsekern.models import build_model
 from sparsekern.pruning.checkpoint import (
     CheckpointError, atomic_torch_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
@@ -408,7 +408,7 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end) -> dict:
             if controller is not None:
                 controller.step()
             step += 1
-            loss_sum += float(ce)
+            loss_sum += float(ce.detach())
             correct += float((logits.argmax(1) == y).sum())
             seen += len(y)
             if bar is not None:
@@ -461,22 +461,21 @@ def _progress(show: bool, total: int, desc: str):
 
 
 def _summarize(final, model, config, info, sparse_names, example, test_ds, device, d, history) -> dict:
-    layers = layer_flops(final, example)
-    measured = [r for r in layers if sparse_names is None or r["name"] in sparse_names]
-    if measured:
-        sparsity = 1.0 - sum(r["nonzero"] for r in measured) / sum(r["params"] for r in measured)
-    else:  # finalize renamed the layers: fall back to the sparse model's own count
-        sparsity = _current_sparsity(model, config.method)
-    params = sum(p.numel() for p in final.parameters())
+    # FLOPs of the sparse model: its dense FLOPs are the original architecture's, and
+    # channels closed by structured gates count as removed (see pruning.report).
+    report = _pruning().sparsity_report(model, example)
+    measured = [r for r in report["layers"] if sparse_names is not None and r["name"] in sparse_names]
+    sparsity = 1.0 - sum(r["nonzeros"] for r in measured) / sum(r["params"] for r in measured) if measured else 0.0
     return {
         "method": config.method, "model": config.model, "data": info["name"], "epochs": config.epochs,
         "seed": config.seed, "world_size": d.world,
         "accuracy": _accuracy(final, test_ds, device, d),
         "sparsity": sparsity,
-        "params": params,
+        "params": sum(p.numel() for p in final.parameters()),
         "nonzero_params": int(sum(int(torch.count_nonzero(p)) for p in final.parameters())),
-        "flops": sum(r["flops"] for r in layers),
-        "dense_flops": sum(r["dense_flops"] for r in layers),
-        "layers": [{**r, "sparsified": sparse_names is None or r["name"] in sparse_names} for r in layers],
+        "flops": int(round(report["total"]["effective_flops"])),
+        "dense_flops": int(round(report["total"]["dense_flops"])),
+        "layers": report["layers"],
+        "total": report["total"],
         "train_seconds": round(sum(r["seconds"] for r in history), 3),
     }
