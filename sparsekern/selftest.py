@@ -12,7 +12,7 @@ import time
 import torch
 
 import sparsekern
-from sparsekern import backends, reference
+from sparsekern import backends
 
 SEED, OFFSET = 20240611, 2**32 - 3  # the counter crosses into the high word
 

@@ -14,13 +14,7 @@ from sparsekern.pruning.checkpoint import CheckpointError, load_checkpoint, save
 from sparsekern.pruning.trainer import PruneConfig, run_prune
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: extra threads only add overhead (and stall when the 2 CI cores are busy).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_round_trip(tmp_path):
@@ -97,17 +91,10 @@ class _Killed(Exception):
     pass
 
 
-def _methods():
-    methods = [("dense", {})]
-    try:
-        from sparsekern import pruning  # noqa: F401
-        methods += [("str", {"target_sparsity": 0.8}), ("gmp", {"target_sparsity": 0.8}), ("l0", {"lam": 0.01})]
-    except ImportError:
-        pass
-    return methods
+METHODS = [("dense", {}), ("str", {"target_sparsity": 0.8}), ("gmp", {"target_sparsity": 0.8}), ("l0", {"lam": 0.01})]
 
 
-@pytest.mark.parametrize("method,opts", _methods(), ids=[m for m, _ in _methods()])
+@pytest.mark.parametrize("method,opts", METHODS, ids=[m for m, _ in METHODS])
 def test_kill_and_resume_is_bit_identical(tmp_path, method, opts):
     def config(out, resume=False):
         return PruneConfig(method=method, model="lenet300", data="digits", epochs=2, seed=3, out=str(out),

@@ -14,46 +14,25 @@ from sparsekern.cli.export import finalized_architecture
 from sparsekern.data import load_dataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: extra threads only add overhead (and stall when the 2 CI cores are busy).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRUNE = ["prune", "--model", "lenet300", "--data", "digits", "--epochs", "1", "--seed", "1", "--no-progress"]
 
 
-def _sparse_methods_available() -> bool:
-    try:
-        from sparsekern.pruning import finalize, sparsify  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One dense and (when the pruning package is there) one STR run, shared by the tests below."""
+    """One dense and one STR run, shared by the tests below."""
     base = tmp_path_factory.mktemp("runs")
     made = {}
     for method, extra in [("dense", []), ("str", ["--target-sparsity", "0.5", "--backend", "torch"])]:
-        if method != "dense" and not _sparse_methods_available():
-            continue
         out = str(base / method)
         assert main(PRUNE + ["--method", method, "--out", out] + extra) == 0
         made[method] = out
     return made
 
 
-def _method_params():
-    return ["dense", pytest.param("str", marks=pytest.mark.skipif(not _sparse_methods_available(),
-                                                                  reason="sparsekern.pruning missing"))]
-
-
-@pytest.mark.parametrize("method", _method_params())
+@pytest.mark.parametrize("method", ["dense", "str"])
 def test_prune_writes_the_run_directory(runs, method):
     out = runs[method]
     for name in ("config.json", "checkpoint.pt", "log.csv", "log.jsonl", "summary.json", "model.pt"):
@@ -73,7 +52,7 @@ def test_prune_writes_the_run_directory(runs, method):
     assert len(lines) == 2 and lines[0].startswith("epoch,step,train_loss")
 
 
-@pytest.mark.parametrize("method", _method_params())
+@pytest.mark.parametrize("method", ["dense", "str"])
 def test_report_prints_table_and_writes_pngs(runs, method, capsys):
     assert main(["report", runs[method]]) == 0
     text = capsys.readouterr().out
@@ -83,7 +62,7 @@ def test_report_prints_table_and_writes_pngs(runs, method, capsys):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("method", _method_params())
+@pytest.mark.parametrize("method", ["dense", "str"])
 def test_export_loads_into_the_finalized_architecture(runs, method, tmp_path):
     out = tmp_path / "model.pt"
     assert main(["export", runs[method], "--out", str(out)]) == 0

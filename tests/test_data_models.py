@@ -12,13 +12,7 @@ from sparsekern.data import load_dataset
 from sparsekern.models import MODELS, build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: extra threads only add overhead (and stall when the 2 CI cores are busy).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _stats_ok(ds):

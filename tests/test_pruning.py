@@ -10,13 +10,7 @@ from sparsekern import nn as snn
 from sparsekern import pruning
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: extra threads only add overhead (and stall when the 2 CI cores are busy).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp():

@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from sparsekern import pruning
 from sparsekern.backends import use_backend
 from sparsekern.data import load_dataset
 from sparsekern.models import build_model
@@ -165,17 +166,8 @@ def _resolve_device(name: str) -> torch.device:
 
 
 # ---------------------------------------------------------------- method setup
-def _pruning():
-    try:
-        from sparsekern import pruning
-    except ImportError as e:  # the sparse layers ship with the package; this only guards partial installs
-        raise ValueError(f"sparse methods need sparsekern.pruning ({e})") from e
-    return pruning
-
-
 def _setup_method(model: nn.Module, config: PruneConfig, total_steps: int):
     """(model, optimizer param groups, controller or None) for the configured method."""
-    pruning = _pruning()
     if config.method == "dense":  # same groups as the sparse runs (no decay on biases/norms): comparable
         return model, pruning.param_groups(model, config.lr, config.weight_decay), None
     if config.method == "l0":
@@ -225,18 +217,18 @@ def _sparsify_l0(pruning, model: nn.Module) -> None:
 def _sparse_names(model: nn.Module, method: str) -> list[str] | None:
     if method == "dense":
         return None
-    return [name for name, _ in _pruning().sparse_modules(model)]
+    return [name for name, _ in pruning.sparse_modules(model)]
 
 
 def _current_sparsity(model: nn.Module, method: str) -> float:
-    return 0.0 if method == "dense" else float(_pruning().global_sparsity(model))
+    return 0.0 if method == "dense" else float(pruning.global_sparsity(model))
 
 
 def _finalized(model: nn.Module, method: str) -> nn.Module:
     """A plain copy in eval mode; shrink=False keeps the original architecture (for export)."""
     if method == "dense":
         return copy.deepcopy(model).eval()
-    return _pruning().finalize(model, shrink=False).eval()
+    return pruning.finalize(model, shrink=False).eval()
 
 
 # ---------------------------------------------------------------- data order
@@ -396,7 +388,7 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end) -> dict:
             ce = F.cross_entropy(logits, y, reduction="sum")
             loss = ce * (d.world / global_batch)
             if config.method == "l0":  # expected-L0 penalty / N, as in Louizos et al.
-                loss = loss + _pruning().regularization(model, lam=_l0_lambda(config), num_samples=n_train)
+                loss = loss + pruning.regularization(model, lam=_l0_lambda(config), num_samples=n_train)
             optimizer.zero_grad(set_to_none=True)
             if gate_optimizer is not None:
                 gate_optimizer.zero_grad(set_to_none=True)
@@ -463,7 +455,7 @@ def _progress(show: bool, total: int, desc: str):
 def _summarize(final, model, config, info, sparse_names, example, test_ds, device, d, history) -> dict:
     # FLOPs of the sparse model: its dense FLOPs are the original architecture's, and
     # channels closed by structured gates count as removed (see pruning.report).
-    report = _pruning().sparsity_report(model, example)
+    report = pruning.sparsity_report(model, example)
     measured = [r for r in report["layers"] if sparse_names is not None and r["name"] in sparse_names]
     sparsity = 1.0 - sum(r["nonzeros"] for r in measured) / sum(r["params"] for r in measured) if measured else 0.0
     return {
