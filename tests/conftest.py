@@ -1,8 +1,17 @@
 """Test-session setup shared by every test file."""
+import atexit
 import os
+import shutil
+import tempfile
 
-import pytest
-import torch
+# A fresh inductor cache per test session: AOTAutograd's cache is keyed on the forward
+# graph, so a cache left by an older build could replay a stale backward of our ops.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="sparsekern-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Without a GPU, Triton kernels run in the interpreter on CPU tensors. The variable
 # must be set before triton is first imported, hence here, before any test module.
