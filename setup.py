@@ -1,7 +1,9 @@
 """Builds sparsekern._C: CPU kernels always, CUDA kernels when torch and nvcc have CUDA.
 
 SPARSEKERN_BUILD=cpu|cuda|auto (default auto) forces the choice; `cuda` without
-nvcc is an error. CUDA archs come from TORCH_CUDA_ARCH_LIST (default 9.0).
+nvcc is an error. SPARSEKERN_CPU_ARCH (default `native`) is the -march of the CPU
+kernels: a source build runs where it is compiled, so it uses that CPU's vector
+units (as torch.compile's CPU code does); `portable` for a wheel that travels. CUDA archs come from TORCH_CUDA_ARCH_LIST (default 9.0).
 Fast-math is never used: gates and the RNG must match the other backends bit for bit.
 """
 from __future__ import annotations
@@ -38,12 +40,17 @@ def _want_cuda() -> bool:
     return torch.version.cuda is not None and has_nvcc and bool(_sources("cuda/*.cu"))
 
 
+def _cpu_arch_flags() -> list[str]:
+    arch = os.environ.get("SPARSEKERN_CPU_ARCH", "native").strip() or "native"
+    return [] if arch == "portable" else [f"-march={arch}"]
+
+
 def _extension():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     # No fast-math: -fno-trapping-math only lets GCC if-convert (vectorize) the branch-free
     # gate math; it changes no result. -ffp-contract=off keeps results identical across builds.
-    cxx = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Wall"]
+    cxx = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Wall"] + _cpu_arch_flags()
     sources = _sources("ops.cpp") + _sources("extension.cpp") + _sources("cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if _want_cuda():

@@ -107,7 +107,8 @@ def test_cmake_build_matches_extension(tmp_path):
     build = tmp_path / "build"
     prefix = torch.utils.cmake_prefix_path
     subprocess.run(
-        ["cmake", "-S", ROOT, "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}", "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "-S", ROOT, "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}", "-DCMAKE_BUILD_TYPE=Release",
+         f"-DSPARSEKERN_CPU_ARCH={os.environ.get('SPARSEKERN_CPU_ARCH', 'native')}"],
         check=True, capture_output=True, text=True,
     )
     subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)], check=True, capture_output=True,
