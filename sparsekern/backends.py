@@ -7,6 +7,7 @@ tensor's device. Choose with ``use_backend(name)`` or ``SPARSEKERN_BACKEND``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import threading
@@ -55,13 +56,19 @@ def _triton_importable() -> bool:
 
 def is_available(name: str) -> bool:
     _check_name(name, "is_available")
+    return _available(name, triton_interpreted())
+
+
+@functools.lru_cache(maxsize=None)
+def _available(name: str, interpreted: bool) -> bool:
+    """Cached: every op call resolves a backend, and none of this changes within a process."""
     if name in ("torch", "auto"):
         return True
     if name == "cpu":
         return _extension.compiled_has("CPU")
     if name == "cuda":
         return torch.cuda.is_available() and _extension.compiled_has("CUDA")
-    return _triton_importable() and (torch.cuda.is_available() or triton_interpreted())
+    return _triton_importable() and (torch.cuda.is_available() or interpreted)
 
 
 def available_backends() -> list[str]:

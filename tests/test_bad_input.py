@@ -151,6 +151,17 @@ def test_nan_in_nan_out(backend):
         assert torch.isnan(out[:, 0]).all() and not torch.isnan(out[:, 1:]).any()
 
 
+def _weight_ops(w, s, la):
+    """Every op on a weight, its threshold and its gates (outputs in a fixed order)."""
+    return [
+        sparsekern.soft_threshold(w, s),
+        sparsekern.hard_concrete(la, SEED),
+        sparsekern.hard_concrete_eval(la),
+        sparsekern.l0_norm(la),
+        sparsekern.gated_weight(w, la, SEED),
+    ]
+
+
 def _all_finite(*tensors):
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
@@ -164,14 +175,7 @@ def test_extreme_parameters_stay_finite(backend, dtype, extreme):
     la = torch.full((8, 5), extreme, dtype=dtype).requires_grad_()
     x = _w(3, 8, 2, dtype=dtype).requires_grad_()
     with sparsekern.use_backend(backend):
-        outs = [
-            sparsekern.soft_threshold(w, s),
-            sparsekern.hard_concrete(la, SEED),
-            sparsekern.hard_concrete_eval(la),
-            sparsekern.l0_norm(la),
-            sparsekern.gated_weight(w, la, SEED),
-            sparsekern.gated_activation(x, la[:, 0], SEED),
-        ]
+        outs = _weight_ops(w, s, la) + [sparsekern.gated_activation(x, la[:, 0], SEED)]
         grads = torch.autograd.grad(sum(o.float().sum() for o in outs), [w, s, la, x])
     assert _all_finite(*outs, *grads)
     gate = 1.0 if extreme > 0 else 0.0
@@ -191,13 +195,7 @@ def test_empty_tensors_forward_and_backward(backend, shape):
     s = torch.zeros(1).requires_grad_()
     la = torch.empty(shape).requires_grad_()
     with sparsekern.use_backend(backend):
-        outs = [
-            sparsekern.soft_threshold(w, s),
-            sparsekern.hard_concrete(la, SEED),
-            sparsekern.hard_concrete_eval(la),
-            sparsekern.l0_norm(la),
-            sparsekern.gated_weight(w, la, SEED),
-        ]
+        outs = _weight_ops(w, s, la)
         grads = torch.autograd.grad(sum(o.sum() for o in outs), [w, s, la])
     assert [tuple(o.shape) for o in outs] == [shape, shape, shape, (), shape]
     assert float(outs[3]) == 0.0
