@@ -34,6 +34,7 @@ def _load_helper(name: str):
     """A module of sparsekern/_build, loaded by path: the package itself is not built yet."""
     spec = importlib.util.spec_from_file_location(f"_sparsekern_build_{name}", os.path.join(BUILD_HELPERS, name + ".py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
