@@ -161,6 +161,9 @@ def _images(x: np.ndarray, where: str) -> np.ndarray:
         raise ValueError(f"data {where!r}: x must be numeric, got dtype {x.dtype}")
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     x = x.astype(np.float32) / scale
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:  # they would make every loss NaN and the run silently useless
+        raise ValueError(f"data {where!r}: x holds {bad} NaN or infinite values (of {x.size})")
     if x.ndim == 2:
         return x[:, None, None, :]
     if x.ndim == 3:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from sparsekern.backends import NAMES as BACKENDS
-from sparsekern.cli.common import say
-from sparsekern.pruning.trainer import (
-    L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA, METHODS, PruneConfig, run_prune,
-)
+from sparsekern.cli.common import say, small_model_threads
+from sparsekern.pruning.recipes import L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA
+from sparsekern.pruning.trainer import METHODS, PruneConfig, run_prune
 
 
 def add_arguments(p) -> None:
@@ -52,9 +52,28 @@ def config_from_args(args) -> PruneConfig:
     )
 
 
+def knob_note(config: PruneConfig) -> str | None:
+    """What sets the sparsity when the user gave no knob (a silent ~1% surprised users)."""
+    if config.method == "str" and config.target_sparsity is None and config.lam is None:
+        return (f"note: method 'str' without --target-sparsity or --lambda: only --weight-decay "
+                f"{config.weight_decay} on the thresholds raises sparsity (expect a few percent); "
+                "pass --target-sparsity to reach a sparsity")
+    return None
+
+
 def run(args) -> int:
-    summary = run_prune(config_from_args(args))
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+    config = config_from_args(args)
+    config.validate()
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    note = knob_note(config)
+    if note and rank0:
+        print(note, file=sys.stderr, flush=True)
+    with small_model_threads(config.model, config.data):
+        summary = run_prune(config)
+    if summary.get("already_finished") and rank0:
+        say(f"{args.out}: this run already finished its {summary['epochs']} epochs; nothing was trained "
+            "or rewritten. Its result:")
+    if rank0:
         say(f"{args.out}: test accuracy {summary['accuracy']:.4f}, sparsity {summary['sparsity']:.4f}, "
             f"nonzero params {summary['nonzero_params']}/{summary['params']}, "
             f"FLOPs {summary['flops']}/{summary['dense_flops']}")

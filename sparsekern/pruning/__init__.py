@@ -9,6 +9,7 @@ from sparsekern.pruning.flops import record_flops_per_weight
 from sparsekern.pruning.gmp import GMP
 from sparsekern.pruning.modules import gate_modules, global_sparsity, sparse_modules
 from sparsekern.pruning.optim import param_groups
+from sparsekern.pruning.recipes import L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA, make_optimizers
 from sparsekern.pruning.regularization import regularization
 from sparsekern.pruning.report import format_report, sparsity_report
 from sparsekern.pruning.schedule import cubic_sparsity
@@ -16,6 +17,6 @@ from sparsekern.pruning.sparsify import sparsify
 from sparsekern.pruning.target import TargetSparsity
 
 __all__ = [
-    "GMP", "TargetSparsity", "cubic_sparsity", "finalize", "format_report", "gate_modules", "global_sparsity",
+    "L0_DROP_RATE", "L0_GATE_LR", "L0_LAMBDA", "make_optimizers", "GMP", "TargetSparsity", "cubic_sparsity", "finalize", "format_report", "gate_modules", "global_sparsity",
     "param_groups", "record_flops_per_weight", "regularization", "sparse_modules", "sparsify", "sparsity_report",
 ]

@@ -15,6 +15,7 @@ parameters, so every rank takes the same pruning decisions.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -22,7 +23,6 @@ import json
 import math
 import os
 import random
-import re
 import time
 from dataclasses import dataclass
 
@@ -35,23 +35,14 @@ from torch import nn
 from sparsekern import pruning
 from sparsekern.backends import use_backend
 from sparsekern.data import load_dataset
-from sparsekern.models import build_model
+from sparsekern.models import build_model, check_model_name
 from sparsekern.pruning.checkpoint import (
     CheckpointError, atomic_torch_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
+from sparsekern.pruning.recipes import L0_GATE_LR, L0_LAMBDA, make_optimizers
+from sparsekern.pruning.runlock import RunLock
 
 METHODS = ("dense", "gmp", "str", "l0")
-# L0 defaults (Louizos et al. 2018, adapted to short runs): the paper's granularity (one gate per
-# input neuron of a Linear, per output feature map of a conv) and lambda; gates trained by their own
-# Adam at a constant rate well above the paper's 1e-3 (it had ~100k steps); initial drop rate 0.1,
-# not the paper's 0.2 (input) / 0.5: gates at 0.5 halve and randomise every gated layer's signal, so
-# on short runs the net barely learns (LeNet-5/digits, lambda 0: 0.63 after 6 epochs) and the penalty
-# closes everything (LeNet-300/digits: 64% sparse at lambda 0.015, 96% at chance at 0.03).
-# Measured with 0.1, LeNet-300-100 on digits, 10 epochs (dense 0.978): lambda 0.03 -> 28% sparse at
-# 0.978, 0.1 -> 58% at 0.961-0.964 (2 seeds), 0.2 -> 73% at 0.947, 0.3 -> 80% at 0.908.
-L0_LAMBDA = 0.1
-L0_GATE_LR = 0.05
-L0_DROP_RATE = 0.1
 # Settings that may change between a run and its resumption without changing the result.
 RESUME_FREE = ("out", "resume", "progress", "backend", "device")
 LOG_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_acc", "sparsity", "lr", "seconds")
@@ -90,6 +81,8 @@ class PruneConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.target_sparsity is not None and not 0.0 <= self.target_sparsity < 1.0:
             raise ValueError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}")
         if self.lam is not None and (not math.isfinite(self.lam) or self.lam < 0):
@@ -102,10 +95,11 @@ class PruneConfig:
             raise ValueError("method 'str' takes target_sparsity or lambda, not both")
         if self.method == "l0" and self.target_sparsity is not None:
             raise ValueError("method 'l0' takes lambda, not target_sparsity")
-        if self.gate_lr is not None and (self.method != "l0" or isinstance(self.gate_lr, bool)
-                                         or not isinstance(self.gate_lr, (int, float))
+        if self.gate_lr is not None and self.method != "l0":
+            raise ValueError(f"gate_lr is only for method 'l0' (its gates' learning rate), not {self.method!r}")
+        if self.gate_lr is not None and (isinstance(self.gate_lr, bool) or not isinstance(self.gate_lr, (int, float))
                                          or not math.isfinite(self.gate_lr) or self.gate_lr <= 0):
-            raise ValueError(f"gate_lr must be a finite number > 0 and only with method 'l0', got {self.gate_lr!r}")
+            raise ValueError(f"gate_lr must be a finite number > 0, got {self.gate_lr!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
 
@@ -155,7 +149,12 @@ class _Dist:
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {name!r}: not a device (use cpu, cuda, cuda:N or auto)") from e
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: sparsekern trains on cpu or cuda (cuda:N), not {device.type}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r}: CUDA is not available here")
@@ -170,10 +169,7 @@ def _setup_method(model: nn.Module, config: PruneConfig, total_steps: int):
     """(model, optimizer param groups, controller or None) for the configured method."""
     if config.method == "dense":  # same groups as the sparse runs (no decay on biases/norms): comparable
         return model, pruning.param_groups(model, config.lr, config.weight_decay), None
-    if config.method == "l0":
-        _sparsify_l0(pruning, model)
-    else:
-        model = pruning.sparsify(model, method=config.method)
+    model = pruning.sparsify(model, method=config.method)  # l0: the recipes' gates
     threshold_wd = None  # the optimizer's weight decay, STR's own knob
     if config.method == "str" and config.lam is not None:
         threshold_wd = config.lam
@@ -193,25 +189,9 @@ def _l0_lambda(config: PruneConfig) -> float:
 
 
 def _optimizers(groups: list[dict], config: PruneConfig):
-    """(SGD over the weights, Adam over the L0 gates or None). The gates get their own Adam at a
-    constant rate (the L0 paper trains with Adam, Dep-L0 its gate generator): the pace of a gate is
-    then set by ``gate_lr``, not by the scale of lambda. Before (per-weight gates, SGD for all) no
-    lambda gave useful sparsity on LeNet-300/digits: 250 -> 0% sparse, 400 -> 100%, both at chance."""
-    gates = [g for g in groups if g["name"] == "gates"]
-    rest = [g for g in groups if g["name"] != "gates"]
-    optimizer = torch.optim.SGD(rest, lr=config.lr, momentum=config.momentum)
-    if not gates:
-        return optimizer, None
-    lr = L0_GATE_LR if config.gate_lr is None else config.gate_lr
-    return optimizer, torch.optim.Adam([{**g, "lr": lr} for g in gates], lr=lr)
-
-
-def _sparsify_l0(pruning, model: nn.Module) -> None:
-    """The L0 paper's gates: one per input neuron of a Linear, one per output feature map of a conv."""
-    linears = [name for name, m in model.named_modules() if name and type(m) is nn.Linear]
-    pruning.sparsify(model, "l0", include=["re:" + re.escape(n) for n in linears] or "re:(?!)",
-                     granularity="in", drop_rate=L0_DROP_RATE)
-    pruning.sparsify(model, "l0", granularity="out", drop_rate=L0_DROP_RATE)  # the remaining convs
+    """(SGD over the weights, Adam over the L0 gates or None): see ``recipes.make_optimizers``."""
+    gate_lr = L0_GATE_LR if config.gate_lr is None else config.gate_lr
+    return make_optimizers(groups, lr=config.lr, momentum=config.momentum, gate_lr=gate_lr)
 
 
 def _sparse_names(model: nn.Module, method: str) -> list[str] | None:
@@ -305,6 +285,16 @@ def _check_resumable(saved: dict, config: PruneConfig, ckpt: str) -> None:
         raise ValueError(f"cannot resume {ckpt!r}: it was started with different settings: {', '.join(diff)}")
 
 
+def _finished_summary(config: PruneConfig, state: dict) -> dict | None:
+    """A resumed run that already trained all its epochs: its summary, marked ``already_finished``
+    (nothing is retrained or rewritten); None if it still has work to do."""
+    path = os.path.join(config.out, "summary.json")
+    if int(state.get("epoch", 0)) < config.epochs or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return {**json.load(f), "already_finished": True}
+
+
 # ---------------------------------------------------------------- the run
 def run_prune(config: PruneConfig, *, on_epoch_end=None) -> dict:
     """Train (and prune) as configured; returns the summary also written to ``out/summary.json``.
@@ -313,12 +303,10 @@ def run_prune(config: PruneConfig, *, on_epoch_end=None) -> dict:
     """
     config.validate()
     device = _resolve_device(config.device)
-    with use_backend(config.backend):
+    with use_backend(config.backend), contextlib.ExitStack() as cleanup:
         d = _Dist(device.type)
-        try:
-            return _run(config, device, d, on_epoch_end)
-        finally:
-            d.close()
+        cleanup.callback(d.close)
+        return _run(config, device, d, on_epoch_end, cleanup)
 
 
 def _seed_everything(seed: int) -> None:
@@ -327,14 +315,32 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _run(config: PruneConfig, device, d: _Dist, on_epoch_end) -> dict:
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite."""
+
+
+def _check_finite(loss: float, epoch: int, step: int, config: PruneConfig) -> None:
+    if not math.isfinite(loss):
+        kept = (f"the last good checkpoint (epoch {epoch}) is kept in {config.out!r}" if epoch
+                else "no checkpoint was written")
+        raise TrainingDiverged(f"training loss became {loss} in epoch {epoch + 1} (step {step + 1}); "
+                               f"lower --lr or check the data; {kept}")
+
+
+def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextlib.ExitStack) -> dict:
     train_ds, test_ds, info = load_dataset(config.data)  # first: a bad --data must not leave a run dir
+    check_model_name(config.model)  # likewise a bad --model
     ckpt_path = _prepare_out(config, d)
+    if d.rank == 0:  # one run per directory: a second one is refused while this one holds it
+        cleanup.enter_context(RunLock(config.out))
     state = load_checkpoint(ckpt_path) if ckpt_path else None
     if state is not None:
         if not isinstance(state.get("config"), dict):
             raise CheckpointError(f"checkpoint {ckpt_path!r} is not a training checkpoint (no config)")
         _check_resumable(state["config"], config, ckpt_path)
+        finished = _finished_summary(config, state)
+        if finished is not None:
+            return finished
 
     _seed_everything(config.seed)
     n_train = len(train_ds)
@@ -389,6 +395,8 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end) -> dict:
             loss = ce * (d.world / global_batch)
             if config.method == "l0":  # expected-L0 penalty / N, as in Louizos et al.
                 loss = loss + pruning.regularization(model, lam=_l0_lambda(config), num_samples=n_train)
+            if not d.on:  # stop at the first bad step (under DDP the ranks agree once per epoch, below)
+                _check_finite(float(loss.detach()), epoch, step, config)
             optimizer.zero_grad(set_to_none=True)
             if gate_optimizer is not None:
                 gate_optimizer.zero_grad(set_to_none=True)
@@ -409,6 +417,7 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end) -> dict:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                                     sparsity=f"{_current_sparsity(model, config.method):.3f}")
         loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
+        _check_finite(loss_sum, epoch, step - 1, config)
         test_acc = _accuracy(model, test_ds, device, d)
         epoch += 1
         row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
