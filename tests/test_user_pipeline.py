@@ -204,3 +204,14 @@ def test_selftest_says_what_it_skips_and_times(capsys):
     assert "[64, 3, 7, 7]" in text
     for name in ("cuda", "triton", "cpu"):
         assert name in rows or f"not checked: {name} (" in text
+
+
+# 9 ------------------------------------------------------------------ startup cost
+def test_digits_read_from_the_bundled_file_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from sparsekern.data import _digits_from_bundled_file
+
+    x, y = _digits_from_bundled_file()
+    want = load_digits()
+    assert np.array_equal(x, want.images.reshape(-1, 64)) and np.array_equal(y, want.target)
