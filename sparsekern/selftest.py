@@ -6,7 +6,6 @@ Exit code 1 if any backend disagrees.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -86,8 +85,7 @@ def _why_not(name: str, cpu: torch.device) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     from sparsekern.cli.common import Parser
 
-    parser = Parser(prog="sparsekern selftest", description=__doc__.splitlines()[0],
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(prog="sparsekern selftest", description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", default="float32,bfloat16",
                         help=f"comma-separated dtypes to check, of {', '.join(DTYPES)}")
     args = parser.parse_args(argv)

@@ -16,8 +16,23 @@ class CLIError(Exception):
     """A user mistake: printed as one line on stderr, exit code 2."""
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default; an option whose default is None says it in its own help."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.required or action.default == argparse.SUPPRESS:
+            return action.help
+        help_text = action.help or ""
+        return help_text + ("" if "%(default)" in help_text else " (default: %(default)s)")
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (no usage block) and exits 2."""
+    """argparse that reports a bad argument in one line (no usage block) and exits 2, and shows
+    the defaults in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")

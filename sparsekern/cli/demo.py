@@ -1,4 +1,7 @@
-"""`sparsekern demo`: dense vs STR (90% target) LeNet-300-100 on digits, in a few CPU minutes."""
+"""`sparsekern demo`: dense vs STR (90% target) LeNet-300-100 on digits, in a few CPU minutes.
+
+Runs on one torch thread (see ``common.small_model_threads``; SPARSEKERN_THREADS=N overrides).
+"""
 from __future__ import annotations
 
 import os
@@ -14,11 +17,11 @@ RUN_FILES = {"config.json", "checkpoint.pt", "log.csv", "log.jsonl", "summary.js
 
 def add_arguments(p) -> None:
     p.add_argument("--out", default=os.path.join("runs", "demo"), help="directory for the two runs")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--target-sparsity", type=float, default=0.9)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of each run")
+    p.add_argument("--target-sparsity", type=float, default=0.9, help="the STR run's target")
+    p.add_argument("--seed", type=int, default=0, help="seed of both runs")
+    p.add_argument("--backend", default="auto", help="kernel backend")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _fresh(run_dir: str) -> None:

@@ -10,7 +10,8 @@ from sparsekern.pruning.recipes import L0_LAMBDA
 
 
 def regularization(model: nn.Module, *, num_samples: int | None = None, lam: float = L0_LAMBDA,
-                   prior_prec: float = 0.0, flops_weighted: bool = False, example_input=None) -> Tensor:
+                   prior_prec: float = 0.0, flops_weighted: bool = False, example_input=None,
+                   reference_terms: bool = False) -> Tensor:
     """``(1/N) * sum over gated modules of sum_g P(z_g != 0) * sum_{w in g}(lam_l + 0.5*prior_prec*w^2)``.
 
     N = ``num_samples``, required: the training-set size, as in the L0 paper (pass 1 to leave
@@ -20,6 +21,8 @@ def regularization(model: nn.Module, *, num_samples: int | None = None, lam: flo
     of the layer (1 for a Linear, output H*W for a conv: the FLOPs one open weight costs),
     measured by a forward of ``example_input`` (recorded once; later calls may omit it).
     A ChannelGate costs ``lam * cost_per_channel`` per open channel (no weights of its own).
+    ``reference_terms=True`` computes it as the L0 reference code does (P clamped to
+    [1e-6, 1 - 1e-6], bias terms: see ``L0Linear.l0_penalty``), for ``--recipe paper``.
     Returns a 0-dim tensor (0.0 if the model has no gates), differentiable w.r.t. log_alpha
     (and w when prior_prec > 0).
     """
@@ -42,7 +45,8 @@ def regularization(model: nn.Module, *, num_samples: int | None = None, lam: flo
             if scale is None:
                 raise ValueError("regularization: flops_weighted=True needs example_input (once) to measure "
                                  f"the FLOPs of {type(module).__name__} layers")
-        term = module.l0_penalty(lam, prior_prec, scale)
+        term = (module.l0_penalty(lam, prior_prec, scale, reference_terms=True) if reference_terms
+                else module.l0_penalty(lam, prior_prec, scale))
         total = term if total is None else total + term
     if total is None:
         p = next(model.parameters(), None)

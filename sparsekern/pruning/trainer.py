@@ -39,6 +39,8 @@ from sparsekern.models import build_model, check_model_name
 from sparsekern.pruning.checkpoint import (
     CheckpointError, atomic_torch_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
+from sparsekern.pruning import recipes
+from sparsekern.pruning.ema import ParameterEMA
 from sparsekern.pruning.recipes import L0_GATE_LR, L0_LAMBDA, make_optimizers
 from sparsekern.pruning.runlock import RunLock
 
@@ -60,17 +62,41 @@ class PruneConfig:
     seed: int = 0
     out: str = "runs/run"
     resume: bool = False
-    lr: float = 0.05
+    lr: float | None = None  # None: the recipe's (0.05; l0 paper: Adam's 1e-3)
     batch_size: int = 64
     weight_decay: float = 5e-4
     momentum: float = 0.9
     backend: str = "auto"
     device: str = "auto"
     progress: bool = True
+    recipe: str = "default"  # or "paper": the original code's training (see recipes.py)
+    s_init: float | None = None  # str: initial threshold logit; None: relative to the weights (paper: -3200)
+    ema: float | None = None  # beta of the parameter EMA used for evaluation; 0 off; None: the recipe's
+
+    def __post_init__(self):
+        if self.lr is None:
+            self.lr = recipes.default_lr(self.method, self.recipe)
+        if self.ema is None:
+            self.ema = recipes.default_ema(self.method, self.recipe)
+        if self.s_init is None and (self.method, self.recipe) == ("str", "paper"):
+            self.s_init = recipes.STR_PAPER_S_INIT
 
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.recipe not in recipes.RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(recipes.RECIPES)}, got {self.recipe!r}")
+        if self.s_init is not None and (self.method != "str" or isinstance(self.s_init, bool)
+                                        or not isinstance(self.s_init, (int, float)) or not math.isfinite(self.s_init)):
+            raise ValueError(f"s_init must be a finite number and only with method 'str', got {self.s_init!r} "
+                             f"with method {self.method!r}")
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema!r}")
+        if self.recipe == "paper" and self.method == "str" and self.target_sparsity is not None:
+            raise ValueError("recipe 'paper' for method 'str' has no target (the paper's knob is --lambda, "
+                             "the thresholds' weight decay)")
+        if self.recipe == "paper" and self.method not in ("str", "l0"):
+            raise ValueError(f"recipe 'paper' exists for methods 'str' and 'l0', not {self.method!r}")
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -169,13 +195,19 @@ def _setup_method(model: nn.Module, config: PruneConfig, total_steps: int):
     """(model, optimizer param groups, controller or None) for the configured method."""
     if config.method == "dense":  # same groups as the sparse runs (no decay on biases/norms): comparable
         return model, pruning.param_groups(model, config.lr, config.weight_decay), None
-    model = pruning.sparsify(model, method=config.method)  # l0: the recipes' gates
+    paper = config.recipe == "paper"
+    if config.method == "l0" and paper:
+        model = recipes.sparsify_l0_paper(model)
+        return model, [{"params": list(model.parameters()), "lr": config.lr, "weight_decay": 0.0, "name": "all"}], None
+    opts = {"s_init": config.s_init} if config.s_init is not None else {}
+    model = pruning.sparsify(model, method=config.method, **opts)  # l0: the recipes' gates
     threshold_wd = None  # the optimizer's weight decay, STR's own knob
     if config.method == "str" and config.lam is not None:
         threshold_wd = config.lam
     elif config.method == "str" and config.target_sparsity is not None:
         threshold_wd = 0.0  # TargetSparsity supplies the pressure on the thresholds
-    groups = pruning.param_groups(model, config.lr, config.weight_decay, threshold_weight_decay=threshold_wd)
+    groups = pruning.param_groups(model, config.lr, config.weight_decay, threshold_weight_decay=threshold_wd,
+                                  no_decay_norm_and_bias=not paper)  # the STR code decays them all
     controller = None
     if config.method == "gmp":
         controller = pruning.GMP(model, config.target_sparsity, total_steps)
@@ -189,9 +221,39 @@ def _l0_lambda(config: PruneConfig) -> float:
 
 
 def _optimizers(groups: list[dict], config: PruneConfig):
-    """(SGD over the weights, Adam over the L0 gates or None): see ``recipes.make_optimizers``."""
+    """(SGD over the weights, Adam over the L0 gates or None): see ``recipes.make_optimizers``;
+    the L0 paper: one Adam over everything."""
+    if (config.method, config.recipe) == ("l0", "paper"):
+        return torch.optim.Adam(groups, lr=config.lr), None
     gate_lr = L0_GATE_LR if config.gate_lr is None else config.gate_lr
     return make_optimizers(groups, lr=config.lr, momentum=config.momentum, gate_lr=gate_lr)
+
+
+def _scheduler(optimizer, config: PruneConfig, total_steps: int):
+    if (config.method, config.recipe) == ("l0", "paper"):  # the L0 code keeps Adam's rate constant
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+
+
+def _l0_penalty(model: nn.Module, config: PruneConfig, n_train: int):
+    """Expected-L0 penalty / N (Louizos et al.); the paper recipe adds the reference code's terms
+    and its L2 (prior_prec = N * weight_decay, the optimizer then decays nothing)."""
+    if config.recipe == "paper":
+        return pruning.regularization(model, lam=_l0_lambda(config), num_samples=n_train,
+                                      prior_prec=n_train * config.weight_decay, reference_terms=True)
+    return pruning.regularization(model, lam=_l0_lambda(config), num_samples=n_train)
+
+
+def _after_step(model: nn.Module, config: PruneConfig, ema) -> None:
+    if (config.method, config.recipe) == ("l0", "paper"):
+        recipes.clamp_log_alpha(model)
+    if ema is not None:
+        ema.update()
+
+
+def _evaluated(ema):
+    """Evaluate with the EMA parameters when there is one."""
+    return ema.applied() if ema is not None else contextlib.nullcontext()
 
 
 def _sparse_names(model: nn.Module, method: str) -> list[str] | None:
@@ -279,8 +341,8 @@ def _prepare_out(config: PruneConfig, d: _Dist) -> str | None:
 
 def _check_resumable(saved: dict, config: PruneConfig, ckpt: str) -> None:
     now = dataclasses.asdict(config)
-    diff = [f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in now
-            if k not in RESUME_FREE and saved.get(k) != now[k]]
+    diff = [f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in now  # a missing key: saved before it existed
+            if k not in RESUME_FREE and saved.get(k, now[k]) != now[k]]
     if diff:
         raise ValueError(f"cannot resume {ckpt!r}: it was started with different settings: {', '.join(diff)}")
 
@@ -338,9 +400,6 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
         if not isinstance(state.get("config"), dict):
             raise CheckpointError(f"checkpoint {ckpt_path!r} is not a training checkpoint (no config)")
         _check_resumable(state["config"], config, ckpt_path)
-        finished = _finished_summary(config, state)
-        if finished is not None:
-            return finished
 
     _seed_everything(config.seed)
     n_train = len(train_ds)
@@ -350,7 +409,8 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
     model, groups, controller = _setup_method(model, config, total_steps)
     model.to(device)
     optimizer, gate_optimizer = _optimizers(groups, config)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    scheduler = _scheduler(optimizer, config, total_steps)
+    ema = ParameterEMA(model, config.ema) if config.ema else None
     sparse_names = _sparse_names(model, config.method)
     example = train_ds.tensors[0][:1].to(device)
 
@@ -361,6 +421,8 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
             optimizer.load_state_dict(state["optimizer"])
             if gate_optimizer is not None:
                 gate_optimizer.load_state_dict(state["gate_optimizer"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
             scheduler.load_state_dict(state["scheduler"])
             if controller is not None:
                 controller.load_state_dict(state["controller"])
@@ -369,6 +431,9 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint {ckpt_path!r} does not match this run "
                                   f"({' '.join(str(e).split())[:300]})") from e
+    finished = _finished_summary(config, state) if state is not None else None
+    if finished is not None:
+        return finished
     config_record = {**dataclasses.asdict(config), "dataset": info}
     if d.rank == 0:
         _write_json(os.path.join(config.out, "config.json"), config_record)
@@ -394,7 +459,7 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
             ce = F.cross_entropy(logits, y, reduction="sum")
             loss = ce * (d.world / global_batch)
             if config.method == "l0":  # expected-L0 penalty / N, as in Louizos et al.
-                loss = loss + pruning.regularization(model, lam=_l0_lambda(config), num_samples=n_train)
+                loss = loss + _l0_penalty(model, config, n_train)
             if not d.on:  # stop at the first bad step (under DDP the ranks agree once per epoch, below)
                 _check_finite(float(loss.detach()), epoch, step, config)
             optimizer.zero_grad(set_to_none=True)
@@ -407,6 +472,7 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
             scheduler.step()
             if controller is not None:
                 controller.step()
+            _after_step(model, config, ema)
             step += 1
             loss_sum += float(ce.detach())
             correct += float((logits.argmax(1) == y).sum())
@@ -418,7 +484,8 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
                                     sparsity=f"{_current_sparsity(model, config.method):.3f}")
         loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
         _check_finite(loss_sum, epoch, step - 1, config)
-        test_acc = _accuracy(model, test_ds, device, d)
+        with _evaluated(ema):
+            test_acc = _accuracy(model, test_ds, device, d)
         epoch += 1
         row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                "test_acc": test_acc, "sparsity": _current_sparsity(model, config.method),
@@ -435,14 +502,16 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
                 "gate_optimizer": gate_optimizer.state_dict() if gate_optimizer is not None else {},
                 "controller": controller.state_dict() if controller is not None else {},
                 "rng": rng_state(), "epoch": epoch, "step": step, "history": history,
+                "ema": ema.state_dict() if ema is not None else {},
             })
             _write_logs(config.out, history)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
     d.check_agree(model, _current_sparsity(model, config.method), device)
-    final = _finalized(model, config.method)
-    summary = _summarize(final, model, config, info, sparse_names, example, test_ds, device, d, history)
+    with _evaluated(ema):
+        final = _finalized(model, config.method)
+        summary = _summarize(final, model, config, info, sparse_names, example, test_ds, device, d, history)
     if d.rank == 0:
         atomic_torch_save({k: v.detach().cpu() for k, v in final.state_dict().items()},
                           os.path.join(config.out, "model.pt"))
