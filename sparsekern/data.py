@@ -15,7 +15,9 @@ Sources:
 - a ``.npz`` file with ``x``/``y`` (split 80/20 with a fixed seed) or with
   ``x_train``/``y_train``/``x_test``/``y_test``; read with ``allow_pickle=False``.
 
-Images are standardised per channel with the training set's mean and std.
+Images are scaled to [0, 1] (uint8 / 255, digits / 16) and then standardised per channel with
+the training set's mean and std (std + 1e-6); ``info["normalization"]`` holds both, and
+``sparsekern prune`` saves them in the run's ``config.json``.
 """
 from __future__ import annotations
 
@@ -229,6 +231,8 @@ def _to_datasets(name, xtr, ytr, xte, yte):
         "image_size": (int(xtr.shape[2]), int(xtr.shape[3])),
         "train_size": len(xtr),
         "test_size": len(xte),
+        # What a user needs to feed an exported model raw images: x_norm = (x - mean) / std per channel.
+        "normalization": {"mean": [float(v) for v in mean.reshape(-1)], "std": [float(v) for v in std.reshape(-1)]},
     }
 
     def ds(x, y):

@@ -215,3 +215,38 @@ def test_digits_read_from_the_bundled_file_equal_load_digits():
     x, y = _digits_from_bundled_file()
     want = load_digits()
     assert np.array_equal(x, want.images.reshape(-1, 64)) and np.array_equal(y, want.target)
+
+
+# docs ---------------------------------------------------------------- evaluating an exported model, as the README says
+def test_readme_evaluation_of_an_exported_model_reproduces_the_summary(finished, capsys):
+    code = _readme_block("### Evaluating an exported model").replace('"runs/str90"', repr(finished))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    summary = json.load(open(os.path.join(finished, "summary.json")))
+    assert scope["accuracy"] == pytest.approx(summary["accuracy"], abs=1e-6)  # float32 mean; one image is 3e-3
+    assert f"test accuracy {summary['accuracy']:.4f}" in capsys.readouterr().out
+
+
+def test_readme_cites_the_projects_own_math():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    assert "SPEC.md" not in text and "docs/math.md" in text and "without losing accuracy" not in text
+    assert os.path.isfile(os.path.join(ROOT, "docs", "math.md"))
+
+
+def test_every_help_option_shows_its_default(capsys):
+    from sparsekern.cli import build_parser
+
+    parser = build_parser()
+    for command in ("prune", "demo", "export", "report"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+    assert main(["selftest", "--help"]) == 0
+    text = capsys.readouterr().out
+    for option in ("--epochs EPOCHS", "--seed SEED", "--momentum MOMENTUM", "--dtypes DTYPES",
+                   "--backend BACKEND", "--target-sparsity TARGET_SPARSITY"):
+        assert option in text
+    entries = re.split(r"\n  (?=-)", text)
+    for entry in entries:
+        name = entry.split()[0]
+        if name.startswith("--") and name not in ("--help", "--out"):
+            assert "default" in entry, entry
