@@ -1,4 +1,4 @@
-"""Hard-concrete gate parameters (SPEC section 2), shared by the L0 layers and ChannelGate."""
+"""Hard-concrete gate parameters (docs/math.md section 2), shared by the L0 layers and ChannelGate."""
 from __future__ import annotations
 
 import math
@@ -18,7 +18,7 @@ P_CLAMP = 1e-6
 
 
 def log_alpha_init(drop_rate: float) -> float:
-    """Mean initial log_alpha for a drop rate p: ``log(1 - p) - log(p)`` (SPEC 2)."""
+    """Mean initial log_alpha for a drop rate p: ``log(1 - p) - log(p)`` (docs/math.md §2)."""
     if not isinstance(drop_rate, (int, float)) or not 0.0 < drop_rate < 1.0:
         raise ValueError(f"drop_rate must be in (0, 1), got {drop_rate!r}")
     return math.log(1.0 - drop_rate) - math.log(drop_rate)

@@ -1,4 +1,4 @@
-"""L0 layers (SPEC section 2): weights or activations multiplied by hard-concrete gates."""
+"""L0 layers (docs/math.md section 2): weights or activations multiplied by hard-concrete gates."""
 from __future__ import annotations
 
 import math
@@ -98,7 +98,7 @@ class _L0Mixin(HardConcreteGates, SparseModule):
 
     def l0_penalty(self, lam: float, prior_prec: float = 0.0, cost_scale: float = 1.0, *,
                    reference_terms: bool = False) -> Tensor:
-        """``sum_g P(z_g != 0) * sum_{w in g}(lam * cost_scale + 0.5 * prior_prec * w^2)`` (SPEC 2).
+        """``sum_g P(z_g != 0) * sum_{w in g}(lam * cost_scale + 0.5 * prior_prec * w^2)`` (docs/math.md §2).
 
         ``reference_terms``: as the L0 reference code computes it: P clamped to [1e-6, 1 - 1e-6],
         plus the bias: ungated ``0.5 * prior_prec * sum(b^2)`` when the gates are on the inputs,

@@ -1,4 +1,4 @@
-"""The expected-L0 penalty of every hard-concrete gate in a model (SPEC section 2)."""
+"""The expected-L0 penalty of every hard-concrete gate in a model (docs/math.md section 2)."""
 from __future__ import annotations
 
 import torch
