@@ -12,6 +12,9 @@ Sources:
   ``test_batch``). Those files are pickles; they are read with a restricted
   unpickler that only rebuilds numpy arrays, lists, dicts and strings, so a
   tampered file cannot run code. Still, only point it at data you trust.
+- through torchvision (``sparsekern.vision``): an ImageFolder tree with ``train/`` and
+  ``val/``, or ``mnist:DIR`` / ``cifar10:DIR`` / ``cifar100:DIR``; these return streaming
+  datasets (not TensorDatasets) with the standard augmentation.
 - a ``.npz`` file with ``x``/``y`` (split 80/20 with a fixed seed) or with
   ``x_train``/``y_train``/``x_test``/``y_test``; read with ``allow_pickle=False``.
 
@@ -27,6 +30,8 @@ import pickle
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
+
+from sparsekern.vision import is_vision_source, load_vision_dataset
 
 SPLIT_SEED = 0  # the fixed train/test split of digits and single-array .npz files
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -45,13 +50,16 @@ def load_dataset(name_or_path: str, *, synthetic_shape: tuple[int, int, int] = (
         arrays = _synthetic(synthetic_shape, synthetic_size, num_classes)
     elif name.endswith(".npz"):
         arrays = _npz(name)
+    elif is_vision_source(name):
+        return load_vision_dataset(name)
     elif os.path.isdir(name):
         arrays = _cifar10(name)
     elif os.path.exists(name):
         raise ValueError(f"data {name!r}: expected a CIFAR-10 directory or a .npz file")
     else:
         raise FileNotFoundError(
-            f"data {name!r}: no such file or directory (built-in names: digits, synthetic)")
+            f"data {name!r}: no such file or directory (built-in names: digits, synthetic; torchvision "
+            "folders: a directory with train/ and val/, or mnist:DIR, cifar10:DIR, cifar100:DIR)")
     return _to_datasets(os.path.basename(name.rstrip("/")) or name, *arrays)
 
 

@@ -40,13 +40,16 @@ from sparsekern.pruning.checkpoint import (
     CheckpointError, atomic_torch_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
 from sparsekern.pruning import recipes
+from sparsekern.pruning.batches import BatchSource, epoch_plan, steps_per_epoch as _steps_per_epoch
 from sparsekern.pruning.ema import ParameterEMA
 from sparsekern.pruning.recipes import L0_GATE_LR, L0_LAMBDA, make_optimizers
 from sparsekern.pruning.runlock import RunLock
 
 METHODS = ("dense", "gmp", "str", "l0")
 # Settings that may change between a run and its resumption without changing the result.
-RESUME_FREE = ("out", "resume", "progress", "backend", "device")
+RESUME_FREE = ("out", "resume", "progress", "backend", "device", "workers", "checkpoint_every")
+SCHEDULES = ("cosine", "step", "constant")
+AMP_MODES = ("off", "bf16", "fp16")
 LOG_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_acc", "sparsity", "lr", "seconds")
 
 
@@ -72,12 +75,23 @@ class PruneConfig:
     recipe: str = "default"  # or "paper": the original code's training (see recipes.py)
     s_init: float | None = None  # str: initial threshold logit; None: relative to the weights (paper: -3200)
     ema: float | None = None  # beta of the parameter EMA used for evaluation; 0 off; None: the recipe's
+    lr_schedule: str | None = None  # cosine, step or constant; None: the recipe's (cosine; l0 paper: constant)
+    warmup_epochs: float = 0.0  # linear warm-up of the learning rate from 0
+    lr_milestones: tuple = ()  # step schedule: epochs at which the rate is multiplied by 0.1
+    label_smoothing: float = 0.0
+    amp: str = "off"  # off, bf16 (autocast) or fp16 (autocast + GradScaler)
+    channels_last: bool = False
+    workers: int = 0  # DataLoader worker processes (datasets read from disk)
+    checkpoint_every: int = 0  # also checkpoint every N steps within an epoch (0: at epoch ends only)
 
     def __post_init__(self):
         if self.lr is None:
             self.lr = recipes.default_lr(self.method, self.recipe)
         if self.ema is None:
             self.ema = recipes.default_ema(self.method, self.recipe)
+        if self.lr_schedule is None:
+            self.lr_schedule = "constant" if (self.method, self.recipe) == ("l0", "paper") else "cosine"
+        self.lr_milestones = tuple(self.lr_milestones)
         if self.s_init is None and (self.method, self.recipe) == ("str", "paper"):
             self.s_init = recipes.STR_PAPER_S_INIT
 
@@ -95,6 +109,22 @@ class PruneConfig:
         if self.recipe == "paper" and self.method == "str" and self.target_sparsity is not None:
             raise ValueError("recipe 'paper' for method 'str' has no target (the paper's knob is --lambda, "
                              "the thresholds' weight decay)")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        for name, high in (("warmup_epochs", self.epochs), ("label_smoothing", 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < high:
+                raise ValueError(f"{name} must be a number in [0, {high}), got {v!r}")
+        for name in ("workers", "checkpoint_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if any(isinstance(m, bool) or not isinstance(m, int) or not 0 < m < self.epochs for m in self.lr_milestones):
+            raise ValueError(f"lr_milestones must be epochs in (0, {self.epochs}), got {list(self.lr_milestones)}")
+        if self.lr_milestones and self.lr_schedule != "step":
+            raise ValueError("lr_milestones are only for lr_schedule 'step'")
         if self.recipe == "paper" and self.method not in ("str", "l0"):
             raise ValueError(f"recipe 'paper' exists for methods 'str' and 'l0', not {self.method!r}")
         for name in ("epochs", "batch_size"):
@@ -229,10 +259,24 @@ def _optimizers(groups: list[dict], config: PruneConfig):
     return make_optimizers(groups, lr=config.lr, momentum=config.momentum, gate_lr=gate_lr)
 
 
-def _scheduler(optimizer, config: PruneConfig, total_steps: int):
-    if (config.method, config.recipe) == ("l0", "paper"):  # the L0 code keeps Adam's rate constant
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+def _scheduler(optimizer, config: PruneConfig, steps_per_epoch: int):
+    """Per-step learning-rate schedule: linear warm-up, then cosine to 0, steps of 0.1 or constant."""
+    total = steps_per_epoch * config.epochs
+    warm = round(config.warmup_epochs * steps_per_epoch)
+    if config.lr_schedule == "cosine" and not warm:  # the schedule runs have always used
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    milestones = [m * steps_per_epoch for m in config.lr_milestones]
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if config.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        if config.lr_schedule == "step":
+            return 0.1 ** sum(step >= m for m in milestones)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _l0_penalty(model: nn.Module, config: PruneConfig, n_train: int):
@@ -273,33 +317,36 @@ def _finalized(model: nn.Module, method: str) -> nn.Module:
     return pruning.finalize(model, shrink=False).eval()
 
 
-# ---------------------------------------------------------------- data order
-def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int):
-    """This rank's index tensors for every global batch of ``epoch``, plus each global batch's size."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=g)
-    for start in range(0, n, batch_size):
-        batch = order[start:start + batch_size]
-        if len(batch) < world:  # every rank needs at least one example
-            return
-        yield batch[rank::world], len(batch)
-
-
-def _steps_per_epoch(n: int, batch_size: int, world: int) -> int:
-    return sum(1 for start in range(0, n, batch_size) if min(batch_size, n - start) >= world)
-
-
+# ---------------------------------------------------------------- evaluation
 @torch.no_grad()
-def _accuracy(model: nn.Module, ds, device, d: _Dist, batch_size: int = 512) -> float:
+def _accuracy(model: nn.Module, ds, source: BatchSource, d: _Dist, config: PruneConfig) -> float:
     model.eval()
-    x_all, y_all = ds.tensors
-    mine = torch.arange(d.rank, len(y_all), d.world)
-    correct = 0
-    for start in range(0, len(mine), batch_size):
-        idx = mine[start:start + batch_size]
-        correct += int((model(x_all[idx].to(device)).argmax(1) == y_all[idx].to(device)).sum())
-    total_correct, total = d.sum([float(correct), float(len(mine))], device)
+    correct = seen = 0
+    for x, y in source.evaluate(ds, d.rank, d.world):
+        with _autocast(config, x.device):
+            correct += int((model(x).argmax(1) == y).sum())
+        seen += len(y)
+    total_correct, total = d.sum([float(correct), float(seen)], source.device)
     return total_correct / total
+
+
+def _autocast(config: PruneConfig, device: torch.device):
+    if config.amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
+
+
+def _backward_and_step(loss, optimizers: list, scaler) -> None:
+    """backward and every optimizer's step; fp16: through the GradScaler (it skips steps with inf/NaN grads)."""
+    if scaler is None:
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        return
+    scaler.scale(loss).backward()
+    for opt in optimizers:
+        scaler.step(opt)
+    scaler.update()
 
 
 # ---------------------------------------------------------------- run directory
@@ -409,12 +456,16 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
     model, groups, controller = _setup_method(model, config, total_steps)
     model.to(device)
     optimizer, gate_optimizer = _optimizers(groups, config)
-    scheduler = _scheduler(optimizer, config, total_steps)
+    scheduler = _scheduler(optimizer, config, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    source = BatchSource(device, workers=config.workers, channels_last=config.channels_last, seed=config.seed)
     ema = ParameterEMA(model, config.ema) if config.ema else None
     sparse_names = _sparse_names(model, config.method)
-    example = train_ds.tensors[0][:1].to(device)
+    example = test_ds[0][0].unsqueeze(0).to(device)
 
-    epoch, step, history = 0, 0, []
+    epoch, step, history, position = 0, 0, [], {}
     if state is not None:
         try:
             model.load_state_dict(state["model"])
@@ -426,8 +477,11 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
             scheduler.load_state_dict(state["scheduler"])
             if controller is not None:
                 controller.load_state_dict(state["controller"])
+            if scaler is not None:
+                scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
             epoch, step, history = int(state["epoch"]), int(state["step"]), list(state["history"])
+            position = dict(state.get("position", {}))  # within the epoch, if saved mid-epoch
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint {ckpt_path!r} does not match this run "
                                   f"({' '.join(str(e).split())[:300]})") from e
@@ -443,20 +497,37 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
     net = model
     if d.on:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    x_all, y_all = train_ds.tensors
     show = config.progress and d.rank == 0
+
+    def save(extra: dict) -> None:
+        save_checkpoint(os.path.join(config.out, "checkpoint.pt"), {
+            "config": dataclasses.asdict(config), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "gate_optimizer": gate_optimizer.state_dict() if gate_optimizer is not None else {},
+            "controller": controller.state_dict() if controller is not None else {},
+            "rng": rng_state(), "epoch": epoch, "step": step, "history": history,
+            "ema": ema.state_dict() if ema is not None else {},
+            "scaler": scaler.state_dict() if scaler is not None else {}, **extra,
+        })
+
+    optimizers = [opt for opt in (optimizer, gate_optimizer) if opt is not None]
     while epoch < config.epochs:
-        started = time.time()
+        first = int(position.get("batch", 0))  # > 0: resuming in the middle of this epoch
+        # Sums so far (all ranks' from a mid-epoch checkpoint, held by rank 0 only).
+        loss_sum, correct, seen = position.get("sums", [0.0, 0.0, 0.0]) if d.rank == 0 else [0.0, 0.0, 0.0]
+        started = time.time() - float(position.get("seconds", 0.0))
+        position = {}
         net.train()
-        loss_sum = correct = seen = 0.0
         bar = _progress(show, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
-        for i, (idx, global_batch) in enumerate(_epoch_batches(n_train, config.batch_size, config.seed, epoch,
-                                                                d.rank, d.world)):
-            x, y = x_all[idx].to(device), y_all[idx].to(device)
-            logits = net(x)
+        if bar is not None:
+            bar.update(first)
+        plan = epoch_plan(n_train, config.batch_size, config.seed, epoch, d.rank, d.world)
+        for i, (x, y, global_batch) in enumerate(source.train(train_ds, plan, epoch, first), start=first):
+            with _autocast(config, device):
+                logits = net(x)
             # Sum over this rank's share, divided by the global batch, times world (DDP averages):
             # the gradient is exactly that of the global-batch mean.
-            ce = F.cross_entropy(logits, y, reduction="sum")
+            ce = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=config.label_smoothing)
             loss = ce * (d.world / global_batch)
             if config.method == "l0":  # expected-L0 penalty / N, as in Louizos et al.
                 loss = loss + _l0_penalty(model, config, n_train)
@@ -465,10 +536,7 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
             optimizer.zero_grad(set_to_none=True)
             if gate_optimizer is not None:
                 gate_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if gate_optimizer is not None:
-                gate_optimizer.step()
+            _backward_and_step(loss, optimizers, scaler)
             scheduler.step()
             if controller is not None:
                 controller.step()
@@ -482,10 +550,14 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
                 if i % 10 == 0 or i == steps_per_epoch - 1:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                                     sparsity=f"{_current_sparsity(model, config.method):.3f}")
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and i + 1 < len(plan):
+                sums = d.sum([loss_sum, correct, seen], device)  # every rank reaches this step
+                if d.rank == 0:
+                    save({"position": {"batch": i + 1, "sums": sums, "seconds": time.time() - started}})
         loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
         _check_finite(loss_sum, epoch, step - 1, config)
         with _evaluated(ema):
-            test_acc = _accuracy(model, test_ds, device, d)
+            test_acc = _accuracy(model, test_ds, source, d, config)
         epoch += 1
         row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                "test_acc": test_acc, "sparsity": _current_sparsity(model, config.method),
@@ -496,14 +568,7 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
                             test=f"{test_acc:.3f}", sparsity=f"{row['sparsity']:.3f}")
             bar.close()
         if d.rank == 0:
-            save_checkpoint(os.path.join(config.out, "checkpoint.pt"), {
-                "config": dataclasses.asdict(config), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "gate_optimizer": gate_optimizer.state_dict() if gate_optimizer is not None else {},
-                "controller": controller.state_dict() if controller is not None else {},
-                "rng": rng_state(), "epoch": epoch, "step": step, "history": history,
-                "ema": ema.state_dict() if ema is not None else {},
-            })
+            save({})
             _write_logs(config.out, history)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
@@ -511,7 +576,7 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
     d.check_agree(model, _current_sparsity(model, config.method), device)
     with _evaluated(ema):
         final = _finalized(model, config.method)
-        summary = _summarize(final, model, config, info, sparse_names, example, test_ds, device, d, history)
+        summary = _summarize(final, model, config, info, sparse_names, example, test_ds, source, d, history)
     if d.rank == 0:
         atomic_torch_save({k: v.detach().cpu() for k, v in final.state_dict().items()},
                           os.path.join(config.out, "model.pt"))
@@ -530,7 +595,7 @@ def _progress(show: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
 
 
-def _summarize(final, model, config, info, sparse_names, example, test_ds, device, d, history) -> dict:
+def _summarize(final, model, config, info, sparse_names, example, test_ds, source, d, history) -> dict:
     # FLOPs of the sparse model: its dense FLOPs are the original architecture's, and
     # channels closed by structured gates count as removed (see pruning.report).
     report = pruning.sparsity_report(model, example)
@@ -539,7 +604,7 @@ def _summarize(final, model, config, info, sparse_names, example, test_ds, devic
     return {
         "method": config.method, "model": config.model, "data": info["name"], "epochs": config.epochs,
         "seed": config.seed, "world_size": d.world,
-        "accuracy": _accuracy(final, test_ds, device, d),
+        "accuracy": _accuracy(final, test_ds, source, d, config),
         "sparsity": sparsity,
         "params": sum(p.numel() for p in final.parameters()),
         "nonzero_params": int(sum(int(torch.count_nonzero(p)) for p in final.parameters())),
