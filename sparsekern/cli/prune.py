@@ -1,6 +1,7 @@
 """`sparsekern prune`: train a model densely or with a pruning method into a run directory."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -10,7 +11,7 @@ from sparsekern.models import MODELS
 from sparsekern.pruning.recipes import (
     L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA, L0_PAPER_EMA, L0_PAPER_LR, RECIPES, STR_PAPER_S_INIT,
 )
-from sparsekern.pruning.trainer import METHODS, PruneConfig, run_prune
+from sparsekern.pruning.trainer import AMP_MODES, METHODS, SCHEDULES, PruneConfig, run_prune
 
 
 def add_arguments(p) -> None:
@@ -21,7 +22,9 @@ def add_arguments(p) -> None:
     p.add_argument("--model", default="lenet300",
                    help=f"{', '.join(MODELS)}, or a torchvision model name")
     p.add_argument("--data", default="digits",
-                   help="digits, synthetic, a CIFAR-10 python directory (trusted), or a .npz with x/y")
+                   help="in memory: digits, synthetic, a CIFAR-10 python directory (trusted), or a .npz with x/y; "
+                        "through torchvision (augmented): a directory with train/ and val/ class folders "
+                        "(ImageNet-style), mnist:DIR, cifar10:DIR or cifar100:DIR")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training set")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--target-sparsity", type=float, default=None,
@@ -55,6 +58,21 @@ def add_arguments(p) -> None:
                    help="weight decay of the weights (not biases and norms, except with --recipe paper); "
                         "l0 --recipe paper: the L2 inside the penalty instead")
     p.add_argument("--momentum", type=float, default=PruneConfig.momentum, help="SGD momentum")
+    p.add_argument("--lr-schedule", choices=SCHEDULES, default=None,
+                   help="per-step learning-rate schedule (default: cosine to 0; l0 --recipe paper: constant)")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up of the learning rate")
+    p.add_argument("--lr-milestones", type=_epochs_list, default=None,
+                   help="step schedule: comma-separated epochs at which the rate is multiplied by 0.1, e.g. "
+                        "30,60,80 (default: none)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy")
+    p.add_argument("--amp", choices=AMP_MODES, default="off",
+                   help="mixed precision: autocast to bfloat16, or float16 with a GradScaler")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (convnets on GPU)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader worker processes for data read from disk (torchvision folders)")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also checkpoint every N steps inside an epoch, so --resume continues mid-epoch "
+                        "(0: at epoch ends only)")
     p.add_argument("--backend", choices=BACKENDS + ("auto",), default="auto", help="kernel backend")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -67,8 +85,17 @@ def config_from_args(args) -> PruneConfig:
         resume=args.resume,
         lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay, momentum=args.momentum,
         backend=args.backend, device=args.device, progress=not args.no_progress,
-        recipe=args.recipe, s_init=args.s_init, ema=args.ema,
+        recipe=args.recipe, s_init=args.s_init, ema=args.ema, lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs, lr_milestones=args.lr_milestones or (), label_smoothing=args.label_smoothing,
+        amp=args.amp, channels_last=args.channels_last, workers=args.workers, checkpoint_every=args.checkpoint_every,
     )
+
+
+def _epochs_list(text: str) -> tuple:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs such as 30,60,80, got {text!r}") from None
 
 
 def knob_note(config: PruneConfig) -> str | None:
