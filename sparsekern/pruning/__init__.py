@@ -17,6 +17,7 @@ from sparsekern.pruning.sparsify import sparsify
 from sparsekern.pruning.target import TargetSparsity
 
 __all__ = [
-    "L0_DROP_RATE", "L0_GATE_LR", "L0_LAMBDA", "make_optimizers", "GMP", "TargetSparsity", "cubic_sparsity", "finalize", "format_report", "gate_modules", "global_sparsity",
-    "param_groups", "record_flops_per_weight", "regularization", "sparse_modules", "sparsify", "sparsity_report",
+    "GMP", "L0_DROP_RATE", "L0_GATE_LR", "L0_LAMBDA", "TargetSparsity", "cubic_sparsity", "finalize",
+    "format_report", "gate_modules", "global_sparsity", "make_optimizers", "param_groups", "record_flops_per_weight",
+    "regularization", "sparse_modules", "sparsify", "sparsity_report",
 ]

@@ -36,11 +36,12 @@ from sparsekern import pruning
 from sparsekern.backends import use_backend
 from sparsekern.data import load_dataset
 from sparsekern.models import build_model, check_model_name
+from sparsekern.pruning import recipes
+from sparsekern.pruning.batches import BatchSource, epoch_plan
+from sparsekern.pruning.batches import steps_per_epoch as _steps_per_epoch
 from sparsekern.pruning.checkpoint import (
     CheckpointError, atomic_torch_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
-from sparsekern.pruning import recipes
-from sparsekern.pruning.batches import BatchSource, epoch_plan, steps_per_epoch as _steps_per_epoch
 from sparsekern.pruning.ema import ParameterEMA
 from sparsekern.pruning.recipes import L0_GATE_LR, L0_LAMBDA, make_optimizers
 from sparsekern.pruning.runlock import RunLock
