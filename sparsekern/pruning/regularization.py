@@ -18,7 +18,8 @@ def regularization(model: nn.Module, *, num_samples: int | None = None, lam: flo
     the sum unscaled, ``lam`` then being the per-step weight). Without the division the default
     ``lam`` closes every gate in a few steps. ``lam`` defaults to ``recipes.L0_LAMBDA``.
     Biases are not in the penalty (decay them with the optimizer if wanted).
-    ``lam_l = lam``, or with ``flops_weighted=True`` ``lam * flops_per_weight`` of the layer (1 for a Linear, output H*W for a conv: the FLOPs one open weight costs),
+    ``lam_l = lam``, or with ``flops_weighted=True`` ``lam * flops_per_weight`` of the layer
+    (1 for a Linear, output H*W for a conv: the FLOPs one open weight costs),
     measured by a forward of ``example_input`` (recorded once; later calls may omit it).
     A ChannelGate costs ``lam * cost_per_channel`` per open channel (no weights of its own).
     ``reference_terms=True`` computes it as the L0 reference code does (P clamped to
