@@ -4,6 +4,7 @@
 STR, ``GMP`` for the baseline) -> ``sparsity_report`` / ``format_report`` -> ``finalize``.
 The training loop and checkpoints live in ``trainer`` / ``checkpoint`` (imported on demand).
 """
+from sparsekern.pruning.ema import ParameterEMA
 from sparsekern.pruning.finalize import finalize
 from sparsekern.pruning.flops import record_flops_per_weight
 from sparsekern.pruning.gmp import GMP
@@ -17,7 +18,7 @@ from sparsekern.pruning.sparsify import sparsify
 from sparsekern.pruning.target import TargetSparsity
 
 __all__ = [
-    "GMP", "L0_DROP_RATE", "L0_GATE_LR", "L0_LAMBDA", "TargetSparsity", "cubic_sparsity", "finalize",
+    "GMP", "L0_DROP_RATE", "ParameterEMA", "L0_GATE_LR", "L0_LAMBDA", "TargetSparsity", "cubic_sparsity", "finalize",
     "format_report", "gate_modules", "global_sparsity", "make_optimizers", "param_groups", "record_flops_per_weight",
     "regularization", "sparse_modules", "sparsify", "sparsity_report",
 ]
