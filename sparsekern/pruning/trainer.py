@@ -99,35 +99,6 @@ class PruneConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.recipe not in recipes.RECIPES:
-            raise ValueError(f"recipe must be one of {', '.join(recipes.RECIPES)}, got {self.recipe!r}")
-        if self.s_init is not None and (self.method != "str" or isinstance(self.s_init, bool)
-                                        or not isinstance(self.s_init, (int, float)) or not math.isfinite(self.s_init)):
-            raise ValueError(f"s_init must be a finite number and only with method 'str', got {self.s_init!r} "
-                             f"with method {self.method!r}")
-        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema!r}")
-        if self.recipe == "paper" and self.method == "str" and self.target_sparsity is not None:
-            raise ValueError("recipe 'paper' for method 'str' has no target (the paper's knob is --lambda, "
-                             "the thresholds' weight decay)")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        for name, high in (("warmup_epochs", self.epochs), ("label_smoothing", 1.0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < high:
-                raise ValueError(f"{name} must be a number in [0, {high}), got {v!r}")
-        for name in ("workers", "checkpoint_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        if any(isinstance(m, bool) or not isinstance(m, int) or not 0 < m < self.epochs for m in self.lr_milestones):
-            raise ValueError(f"lr_milestones must be epochs in (0, {self.epochs}), got {list(self.lr_milestones)}")
-        if self.lr_milestones and self.lr_schedule != "step":
-            raise ValueError("lr_milestones are only for lr_schedule 'step'")
-        if self.recipe == "paper" and self.method not in ("str", "l0"):
-            raise ValueError(f"recipe 'paper' exists for methods 'str' and 'l0', not {self.method!r}")
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -159,6 +130,40 @@ class PruneConfig:
             raise ValueError(f"gate_lr must be a finite number > 0, got {self.gate_lr!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        self._validate_recipe_and_schedule()
+
+    def _validate_recipe_and_schedule(self) -> None:
+        if self.recipe == "paper" and self.method not in ("str", "l0"):
+            raise ValueError(f"recipe 'paper' exists for methods 'str' and 'l0', not {self.method!r}")
+        if self.recipe == "paper" and self.gate_lr is not None:
+            raise ValueError("gate_lr is not used by recipe 'paper' (its Adam trains every parameter at lr)")
+        if self.recipe not in recipes.RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(recipes.RECIPES)}, got {self.recipe!r}")
+        if self.s_init is not None and (self.method != "str" or isinstance(self.s_init, bool)
+                                        or not isinstance(self.s_init, (int, float)) or not math.isfinite(self.s_init)):
+            raise ValueError(f"s_init must be a finite number and only with method 'str', got {self.s_init!r} "
+                             f"with method {self.method!r}")
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema!r}")
+        if self.recipe == "paper" and self.method == "str" and self.target_sparsity is not None:
+            raise ValueError("recipe 'paper' for method 'str' has no target (the paper's knob is --lambda, "
+                             "the thresholds' weight decay)")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        for name, high in (("warmup_epochs", self.epochs), ("label_smoothing", 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < high:
+                raise ValueError(f"{name} must be a number in [0, {high}), got {v!r}")
+        for name in ("workers", "checkpoint_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if any(isinstance(m, bool) or not isinstance(m, int) or not 0 < m < self.epochs for m in self.lr_milestones):
+            raise ValueError(f"lr_milestones must be epochs in (0, {self.epochs}), got {list(self.lr_milestones)}")
+        if self.lr_milestones and self.lr_schedule != "step":
+            raise ValueError("lr_milestones are only for lr_schedule 'step'")
 
 
 # ---------------------------------------------------------------- distributed helpers
