@@ -162,3 +162,31 @@ def test_mnist_folder_through_torchvision(tmp_path):
     info = json.load(open(out / "config.json"))["dataset"]
     assert (info["num_classes"], info["image_size"], info["in_channels"], info["train_size"]) == (10, [28, 28], 1, 40)
     assert json.load(open(out / "summary.json"))["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+class _OnDisk(torch.utils.data.Dataset):
+    """Stands in for a dataset read from disk: not a TensorDataset, so batches go through a DataLoader."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds[i]
+
+
+def test_dataloader_path_serves_the_same_batches_as_memory():
+    from sparsekern.pruning.batches import BatchSource, epoch_plan
+
+    ds = torch.utils.data.TensorDataset(torch.randn(50, 1, 4, 4), torch.arange(50))
+    plan = epoch_plan(50, 8, seed=3, epoch=1, rank=1, world=2)
+    cpu = torch.device("cpu")
+    memory = list(BatchSource(cpu).train(ds, plan, 1, start=2))
+    loaded = list(BatchSource(cpu, workers=2).train(_OnDisk(ds), plan, 1, start=2))
+    assert len(memory) == len(loaded) == len(plan) - 2
+    for (xm, ym, gm), (xl, yl, gl) in zip(memory, loaded):
+        assert torch.equal(xm, xl) and torch.equal(ym, yl) and gm == gl
+    evaluated = torch.cat([y for _, y in BatchSource(cpu, workers=2).evaluate(_OnDisk(ds), 1, 2, batch_size=7)])
+    assert torch.equal(evaluated, torch.arange(1, 50, 2))  # rank 1 of 2: every other example, in order
