@@ -250,3 +250,12 @@ def test_every_help_option_shows_its_default(capsys):
         name = entry.split()[0]
         if name.startswith("--") and name not in ("--help", "--out"):
             assert "default" in entry, entry
+
+
+def test_demo_rerun_clears_a_killed_run_but_not_a_live_one(tmp_path, capsys):
+    run_dir = tmp_path / "demo" / "dense"
+    run_dir.mkdir(parents=True)
+    (run_dir / LOCK_NAME).write_text(f"{os.getppid()}\n")  # a live demo holds it
+    assert "in use" in _error(["demo", "--epochs", "1", "--out", str(tmp_path / "demo"), "--no-progress"], capsys)
+    (run_dir / LOCK_NAME).write_text(f"{_dead_pid()}\n")  # a killed one left it
+    assert main(["demo", "--epochs", "1", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0

@@ -9,10 +9,11 @@ import shutil
 import time
 
 from sparsekern.cli.common import CLIError, format_table, say
+from sparsekern.pruning.runlock import LOCK_NAME, RunLock
 from sparsekern.pruning.trainer import PruneConfig, run_prune
 
 RUN_FILES = {"config.json", "checkpoint.pt", "log.csv", "log.jsonl", "summary.json", "model.pt",
-             "sparsity_budget.png", "curves.png"}
+             "sparsity_budget.png", "curves.png", LOCK_NAME}
 
 
 def add_arguments(p) -> None:
@@ -32,6 +33,8 @@ def _fresh(run_dir: str) -> None:
     if extra:
         raise CLIError(f"{run_dir!r} holds files that are not a sparsekern run ({', '.join(sorted(extra))}); "
                        "choose another --out")
+    with RunLock(run_dir):  # refuses while another live run holds it
+        pass
     shutil.rmtree(run_dir)
 
 
