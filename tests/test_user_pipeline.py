@@ -259,3 +259,14 @@ def test_demo_rerun_clears_a_killed_run_but_not_a_live_one(tmp_path, capsys):
     assert "in use" in _error(["demo", "--epochs", "1", "--out", str(tmp_path / "demo"), "--no-progress"], capsys)
     (run_dir / LOCK_NAME).write_text(f"{_dead_pid()}\n")  # a killed one left it
     assert main(["demo", "--epochs", "1", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+
+
+# 9 ------------------------------------------------------------------ the thread count is chosen and said
+def test_prune_says_its_thread_count(tmp_path, capsys, monkeypatch):
+    assert main(PRUNE + ["--out", str(tmp_path / "a")]) == 0
+    assert "(1 torch thread)" in capsys.readouterr().out  # a LeNet on digits: one thread
+    monkeypatch.setenv("SPARSEKERN_THREADS", "2")
+    assert main(PRUNE + ["--out", str(tmp_path / "b")]) == 0
+    assert "(2 torch threads)" in capsys.readouterr().out
+    monkeypatch.setenv("SPARSEKERN_THREADS", "many")
+    assert "SPARSEKERN_THREADS" in _error(PRUNE + ["--out", str(tmp_path / "c")], capsys)

@@ -41,11 +41,11 @@ def _fresh(run_dir: str) -> None:
 def run(args) -> int:
     from sparsekern.cli.common import small_model_threads
 
-    with small_model_threads():
-        return _run(args)
+    with small_model_threads() as threads:
+        return _run(args, threads)
 
 
-def _run(args) -> int:
+def _run(args, threads: int) -> int:
     results = []
     for method, target in (("dense", None), ("str", args.target_sparsity)):
         run_dir = os.path.join(args.out, method)
@@ -58,7 +58,8 @@ def _run(args) -> int:
     dense_macs = results[0][1]["dense_flops"]
     rows = [[m, f"{s['accuracy']:.2%}", f"{s['sparsity']:.2%}", f"{s['nonzero_params']}/{s['params']}",
              s["flops"], f"{s['flops'] / dense_macs:.1%}", f"{t:.1f}"] for m, s, t in results]
-    say(f"\nLeNet-300-100 on digits, {args.epochs} epochs, runs in {args.out}")
+    say(f"\nLeNet-300-100 on digits, {args.epochs} epochs, {threads} torch thread{'s' * (threads > 1)}, "
+        f"runs in {args.out}")
     say(format_table(["method", "test acc", "weight sparsity", "nonzero params", "MACs/example", "of dense",
                       "seconds"], rows))
     say("weight sparsity: zeros among the weights of the sparsified layers (fc1-fc3; biases are never pruned). "

@@ -114,7 +114,7 @@ def run(args) -> int:
     note = knob_note(config)
     if note and rank0:
         print(note, file=sys.stderr, flush=True)
-    with small_model_threads(config.model, config.data):
+    with small_model_threads(config.model, config.data) as threads:
         summary = run_prune(config)
     if summary.get("already_finished") and rank0:
         say(f"{args.out}: this run already finished its {summary['epochs']} epochs; nothing was trained "
@@ -122,5 +122,5 @@ def run(args) -> int:
     if rank0:
         say(f"{args.out}: test accuracy {summary['accuracy']:.4f}, sparsity {summary['sparsity']:.4f}, "
             f"nonzero params {summary['nonzero_params']}/{summary['params']}, "
-            f"FLOPs {summary['flops']}/{summary['dense_flops']}")
+            f"FLOPs {summary['flops']}/{summary['dense_flops']} ({threads} torch thread{'s' * (threads > 1)})")
     return 0
