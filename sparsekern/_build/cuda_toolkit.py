@@ -43,7 +43,7 @@ def _usable(home: str, source: str) -> Toolkit:
 def _home_reported_by(nvcc: str) -> str | None:
     """The toolkit root nvcc reports for itself (`_HERE_` is its bin directory)."""
     try:
-        proc = subprocess.run([nvcc, "-dryrun", "--version"], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([nvcc, "-dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.search(r"^#\$ _HERE_=(.+)$", proc.stdout + proc.stderr, re.MULTILINE)
@@ -75,3 +75,11 @@ def nvcc_major(home: str) -> int | None:
         return None
     match = re.search(r"release (\d+)\.", out)
     return int(match.group(1)) if match else None
+
+
+if __name__ == "__main__":  # prints the toolkit root, or why there is none (exit 1)
+    import sys
+
+    found = find_toolkit()
+    print(found.home or found.reason, file=sys.stdout if found.home else sys.stderr)
+    sys.exit(0 if found.home else 1)
