@@ -47,8 +47,12 @@ grep "^sparsekern:" "$WORK/wheel.log" || true
 WHEEL=$(ls "$WORK"/wheel/sparsekern-*.whl)
 "$PY" -m zipfile -e "$WHEEL" "$WORK/unpacked"
 SO=$(ls "$WORK"/unpacked/sparsekern/_C*.so)
-ELF=$("$CUDA_ROOT/bin/cuobjdump" --list-elf "$SO")
-PTX=$("$CUDA_ROOT/bin/cuobjdump" --list-ptx "$SO")
+# cuobjdump: the toolkit's, else the one Triton bundles (minimal toolkits lack it).
+CUOBJDUMP="$CUDA_ROOT/bin/cuobjdump"
+[[ -x "$CUOBJDUMP" ]] || CUOBJDUMP=$("$PY" -c \
+    "import os, triton; print(os.path.join(os.path.dirname(triton.__file__), 'backends/nvidia/bin/cuobjdump'))")
+ELF=$("$CUOBJDUMP" --list-elf "$SO" || true)
+PTX=$("$CUOBJDUMP" --list-ptx "$SO" || true)
 for arch in sm_80 sm_90 sm_100; do
     grep -q "\.$arch\.cubin" <<< "$ELF" || fail "no $arch SASS in $(basename "$WHEEL")"
 done
