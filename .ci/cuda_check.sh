@@ -3,7 +3,7 @@
 #  1. a venv with the CUDA build of torch (pinned; cached outside the clone, reused when complete)
 #  2. the setup.py CUDA build, as the wheel users get (SASS for sm_80/90/100 + PTX), inspected
 #     with cuobjdump, installed, and loaded in a fresh process: every op has CPU, CUDA, Meta kernels
-#  3. the test suite's op checks in that venv, against the installed wheel
+#  3. the op tests and the torchvision data tests in that venv, against the installed wheel
 #  4. the nvcc compile of the torch binding with the C++ standard this torch wants
 #  5. the Triton AOT compile of every kernel variant for sm_80, sm_90 and sm_100
 #  6. the CMake CUDA build with a pinned cmake, loaded with torch.ops.load_library
@@ -66,9 +66,10 @@ step "install the wheel, load it in a fresh process"
     || fail "installed wheel does not load"
 (cd "$WORK" && "$PY" -W error::RuntimeWarning -c "import sparsekern; print('available_backends:', sparsekern.available_backends())")
 
-step "op tests in the CUDA venv (the wheel's CPU kernels, opcheck of every sparsekern_C op; CUDA tests skip)"
-(cd "$WORK" && "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" -c "$ROOT/pyproject.toml" \
-    "$ROOT/tests/test_build.py" -k opcheck "$ROOT/tests/test_ops.py" -x) | tail -3
+step "tests in the CUDA venv against the installed wheel (CUDA tests skip): ops, opcheck, torchvision data"
+(cd "$WORK" && "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" -c "$ROOT/pyproject.toml" -x \
+    "$ROOT/tests/test_build.py::test_opcheck" "$ROOT/tests/test_ops.py" "$ROOT/tests/test_training_options.py") \
+    | tail -3
 
 step "nvcc compile of the torch binding"
 PATH="$CUDA_ROOT/bin:$PATH" PYTHON="$PY" bash .ci/nvcc_check.sh --binding
