@@ -13,9 +13,9 @@ from torch.nn import functional as F
 BETA, GAMMA, ZETA, EPS = 2.0 / 3.0, -0.1, 1.1, 1e-6
 
 
-def str_weight(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def str_weight(weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """The STR repo's reparameterization: four eager ops, autograd keeps the intermediates."""
-    return torch.sign(w) * torch.relu(torch.abs(w) - torch.sigmoid(s))
+    return torch.sign(weight) * torch.relu(torch.abs(weight) - torch.sigmoid(s))
 
 
 def hard_concrete_sample(log_alpha: torch.Tensor) -> torch.Tensor:
