@@ -87,10 +87,17 @@ class NoiseStream:
         seed = int(torch.randint(0, 1 << 62, (1,)).item())
         self.register_buffer("noise_state", torch.tensor([seed, 0], dtype=torch.int64, device=device))
 
-    def take_noise(self, numel: int) -> Tensor:
-        """The (seed, offset) tensor for ``numel`` gates (a copy: autograd keeps it for backward),
-        then the offset advanced past them (int64 wrap-around = the SPEC's uint64 counter)."""
-        return noise_ops.take_noise(self.noise_state, numel)
+    def take_noise(self, numel: int) -> tuple:
+        """The op arguments for ``numel`` gates, the stream advanced past them (wrapping mod 2**64).
+
+        Under ``torch.compile``: ``(noise,)``, a tensor copy of the state taken and advanced by one
+        graph op. Eager: ``(seed, offset)`` ints, the cheapest per-call path (the int ops).
+        """
+        if torch.compiler.is_compiling():
+            return (noise_ops.take_noise(self.noise_state, numel),)
+        seed, offset = (_unsigned(v) for v in self.noise_state.tolist())
+        self.noise_state[1] = _signed((offset + numel) % _U64)
+        return seed, offset
 
     @property
     def noise_seed(self) -> int:
@@ -115,6 +122,10 @@ def _unsigned(v: int) -> int:
     return v + _U64 if v < 0 else v
 
 
+def _signed(v: int) -> int:
+    return v - _U64 if v >= 1 << 63 else v
+
+
 def _noise_from_extra_state(owner: str, state) -> Tensor:
     """The noise_state tensor for the old ``{"noise_seed": int, "noise_offset": int}`` extra state."""
     if not isinstance(state, dict) or set(state) != {"noise_seed", "noise_offset"}:
@@ -124,5 +135,5 @@ def _noise_from_extra_state(owner: str, state) -> Tensor:
         v = state[key]
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _U64:
             raise ValueError(f"{owner}: {key} must be an int in [0, 2**64), got {v!r}")
-        words.append(v - _U64 if v >= 1 << 63 else v)
+        words.append(_signed(v))
     return torch.tensor(words, dtype=torch.int64)

@@ -39,7 +39,7 @@ class ChannelGate(HardConcreteGates, nn.Module):
             return x * z.reshape((1, -1) + (1,) * (x.dim() - 2))
         la = self.gate_log_alpha()
         noise = self.take_noise(x.shape[0] * self.num_channels)
-        return ops.gated_activation(x, la, noise, **self.hc_kwargs())
+        return ops.gated_activation(x, la, *noise, **self.hc_kwargs())
 
     def l0_penalty(self, lam: float, prior_prec: float = 0.0, cost_scale: float = 1.0) -> Tensor:
         """``lam * cost_scale * cost_per_channel * sum_c P(z_c != 0)`` (no weights of its own)."""

@@ -66,12 +66,12 @@ class _L0Mixin(HardConcreteGates, SparseModule):
         noise = self.take_noise(la.numel())
         kw = self.hc_kwargs()
         if self.granularity == "in":  # one gate per column = per row of the transposed weight
-            weight = ops.gated_weight(self.weight.transpose(0, 1), la, noise, **kw).transpose(0, 1)
+            weight = ops.gated_weight(self.weight.transpose(0, 1), la, *noise, **kw).transpose(0, 1)
         else:
-            weight = ops.gated_weight(self.weight, la, noise, **kw)
+            weight = ops.gated_weight(self.weight, la, *noise, **kw)
         bias = self.bias
         if bias is not None and self.granularity == "out":  # same (seed, offset): the same gates
-            bias = bias * ops.hard_concrete(la, noise, **kw).to(bias.dtype)
+            bias = bias * ops.hard_concrete(la, *noise, **kw).to(bias.dtype)
         return weight, bias
 
     def _gate_activation(self, x: Tensor, channel_dim: int) -> Tensor:
@@ -79,7 +79,7 @@ class _L0Mixin(HardConcreteGates, SparseModule):
         if channel_dim == -1 and x.dim() != 2:  # Linear on [..., F]: every leading index is an example
             return self._gate_activation(x.reshape(-1, x.shape[-1]), -1).reshape(x.shape)
         noise = self.take_noise(x.shape[0] * la.numel())
-        return ops.gated_activation(x, la, noise, **self.hc_kwargs())
+        return ops.gated_activation(x, la, *noise, **self.hc_kwargs())
 
     def _gated_forward(self, x: Tensor, apply, channel_dim: int) -> Tensor:
         """``apply(x, weight, bias)`` is the dense op; gates per mode/granularity around it."""
