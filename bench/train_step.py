@@ -10,7 +10,7 @@ threshold; one hard-concrete gate per weight with the ``regularization`` penalty
 ``sign(w)*relu(abs(w)-sigmoid(s))``, AMLab-style ``torch.rand`` gates, see plain_layers.py).
 Each runs eager and under ``torch.compile(model, fullgraph=True)`` (the model; loss,
 backward and optimizer outside, as users write it). All variants of a model are timed
-round-robin, side by side, ``--rounds`` times; the median is reported. Overhead = ms / dense
+round-robin one step at a time, side by side, ``--rounds`` times; the median is reported. Overhead = ms / dense
 ms of the same mode - 1; ``sk vs plain`` = plain ms / sparsekern ms (> 1: sparsekern faster).
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -81,20 +82,18 @@ def make_step(model_name: str, method: str, mode: str, device: str, amp: bool):
     return step
 
 
-def timer_for(device: str):
+def timed(step, device: str) -> float:
+    """Seconds of one step (the GPU synchronized around it)."""
     if device == "cuda":
-        from ops import time_cuda
-        return lambda fn, min_time: time_cuda(fn, 1, min_time)
-    from torch.utils.benchmark import Timer
-
-    def time_cpu(fn, min_time):
-        t = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-        return t.blocked_autorange(min_run_time=min_time).median
-
-    return time_cpu
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
-def bench_model(model_name: str, methods, modes, device: str, rounds: int, min_time: float, amp: bool) -> dict:
+def bench_model(model_name: str, methods, modes, device: str, rounds: int, amp: bool) -> dict:
     steps = {}
     for mode in modes:
         for method in methods:
@@ -103,12 +102,11 @@ def bench_model(model_name: str, methods, modes, device: str, rounds: int, min_t
                 step()
             steps[(method, mode)] = step
             print(f"  {model_name} {method} {mode}: ready", file=sys.stderr, flush=True)
-    timer = timer_for(device)
     samples = {key: [] for key in steps}
-    for r in range(rounds):  # round-robin: every variant sees the same machine load
+    for r in range(rounds):  # round-robin, one step at a time: every variant sees the same machine load
         for key, step in steps.items():
-            samples[key].append(timer(step, min_time))
-        print(f"  {model_name} round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+            samples[key].append(timed(step, device))
+    print(f"  {model_name}: {rounds} rounds done", file=sys.stderr, flush=True)
     rows = []
     for (method, mode), times in samples.items():
         ms = statistics.median(times) * 1e3
@@ -159,8 +157,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=None, help="comma-separated (default: lenet300,resnet20 on CPU, + resnet50 on cuda)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--modes", default="eager,compile")
-    p.add_argument("--rounds", type=int, default=5, help="round-robin measurements per variant (median taken)")
-    p.add_argument("--min-time", type=float, default=0.5, help="seconds per measurement")
+    p.add_argument("--rounds", type=int, default=30, help="round-robin steps timed per variant (median taken)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 is steadier on a shared box)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<device>-train-step.json)")
     args = p.parse_args(argv)
@@ -174,7 +171,7 @@ def main(argv=None) -> int:
     results = []
     for name in models:
         amp = name == "resnet50"  # batch 256 in bf16 autocast, as GPU training runs
-        results.append(bench_model(name, methods, modes, args.device, args.rounds, args.min_time, amp))
+        results.append(bench_model(name, methods, modes, args.device, args.rounds, amp))
         print_table(results[-1])
     dev = device_name(args.device)
     out = Path(args.out) if args.out else RESULTS / f"{dev}-train-step.json"

@@ -42,7 +42,9 @@ def current_backend() -> str:
     return getattr(_state, "name", None) or _default()
 
 
+@functools.lru_cache(maxsize=None)
 def triton_interpreted() -> bool:
+    """Read once, like Triton itself, which fixes the mode when its kernels are defined."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from sparsekern import backends
+from sparsekern.ops import _backend_name, _param_grad_dtype, _unsigned
 
 # op name -> its data tensors (log_alpha last), in the order of the int-seeded op
 DATA_ARGS = {
@@ -20,11 +21,6 @@ DATA_ARGS = {
     "gated_activation": ("x", "log_alpha"),
 }
 _HC = "float beta, float gamma, float zeta"
-_U64 = 1 << 64
-
-
-def _unsigned(v: int) -> int:
-    return v + _U64 if v < 0 else v
 
 
 def _read(noise: Tensor) -> tuple[int, int]:
@@ -45,15 +41,6 @@ def _seed_offset(noise: Tensor, backend: str) -> tuple[str, tuple]:
     return backend, _read(noise)
 
 
-def _param_grad_dtype(param: Tensor) -> torch.dtype:
-    return torch.float64 if param.dtype == torch.float64 else torch.float32
-
-
-def _backend_name(data: tuple[Tensor, ...]) -> str:
-    dtype = torch.float64 if any(x.dtype == torch.float64 for x in data) else data[0].dtype
-    return backends.resolve_name(data[0].device, dtype)
-
-
 def _grad_fakes(data: tuple[Tensor, ...]):
     *others, log_alpha = data
     grads = [t.new_empty(t.shape) for t in others]
@@ -69,7 +56,7 @@ def _define(name: str, arg_names: tuple[str, ...]):
 
     def forward(*args):
         data, (noise, beta, gamma, zeta) = args[:n], args[n:]
-        backend, seed_offset = _seed_offset(noise, _backend_name(data))
+        backend, seed_offset = _seed_offset(noise, _backend_name(*data))
         kernels = backends.module(backend)
         return getattr(kernels, name)(*(t.contiguous() for t in data), *seed_offset, beta, gamma, zeta)
 
@@ -93,7 +80,7 @@ def _define(name: str, arg_names: tuple[str, ...]):
         ctx.save_for_backward(*data, noise)
         ctx.hc = tuple(inputs[n + 1:])
         # The backward runs on the forward's backend (autograd may run it in another thread).
-        ctx.backend = _backend_name(data)
+        ctx.backend = _backend_name(*data)
 
     def grad_fn(ctx, grad):
         *data, noise = ctx.saved_tensors

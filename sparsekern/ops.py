@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from sparsekern import backends, noise_ops
+from sparsekern import backends
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _U64 = 1 << 64
@@ -84,9 +84,11 @@ def _unsigned(v: int) -> int:
 
 
 def _backend_name(*tensors: Tensor) -> str:
-    t = tensors[0]
-    dtype = torch.float64 if any(x.dtype == torch.float64 for x in tensors) else t.dtype
-    return backends.resolve_name(t.device, dtype)
+    dtype = tensors[0].dtype
+    for x in tensors:
+        if x.dtype == torch.float64:
+            dtype = torch.float64
+    return backends.resolve_name(tensors[0].device, dtype)
 
 
 def _kernels(*tensors: Tensor):
@@ -411,3 +413,6 @@ def uniform(numel: int, seed: int, offset: int = 0, *, device: torch.device | st
     if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
         raise ValueError(f"uniform: numel must be a non-negative int, got {numel!r}")
     return _uniform(numel, _u64(op, "seed", seed), _u64(op, "offset", offset), torch.device(device))
+
+
+from sparsekern import noise_ops  # noqa: E402  (the tensor-noise variants; it uses the helpers above)

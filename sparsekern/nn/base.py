@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from sparsekern import noise_ops
+from sparsekern.ops import _unsigned
 
 _U64 = 1 << 64
 
@@ -116,10 +117,6 @@ class NoiseStream:
             state_dict[prefix + "noise_state"] = _noise_from_extra_state(type(self).__name__, old)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-
-
-def _unsigned(v: int) -> int:
-    return v + _U64 if v < 0 else v
 
 
 def _signed(v: int) -> int:
