@@ -395,6 +395,9 @@ def main(argv=None) -> int:
     p.add_argument("--compile-rng", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the reference of the ops that draw random numbers (default: on for cuda; "
                         "on CPU inductor took over 10 minutes to compile the reference Philox, so off)")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated subset to time (default all; e.g. leave out eager at 16M: its Philox "
+                        "reference takes ~30 s per call on CPU)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<device>-ops.json)")
     args = p.parse_args(argv)
 
@@ -423,6 +426,8 @@ def main(argv=None) -> int:
                 compile_ok = op not in RNG_OPS or (args.compile_rng if args.compile_rng is not None
                                                    else args.device == "cuda")
                 variants = _variants(b, mode, ours, compile_ok)
+                if args.variants:
+                    variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
                 seconds = {v: measure(fn, be, timer, args.repeat, args.min_time) for v, (be, fn) in variants.items()}
                 numel = b.tensors[b.main].numel()
                 es = b.tensors[b.main].element_size()

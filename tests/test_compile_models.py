@@ -29,14 +29,38 @@ CASES = {
     "l0-out-activation": ("l0", {"granularity": "out", "mode": "activation"}),
     "l0-in-activation": ("l0", {"granularity": "in", "mode": "activation"}),
     "channel-gate": ("channel-gate", {}),
+    "channel-gate-generated": ("channel-gate", {"generated": True}),
 }
+
+
+class _Generated(nn.Module):
+    """log_alpha produced by a module each call, as a Dep-L0 gate generator feeds ChannelGate."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(2, 4)
+
+    def forward(self):
+        return self.linear(torch.ones(2))
+
+
+class _WithGenerator(nn.Module):
+    def __init__(self, body: nn.Module, generator: nn.Module):
+        super().__init__()
+        self.body, self.generator = body, generator  # registered: the generator's parameters train
+
+    def forward(self, x):
+        return self.body(x)
 
 
 def _model(method: str, opts: dict) -> nn.Module:
     torch.manual_seed(0)
-    gate = [snn.ChannelGate(4)] if method == "channel-gate" else []
+    source = _Generated() if opts.get("generated") else None
+    gate = [snn.ChannelGate(4, log_alpha_source=source)] if method == "channel-gate" else []
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), *gate, nn.ReLU(), nn.Flatten(),
                           nn.Linear(64, 3))
+    if source is not None:
+        return _WithGenerator(model, source)
     return model if method == "channel-gate" else sparsify(model, method, **opts)
 
 
