@@ -1,6 +1,6 @@
 """STR and L0 written in plain PyTorch the way the papers' code writes them: the baselines
 that ``bench/train_step.py`` times sparsekern against. Written here from the papers' formulas
-(SPEC 1 and 2), not copied from their repositories.
+(docs/math.md §1 and §2), not copied from their repositories.
 """
 from __future__ import annotations
 

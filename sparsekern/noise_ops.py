@@ -1,7 +1,7 @@
 """Variants of the gate-sampling ops that take the noise (seed, offset) as a tensor.
 
 ``sparsekern::<op>_at(..., Tensor noise, ...)`` computes exactly what ``<op>(..., seed,
-offset, ...)`` does (SPEC 4) for ``noise = tensor([seed, offset], dtype=int64)`` (the int64
+offset, ...)`` does (docs/math.md §4) for ``noise = tensor([seed, offset], dtype=int64)`` (the int64
 with the bits of each uint64). A module keeps its noise in such a buffer and advances it
 in place, so under ``torch.compile`` the counter is graph data, not a Python constant that
 dynamo guards on: training steps reuse one graph instead of recompiling every step.
@@ -34,7 +34,7 @@ def _seed_offset(noise: Tensor, backend: str) -> tuple[str, tuple]:
 
     While a CUDA graph is being captured the state cannot be read on the host (and a value
     read then would be frozen into every replay), so the reference backend computes the same
-    numbers (SPEC 4) from the device tensors themselves: each replay reads the live counter.
+    numbers (docs/math.md §4) from the device tensors themselves: each replay reads the live counter.
     """
     if noise.is_cuda and torch.cuda.is_current_stream_capturing():
         return "torch", (noise[0], noise[1])

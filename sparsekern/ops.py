@@ -195,7 +195,7 @@ _hard_concrete.register_autograd(_hard_concrete_grad, setup_context=_save_all)
 
 def hard_concrete(log_alpha: Tensor, seed: int | Tensor, offset: int = 0, *, beta: float = BETA,
                   gamma: float = GAMMA, zeta: float = ZETA) -> Tensor:
-    """A training sample z of hard-concrete gates; noise index i uses counter ``offset + i`` (SPEC 4).
+    """A training sample z of hard-concrete gates; noise index i uses counter ``offset + i`` (docs/math.md §4).
 
     ``seed`` may instead be an int64 tensor ``[seed, offset]`` (a module's noise state): same
     numbers, and ``torch.compile`` treats the counter as data instead of a guarded constant.
@@ -408,7 +408,7 @@ def _(numel, seed, offset, device):
 
 
 def uniform(numel: int, seed: int, offset: int = 0, *, device: torch.device | str = "cpu") -> Tensor:
-    """The SPEC's uniform stream u_i = U(Philox(seed, offset + i)), i < numel, as float32."""
+    """The uniform stream of docs/math.md §4, u_i = U(Philox(seed, offset + i)), i < numel, as float32."""
     op = "uniform"
     if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
         raise ValueError(f"uniform: numel must be a non-negative int, got {numel!r}")

@@ -1,4 +1,4 @@
-"""Noise (seed, offset) passed as an int64 tensor: the same numbers as the int API (SPEC 4)."""
+"""Noise (seed, offset) passed as an int64 tensor: the same numbers as the int API (docs/math.md §4)."""
 from __future__ import annotations
 
 import pytest

@@ -10,10 +10,18 @@ from torch import nn
 
 from sparsekern.models.lenet import lenet5, lenet300
 from sparsekern.models.resnet import resnet20, resnet56
-from sparsekern.models.tv import torchvision_model
+from sparsekern.models.tv import check_torchvision_name, torchvision_model
 from sparsekern.models.vgg import vgg16
 
 MODELS = {"lenet300": lenet300, "lenet5": lenet5, "vgg16": vgg16, "resnet20": resnet20, "resnet56": resnet56}
+
+
+def check_model_name(name: str) -> None:
+    """ValueError listing the built-in names unless ``name`` is built in or a torchvision model."""
+    if not isinstance(name, str):
+        raise TypeError(f"model must be a str, got {type(name).__name__}")
+    if name not in MODELS:
+        check_torchvision_name(name, MODELS)
 
 
 def build_model(name: str, num_classes: int, in_channels: int, image_size) -> nn.Module:
@@ -30,7 +38,8 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size) -> nn
         if name != "lenet300" and min(size) < 4:
             raise ValueError(f"build_model: {name} needs images of at least 4x4, got {size}")
         return MODELS[name](num_classes, in_channels, size)
+    check_model_name(name)
     return torchvision_model(name, num_classes, in_channels)
 
 
-__all__ = ["MODELS", "build_model"]
+__all__ = ["MODELS", "build_model", "check_model_name"]

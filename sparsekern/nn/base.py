@@ -73,7 +73,7 @@ class SparseModule:
 
 
 class NoiseStream:
-    """Mixin: the (seed, offset) of SPEC section 4 for a module that samples gates.
+    """Mixin: the (seed, offset) of docs/math.md §4 for a module that samples gates.
 
     They live in an int64 buffer ``noise_state = [seed, offset]`` (the int64 with each uint64's
     bits) that every training forward advances in place by ``numel(gates)``, so no two steps
