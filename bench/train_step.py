@@ -154,18 +154,21 @@ def plot(results: list[dict], path: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--models", default=None, help="comma-separated (default: lenet300,resnet20 on CPU, + resnet50 on cuda)")
+    p.add_argument("--models", default=None,
+                   help="comma-separated (default: lenet300,resnet20 on CPU, + resnet50 on cuda)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--modes", default="eager,compile")
     p.add_argument("--rounds", type=int, default=30, help="round-robin steps timed per variant (median taken)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 is steadier on a shared box)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's; 1 is steadier on a shared box)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<device>-train-step.json)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here")
-    models = (args.models or ("lenet300,resnet20,resnet50" if args.device == "cuda" else "lenet300,resnet20")).split(",")
+    default_models = "lenet300,resnet20,resnet50" if args.device == "cuda" else "lenet300,resnet20"
+    models = (args.models or default_models).split(",")
     methods = args.methods.split(",")
     modes = args.modes.split(",")
     results = []
