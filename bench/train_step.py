@@ -54,7 +54,7 @@ def build(model_name: str, method: str, device: str) -> tuple[nn.Module, callabl
         plainify(model, method.split("-")[0])
     model.to(device).train()
     if method == "l0":
-        return model, lambda: regularization(model, lam=LAM)
+        return model, lambda: regularization(model, lam=LAM, num_samples=1)
     if method == "l0-plain":
         return model, lambda: LAM * plain_l0_penalty(model)
     return model, None
