@@ -1,6 +1,6 @@
-"""Benchmark of every sparsekern op: compiled backend vs eager reference vs torch.compile vs clone.
+"""Benchmark of every sparsekern op: compiled backend vs eager reference vs torch.compile vs plain PyTorch.
 
-    python bench/ops.py                                   # CPU, 1M/4M/16M fp32 elements
+    python bench/ops.py                                   # CPU: 1K (per-call latency), 4K, 64K, 1M, 16M fp32
     python bench/ops.py --sizes 1M --repeat 3             # quick smoke test
     python bench/ops.py --device cuda --sizes 1M,4M,16M,64M,256M   # GPU: + ResNet-50 step + plot
 
@@ -8,6 +8,8 @@ Variants: `cpu` (on CPU) or `cuda`/`triton` (on GPU), each if available: the
 public op run on that backend; `eager`: the public op on the `torch` backend;
 `compile`: torch.compile of the sparsekern.reference functions (forward; and for
 fwd+bwd one function calling the reference forward and backward kernels);
+`plain` / `plain-compile`: the formula a user would write instead, in eager torch ops
+(autograd for the backward; gates drawn with torch.rand), and torch.compile of it;
 `clone`: a copy of the op's main tensor, the memory-bandwidth floor.
 Bandwidth counts the bytes an op must move: every input read once and every
 output written once (forward, plus backward for fwd+bwd).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -29,6 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import sparsekern  # noqa: E402
 from sparsekern import reference  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plain_layers import hard_concrete_sample, str_weight  # noqa: E402
 
 HC = (2.0 / 3.0, -0.1, 1.1)  # beta, gamma, zeta
 SEED, OFFSET = 1234, 0
@@ -49,6 +55,20 @@ class OpBench:
     bytes_fwd: int
     bytes_bwd: int
     main: str  # the tensor whose clone is the bandwidth floor
+    plain: Callable | None = None  # (**tensors) -> output: the eager torch ops a user would write instead
+
+
+def _plain_eval(log_alpha):
+    return (torch.sigmoid(log_alpha) * (HC[2] - HC[1]) + HC[1]).clamp(0, 1)
+
+
+def _plain_l0(log_alpha):
+    return torch.sigmoid(log_alpha - HC[0] * math.log(-HC[1] / HC[2])).sum()
+
+
+def _plain_activation(x, log_alpha):
+    z = hard_concrete_sample(log_alpha.expand(x.shape[0], -1))
+    return x * z.reshape(z.shape + (1,) * (x.dim() - 2))
 
 
 def _make(op: str, n: int, dtype: torch.dtype, device: str) -> OpBench:
@@ -65,7 +85,7 @@ def _make(op: str, n: int, dtype: torch.dtype, device: str) -> OpBench:
         return OpBench(dict(weight=w, s=s), randn(*w.shape),
                        lambda weight, s: sparsekern.soft_threshold(weight, s),
                        reference.soft_threshold, reference.soft_threshold_backward,
-                       2 * n * es, 3 * n * es, "weight")
+                       2 * n * es, 3 * n * es, "weight", str_weight)
     if op in ("hard_concrete", "hard_concrete_eval", "l0_norm"):
         la = randn(rows, n // rows, scale=1.5)
         if op == "hard_concrete":
@@ -73,18 +93,18 @@ def _make(op: str, n: int, dtype: torch.dtype, device: str) -> OpBench:
                            lambda log_alpha: sparsekern.hard_concrete(log_alpha, SEED, OFFSET),
                            lambda log_alpha: reference.hard_concrete(log_alpha, SEED, OFFSET, *HC),
                            lambda g, log_alpha: reference.hard_concrete_backward(g, log_alpha, SEED, OFFSET, *HC),
-                           2 * n * es, 3 * n * es, "log_alpha")
+                           2 * n * es, 3 * n * es, "log_alpha", hard_concrete_sample)
         if op == "hard_concrete_eval":
             return OpBench(dict(log_alpha=la), randn(*la.shape),
                            lambda log_alpha: sparsekern.hard_concrete_eval(log_alpha),
                            lambda log_alpha: reference.hard_concrete_eval(log_alpha, *HC[1:]),
                            lambda g, log_alpha: reference.hard_concrete_eval_backward(g, log_alpha, *HC[1:]),
-                           2 * n * es, 3 * n * es, "log_alpha")
+                           2 * n * es, 3 * n * es, "log_alpha", _plain_eval)
         return OpBench(dict(log_alpha=la), torch.ones((), dtype=dtype, device=device),
                        lambda log_alpha: sparsekern.l0_norm(log_alpha),
                        lambda log_alpha: reference.l0_norm(log_alpha, *HC),
                        lambda g, log_alpha: reference.l0_norm_backward(g, log_alpha, *HC),
-                       n * es, 2 * n * es, "log_alpha")
+                       n * es, 2 * n * es, "log_alpha", _plain_l0)
     if op == "gated_weight":  # unstructured: one gate per weight
         la = randn(*w.shape, scale=1.5)
         return OpBench(dict(weight=w, log_alpha=la), randn(*w.shape),
@@ -92,16 +112,18 @@ def _make(op: str, n: int, dtype: torch.dtype, device: str) -> OpBench:
                        lambda weight, log_alpha: reference.gated_weight(weight, log_alpha, SEED, OFFSET, *HC),
                        lambda g, weight, log_alpha: reference.gated_weight_backward(g, weight, log_alpha, SEED,
                                                                                     OFFSET, *HC),
-                       3 * n * es, 5 * n * es, "weight")
-    if op == "gated_activation":  # conv activations [B, 64, 32, 32], one gate per (example, channel)
-        x = randn(max(1, n // 65536), 64, 32, 32)
+                       3 * n * es, 5 * n * es, "weight",
+                       lambda weight, log_alpha: weight * hard_concrete_sample(log_alpha))
+    if op == "gated_activation":  # conv activations [B, 64, H, H], one gate per (example, channel)
+        side = 32 if n >= 65536 else max(1, int(math.sqrt(n // 64)))
+        x = randn(max(1, n // (64 * side * side)), 64, side, side)
         la = randn(64, scale=1.5)
         return OpBench(dict(x=x, log_alpha=la), randn(*x.shape),
                        lambda x, log_alpha: sparsekern.gated_activation(x, log_alpha, SEED, OFFSET),
                        lambda x, log_alpha: reference.gated_activation(x, log_alpha, SEED, OFFSET, *HC),
                        lambda g, x, log_alpha: reference.gated_activation_backward(g, x, log_alpha, SEED,
                                                                                    OFFSET, *HC),
-                       2 * x.numel() * es, 3 * x.numel() * es, "x")
+                       2 * x.numel() * es, 3 * x.numel() * es, "x", _plain_activation)
     if op == "uniform":
         dev = torch.device(device)
         return OpBench(dict(like=w), None,
@@ -178,6 +200,14 @@ def _fwd_bwd_public(b: OpBench) -> Callable:
     return run
 
 
+def _plain_run(b: OpBench, fn: Callable, mode: str) -> Callable:
+    """The plain-PyTorch formula (eager or compiled), forward or forward + autograd backward."""
+    if mode == "fwd":
+        return lambda: fn(**b.tensors)
+    leaves = {k: v.detach().requires_grad_() for k, v in b.tensors.items()}
+    return lambda: torch.autograd.grad(fn(**leaves), list(leaves.values()), b.grad)
+
+
 def _variants(b: OpBench, mode: str, ours: list[str], compile_ok: bool = True) -> dict:
     """name -> (backend to select or None, zero-argument callable)."""
     t = b.tensors
@@ -197,6 +227,9 @@ def _variants(b: OpBench, mode: str, ours: list[str], compile_ok: bool = True) -
     out["eager"] = ("torch", public)
     if compile_ok:
         out["compile"] = (None, comp)
+    if b.plain is not None:
+        out["plain"] = (None, _plain_run(b, b.plain, mode))
+        out["plain-compile"] = (None, _plain_run(b, torch.compile(b.plain, fullgraph=True), mode))
     main = t[b.main]
     out["clone"] = (None, main.clone)
     return out
@@ -285,25 +318,30 @@ def ratios(row: dict, ours: list[str]) -> dict:
     out = {}
     for name in ours:
         bw = row["bytes"] / t[name]
-        vs_compile = t["compile"] / t[name] if "compile" in t else None
-        out[name] = dict(vs_eager=t["eager"] / t[name], vs_compile=vs_compile, gbps=bw / 1e9,
-                         clone_fraction=bw / clone_bw)
+        vs = {f"vs_{k.replace('-', '_')}": t[k] / t[name] if k in t else None
+              for k in ("eager", "compile", "plain", "plain-compile")}
+        out[name] = dict(**vs, gbps=bw / 1e9, clone_fraction=bw / clone_bw)
     out["clone_gbps"] = clone_bw / 1e9
     return out
 
 
+def _fmt_ratio(q: dict, key: str, width: int) -> str:
+    return f"{q[key]:>{width}.2f}" if q.get(key) is not None else f"{'-':>{width}}"
+
+
 def print_table(rows: list[dict], ours: list[str]) -> None:
-    names = ours + ["eager", "compile", "clone"]
-    head = f"{'op':<19}{'mode':<8}{'size':>6} " + "".join(f"{n + ' ms':>12}" for n in names)
-    head += "".join(f"{n + ' x eager':>16}{n + ' x comp':>15}{n + ' GB/s':>12}{n + ' %clone':>13}" for n in ours)
+    names = ours + ["eager", "compile", "plain", "plain-compile", "clone"]
+    head = f"{'op':<19}{'mode':<8}{'size':>6} " + "".join(f"{n + ' ms':>17}" for n in names)
+    head += "".join(f"{n + ' x eager':>14}{n + ' x comp':>13}{n + ' x plain':>14}{n + ' x plcomp':>15}"
+                    f"{n + ' GB/s':>10}{n + ' %clone':>11}" for n in ours)
     print(head)
     for r in rows:
         line = f"{r['op']:<19}{r['mode']:<8}{size_name(r['numel']):>6} "
-        line += "".join(f"{r['seconds'][n] * 1e3:>12.3f}" if n in r["seconds"] else f"{'-':>12}" for n in names)
+        line += "".join(f"{r['seconds'][n] * 1e3:>17.4f}" if n in r["seconds"] else f"{'-':>17}" for n in names)
         for n in ours:
             q = r["ratios"][n]
-            comp = f"{q['vs_compile']:>15.2f}" if q["vs_compile"] is not None else f"{'-':>15}"
-            line += f"{q['vs_eager']:>16.2f}{comp}{q['gbps']:>12.1f}{q['clone_fraction'] * 100:>12.0f}%"
+            line += (_fmt_ratio(q, "vs_eager", 14) + _fmt_ratio(q, "vs_compile", 13) + _fmt_ratio(q, "vs_plain", 14)
+                     + _fmt_ratio(q, "vs_plain_compile", 15) + f"{q['gbps']:>10.1f}{q['clone_fraction'] * 100:>10.0f}%")
         print(line)
 
 
@@ -343,7 +381,8 @@ def plot(rows: list[dict], ours: list[str], path: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="1M,4M,16M", help="comma-separated element counts (K/M/G suffixes)")
+    p.add_argument("--sizes", default="1K,4K,64K,1M,16M",
+                   help="comma-separated element counts (K/M/G suffixes); 1K is the per-call latency row")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
@@ -356,6 +395,9 @@ def main(argv=None) -> int:
     p.add_argument("--compile-rng", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the reference of the ops that draw random numbers (default: on for cuda; "
                         "on CPU inductor took over 10 minutes to compile the reference Philox, so off)")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated subset to time (default all; e.g. leave out eager at 16M: its Philox "
+                        "reference takes ~30 s per call on CPU)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<device>-ops.json)")
     args = p.parse_args(argv)
 
@@ -384,6 +426,8 @@ def main(argv=None) -> int:
                 compile_ok = op not in RNG_OPS or (args.compile_rng if args.compile_rng is not None
                                                    else args.device == "cuda")
                 variants = _variants(b, mode, ours, compile_ok)
+                if args.variants:
+                    variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
                 seconds = {v: measure(fn, be, timer, args.repeat, args.min_time) for v, (be, fn) in variants.items()}
                 numel = b.tensors[b.main].numel()
                 es = b.tensors[b.main].element_size()

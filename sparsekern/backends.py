@@ -42,7 +42,9 @@ def current_backend() -> str:
     return getattr(_state, "name", None) or _default()
 
 
+@functools.lru_cache(maxsize=None)
 def triton_interpreted() -> bool:
+    """Read once, like Triton itself, which fixes the mode when its kernels are defined."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -107,7 +109,13 @@ def _supports(name: str, device: torch.device, dtype: torch.dtype) -> str | None
 
 def resolve_name(device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """The concrete backend that runs for a tensor on `device` with `dtype`."""
-    name = current_backend()
+    return _resolve(current_backend(), device.type, dtype, triton_interpreted())
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(name: str, device_type: str, dtype: torch.dtype, interpreted: bool) -> str:
+    """Cached by (selection, device type, dtype): every op call resolves (errors are not cached)."""
+    device = torch.device(device_type)
     if name == "auto":
         for candidate in available_backends():
             if _supports(candidate, device, dtype) is None and (candidate != "triton" or device.type == "cuda"):
@@ -121,6 +129,7 @@ def resolve_name(device: torch.device, dtype: torch.dtype = torch.float32) -> st
     return name
 
 
+@functools.lru_cache(maxsize=None)
 def module(name: str) -> ModuleType:
     """The kernels of a concrete backend (not ``auto``)."""
     if name not in _MODULES:

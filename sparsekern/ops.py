@@ -69,14 +69,26 @@ def _u64(op: str, name: str, v) -> int:
     return v
 
 
+def _check_noise(op: str, noise: Tensor, offset) -> Tensor:
+    """A noise-state tensor passed as ``seed``: int64 ``[seed, offset]`` (see ``sparsekern.noise_ops``)."""
+    if noise.dtype != torch.int64 or noise.shape != (2,):
+        raise TypeError(f"{op}: seed must be an int, or an int64 noise tensor of shape (2,) holding (seed, offset); "
+                        f"got a {noise.dtype} tensor of shape {tuple(noise.shape)}")
+    if not (isinstance(offset, int) and offset == 0):
+        raise ValueError(f"{op}: offset must be left out when seed is a noise tensor (it holds the offset)")
+    return noise
+
+
 def _unsigned(v: int) -> int:
     return v + _U64 if v < 0 else v
 
 
 def _backend_name(*tensors: Tensor) -> str:
-    t = tensors[0]
-    dtype = torch.float64 if any(x.dtype == torch.float64 for x in tensors) else t.dtype
-    return backends.resolve_name(t.device, dtype)
+    dtype = tensors[0].dtype
+    for x in tensors:
+        if x.dtype == torch.float64:
+            dtype = torch.float64
+    return backends.resolve_name(tensors[0].device, dtype)
 
 
 def _kernels(*tensors: Tensor):
@@ -181,12 +193,18 @@ def _hard_concrete_grad(ctx, grad):
 _hard_concrete.register_autograd(_hard_concrete_grad, setup_context=_save_all)
 
 
-def hard_concrete(log_alpha: Tensor, seed: int, offset: int = 0, *, beta: float = BETA, gamma: float = GAMMA,
-                  zeta: float = ZETA) -> Tensor:
-    """A training sample z of hard-concrete gates; noise index i uses counter ``offset + i`` (docs/math.md §4)."""
+def hard_concrete(log_alpha: Tensor, seed: int | Tensor, offset: int = 0, *, beta: float = BETA,
+                  gamma: float = GAMMA, zeta: float = ZETA) -> Tensor:
+    """A training sample z of hard-concrete gates; noise index i uses counter ``offset + i`` (docs/math.md §4).
+
+    ``seed`` may instead be an int64 tensor ``[seed, offset]`` (a module's noise state): same
+    numbers, and ``torch.compile`` treats the counter as data instead of a guarded constant.
+    """
     op = "hard_concrete"
     _check_float(op, "log_alpha", log_alpha)
     _check_hc(op, beta, gamma, zeta)
+    if isinstance(seed, Tensor):
+        return noise_ops.OPS[op](log_alpha, _check_noise(op, seed, offset), beta, gamma, zeta)
     return _hard_concrete(log_alpha, _u64(op, "seed", seed), _u64(op, "offset", offset), beta, gamma, zeta)
 
 
@@ -303,15 +321,19 @@ def _gated_weight_grad(ctx, grad):
 _gated_weight.register_autograd(_gated_weight_grad, setup_context=_save_all)
 
 
-def gated_weight(weight: Tensor, log_alpha: Tensor, seed: int, offset: int = 0, *, beta: float = BETA,
+def gated_weight(weight: Tensor, log_alpha: Tensor, seed: int | Tensor, offset: int = 0, *, beta: float = BETA,
                  gamma: float = GAMMA, zeta: float = ZETA) -> Tensor:
-    """``weight * z`` with z sampled from ``log_alpha`` (weight's shape, or one gate per row)."""
+    """``weight * z`` with z sampled from ``log_alpha`` (weight's shape, or one gate per row).
+
+    ``seed``: an int, or an int64 noise tensor ``[seed, offset]`` as in ``hard_concrete``."""
     op = "gated_weight"
     _check_float(op, "weight", weight)
     _check_float(op, "log_alpha", log_alpha)
     _check_same_device(op, ("weight", weight), ("log_alpha", log_alpha))
     _check_rows(op, "log_alpha", log_alpha, "weight", weight, allow_full=True)
     _check_hc(op, beta, gamma, zeta)
+    if isinstance(seed, Tensor):
+        return noise_ops.OPS[op](weight, log_alpha, _check_noise(op, seed, offset), beta, gamma, zeta)
     return _gated_weight(weight, log_alpha, _u64(op, "seed", seed), _u64(op, "offset", offset), beta, gamma, zeta)
 
 
@@ -352,9 +374,11 @@ def _gated_activation_grad(ctx, grad):
 _gated_activation.register_autograd(_gated_activation_grad, setup_context=_save_all)
 
 
-def gated_activation(x: Tensor, log_alpha: Tensor, seed: int, offset: int = 0, *, beta: float = BETA,
+def gated_activation(x: Tensor, log_alpha: Tensor, seed: int | Tensor, offset: int = 0, *, beta: float = BETA,
                      gamma: float = GAMMA, zeta: float = ZETA) -> Tensor:
-    """``x * z`` for x of shape [B, C, ...]; z [B, C] sampled per example, RNG index ``b * C + c``."""
+    """``x * z`` for x of shape [B, C, ...]; z [B, C] sampled per example, RNG index ``b * C + c``.
+
+    ``seed``: an int, or an int64 noise tensor ``[seed, offset]`` as in ``hard_concrete``."""
     op = "gated_activation"
     _check_float(op, "x", x)
     _check_float(op, "log_alpha", log_alpha)
@@ -367,6 +391,8 @@ def gated_activation(x: Tensor, log_alpha: Tensor, seed: int, offset: int = 0, *
             f"{tuple(log_alpha.shape)}"
         )
     _check_hc(op, beta, gamma, zeta)
+    if isinstance(seed, Tensor):
+        return noise_ops.OPS[op](x, log_alpha, _check_noise(op, seed, offset), beta, gamma, zeta)
     return _gated_activation(x, log_alpha, _u64(op, "seed", seed), _u64(op, "offset", offset), beta, gamma, zeta)
 
 
@@ -387,3 +413,6 @@ def uniform(numel: int, seed: int, offset: int = 0, *, device: torch.device | st
     if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
         raise ValueError(f"uniform: numel must be a non-negative int, got {numel!r}")
     return _uniform(numel, _u64(op, "seed", seed), _u64(op, "offset", offset), torch.device(device))
+
+
+from sparsekern import noise_ops  # noqa: E402  (the tensor-noise variants; it uses the helpers above)

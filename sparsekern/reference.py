@@ -9,7 +9,8 @@ may assume:
 * ``s`` has 1 or ``weight.shape[0]`` elements; ``log_alpha`` of ``gated_weight``
   has ``weight.numel()`` elements (one gate per weight) or ``weight.shape[0]``
   (one per row); ``log_alpha`` of ``gated_activation`` has ``x.shape[1]``;
-* ``seed`` and ``offset`` are Python ints in [0, 2**64).
+* ``seed`` and ``offset`` are Python ints in [0, 2**64); this backend also takes them as
+  int64 0-dim tensors with the same bits (what a CUDA graph capture reads, see noise_ops).
 
 Math runs in float32 (float64 for float64 inputs); outputs have the dtype of
 the tensor they replace; gradients of ``s`` / ``log_alpha`` are returned in
@@ -65,7 +66,9 @@ def philox_r0(counter: torch.Tensor, seed: int) -> torch.Tensor:
     return c0
 
 
-def _as_int64(x: int) -> int:
+def _as_int64(x):
+    if isinstance(x, torch.Tensor):
+        return x
     return x - (1 << 64) if x >= (1 << 63) else x
 
 

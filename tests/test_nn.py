@@ -149,8 +149,32 @@ def test_noise_stream_is_in_state_dict():
     clone.load_state_dict(copy.deepcopy(layer.state_dict()))
     assert (clone.noise_seed, clone.noise_offset) == (layer.noise_seed, layer.noise_offset)
     assert torch.equal(clone(x), layer(x))
+    assert layer.state_dict()["noise_state"].dtype == torch.int64
+
+
+def _old_format(state: dict) -> dict:
+    """The state_dict as sparsekern wrote it before the noise buffer: ints in ``_extra_state``."""
+    old = {k: v for k, v in state.items() if k != "noise_state"}
+    seed, offset = (v + (1 << 64) if v < 0 else v for v in state["noise_state"].tolist())
+    old["_extra_state"] = {"noise_seed": seed, "noise_offset": offset}
+    return old
+
+
+def test_old_checkpoints_with_int_extra_state_load():
+    torch.manual_seed(5)
+    layer = snn.L0Linear(6, 5)
+    with torch.no_grad():
+        layer.noise_state.copy_(torch.tensor([-3, -7]))  # seed 2**64 - 3, offset 2**64 - 7: near the wrap
+    x = torch.randn(2, 6)
+    clone = snn.L0Linear(6, 5)
+    clone.load_state_dict(_old_format(layer.state_dict()))  # strict: no missing/unexpected keys
+    assert (clone.noise_seed, clone.noise_offset) == (2**64 - 3, 2**64 - 7)
+    assert torch.equal(clone(x), layer(x)) and torch.equal(clone(x), layer(x))  # across the wrap-around
+    assert clone.noise_offset == 2**64 - 7 + 2 * 30 - 2**64
+    bad = _old_format(layer.state_dict())
+    bad["_extra_state"]["noise_offset"] = -1
     with pytest.raises(ValueError, match="noise_offset"):
-        clone.set_extra_state({"noise_seed": 1, "noise_offset": -1})
+        clone.load_state_dict(bad)
 
 
 def test_channel_gate_per_example_and_eval():

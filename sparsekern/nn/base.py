@@ -4,6 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sparsekern import noise_ops
+from sparsekern.ops import _unsigned
+
 _U64 = 1 << 64
 
 
@@ -70,33 +73,64 @@ class SparseModule:
 
 
 class NoiseStream:
-    """Mixin: the (seed, offset) of SPEC section 4 for a module that samples gates.
+    """Mixin: the (seed, offset) of docs/math.md §4 for a module that samples gates.
 
-    The seed is drawn from torch's global generator when the module is built, so
-    ``torch.manual_seed`` makes runs reproducible; every training forward takes
-    ``numel(gates)`` counters so no two steps reuse noise. Both live in the module's
-    state_dict (``_extra_state``) as Python ints: checkpoints resume the stream and no
-    device sync is needed to read them.
+    They live in an int64 buffer ``noise_state = [seed, offset]`` (the int64 with each uint64's
+    bits) that every training forward advances in place by ``numel(gates)``, so no two steps
+    reuse noise. Being a tensor, not a Python int, the counter is graph data under
+    ``torch.compile``: no guard on it, no recompile per step, and the in-place advance is part
+    of the graph. The seed is drawn from torch's global generator when the module is built
+    (``torch.manual_seed`` makes runs reproducible); the buffer is in the state_dict, so
+    checkpoints resume the stream. Old checkpoints (``_extra_state`` with ints) still load.
     """
 
-    def _init_noise(self) -> None:
-        self.noise_seed = int(torch.randint(0, 1 << 62, (1,)).item())
-        self.noise_offset = 0
+    def _init_noise(self, device=None) -> None:
+        seed = int(torch.randint(0, 1 << 62, (1,)).item())
+        self.register_buffer("noise_state", torch.tensor([seed, 0], dtype=torch.int64, device=device))
 
-    def take_noise(self, numel: int) -> tuple[int, int]:
-        """(seed, offset) for ``numel`` gates, advancing the offset past them."""
-        seed, offset = self.noise_seed, self.noise_offset
-        self.noise_offset = (offset + numel) % _U64
+    def take_noise(self, numel: int) -> tuple:
+        """The op arguments for ``numel`` gates, the stream advanced past them (wrapping mod 2**64).
+
+        Under ``torch.compile``: ``(noise,)``, a tensor copy of the state taken and advanced by one
+        graph op. Eager: ``(seed, offset)`` ints, the cheapest per-call path (the int ops).
+        """
+        if torch.compiler.is_compiling():
+            return (noise_ops.take_noise(self.noise_state, numel),)
+        seed, offset = (_unsigned(v) for v in self.noise_state.tolist())
+        self.noise_state[1] = _signed((offset + numel) % _U64)
         return seed, offset
 
-    def get_extra_state(self) -> dict:
-        return {"noise_seed": self.noise_seed, "noise_offset": self.noise_offset}
+    @property
+    def noise_seed(self) -> int:
+        return _unsigned(int(self.noise_state[0]))
 
-    def set_extra_state(self, state) -> None:
-        if not isinstance(state, dict) or set(state) != {"noise_seed", "noise_offset"}:
-            raise ValueError(f"{type(self).__name__}: bad extra state {state!r}; expected noise_seed/noise_offset")
-        for key in ("noise_seed", "noise_offset"):
-            v = state[key]
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _U64:
-                raise ValueError(f"{type(self).__name__}: {key} must be an int in [0, 2**64), got {v!r}")
-        self.noise_seed, self.noise_offset = state["noise_seed"], state["noise_offset"]
+    @property
+    def noise_offset(self) -> int:
+        return _unsigned(int(self.noise_state[1]))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        old = state_dict.get(prefix + "_extra_state")
+        if old is not None and prefix + "noise_state" not in state_dict:  # a checkpoint from before the buffer
+            state_dict = dict(state_dict)
+            del state_dict[prefix + "_extra_state"]
+            state_dict[prefix + "noise_state"] = _noise_from_extra_state(type(self).__name__, old)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+def _signed(v: int) -> int:
+    return v - _U64 if v >= 1 << 63 else v
+
+
+def _noise_from_extra_state(owner: str, state) -> Tensor:
+    """The noise_state tensor for the old ``{"noise_seed": int, "noise_offset": int}`` extra state."""
+    if not isinstance(state, dict) or set(state) != {"noise_seed", "noise_offset"}:
+        raise ValueError(f"{owner}: bad extra state {state!r}; expected noise_seed/noise_offset")
+    words = []
+    for key in ("noise_seed", "noise_offset"):
+        v = state[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _U64:
+            raise ValueError(f"{owner}: {key} must be an int in [0, 2**64), got {v!r}")
+        words.append(_signed(v))
+    return torch.tensor(words, dtype=torch.int64)

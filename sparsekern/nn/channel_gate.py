@@ -38,8 +38,8 @@ class ChannelGate(HardConcreteGates, nn.Module):
             z = self.eval_gates().to(x.dtype)
             return x * z.reshape((1, -1) + (1,) * (x.dim() - 2))
         la = self.gate_log_alpha()
-        seed, offset = self.take_noise(x.shape[0] * self.num_channels)
-        return ops.gated_activation(x, la, seed, offset, **self.hc_kwargs())
+        noise = self.take_noise(x.shape[0] * self.num_channels)
+        return ops.gated_activation(x, la, *noise, **self.hc_kwargs())
 
     def l0_penalty(self, lam: float, prior_prec: float = 0.0, cost_scale: float = 1.0, *,
                    reference_terms: bool = False) -> Tensor:

@@ -54,7 +54,7 @@ class HardConcreteGates(NoiseStream):
                                 f"got {type(log_alpha_source).__name__}")
             self.register_parameter("log_alpha", None)
         self.__dict__["log_alpha_source"] = log_alpha_source  # plain attribute: never a submodule
-        self._init_noise()
+        self._init_noise(factory.get("device"))
 
     def set_log_alpha_source(self, source: Callable[[], Tensor] | None) -> None:
         """Take log_alpha from ``source()`` from now on (None: back to an own Parameter, freshly initialised)."""

@@ -63,23 +63,23 @@ class _L0Mixin(HardConcreteGates, SparseModule):
     # ------------------------------------------------------------ training samples
     def _sampled_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
         la = self.gate_log_alpha()
-        seed, offset = self.take_noise(la.numel())
+        noise = self.take_noise(la.numel())
         kw = self.hc_kwargs()
         if self.granularity == "in":  # one gate per column = per row of the transposed weight
-            weight = ops.gated_weight(self.weight.transpose(0, 1), la, seed, offset, **kw).transpose(0, 1)
+            weight = ops.gated_weight(self.weight.transpose(0, 1), la, *noise, **kw).transpose(0, 1)
         else:
-            weight = ops.gated_weight(self.weight, la, seed, offset, **kw)
+            weight = ops.gated_weight(self.weight, la, *noise, **kw)
         bias = self.bias
         if bias is not None and self.granularity == "out":  # same (seed, offset): the same gates
-            bias = bias * ops.hard_concrete(la, seed, offset, **kw).to(bias.dtype)
+            bias = bias * ops.hard_concrete(la, *noise, **kw).to(bias.dtype)
         return weight, bias
 
     def _gate_activation(self, x: Tensor, channel_dim: int) -> Tensor:
         la = self.gate_log_alpha()
         if channel_dim == -1 and x.dim() != 2:  # Linear on [..., F]: every leading index is an example
             return self._gate_activation(x.reshape(-1, x.shape[-1]), -1).reshape(x.shape)
-        seed, offset = self.take_noise(x.shape[0] * la.numel())
-        return ops.gated_activation(x, la, seed, offset, **self.hc_kwargs())
+        noise = self.take_noise(x.shape[0] * la.numel())
+        return ops.gated_activation(x, la, *noise, **self.hc_kwargs())
 
     def _gated_forward(self, x: Tensor, apply, channel_dim: int) -> Tensor:
         """``apply(x, weight, bias)`` is the dense op; gates per mode/granularity around it."""

@@ -1,0 +1,191 @@
+"""One training step (forward, loss, backward, SGD step), dense vs sparsekern vs plain PyTorch.
+
+    python bench/train_step.py                                  # CPU: lenet300 + resnet20, eager + compile
+    python bench/train_step.py --models lenet300 --modes eager  # quick
+    python bench/train_step.py --device cuda                    # + resnet50 batch 256, bf16 autocast
+
+Methods: ``dense``; ``str`` / ``l0`` (sparsekern layers via ``sparsify``: per-layer soft
+threshold; one hard-concrete gate per weight with the ``regularization`` penalty);
+``str-plain`` / ``l0-plain`` (the same math in plain PyTorch as the papers' code writes it:
+``sign(w)*relu(abs(w)-sigmoid(s))``, AMLab-style ``torch.rand`` gates, see plain_layers.py).
+Each runs eager and under ``torch.compile(model, fullgraph=True)`` (the model; loss,
+backward and optimizer outside, as users write it). All variants of a model are timed
+round-robin one step at a time, side by side, ``--rounds`` times; the median is reported. Overhead = ms / dense
+ms of the same mode - 1; ``sk vs plain`` = plain ms / sparsekern ms (> 1: sparsekern faster).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ops import RESULTS, device_name  # noqa: E402
+from plain_layers import plain_l0_penalty, plainify  # noqa: E402
+
+from sparsekern.models import build_model  # noqa: E402
+from sparsekern.pruning import regularization, sparsify  # noqa: E402
+
+METHODS = ("dense", "str", "str-plain", "l0", "l0-plain")
+LAM = 1e-6  # L0 penalty weight: its size does not change the step's cost
+# name -> (builder args, batch): MNIST-shaped MLP, CIFAR-shaped ResNet-20, ImageNet ResNet-50 (CUDA)
+MODELS = {
+    "lenet300": (dict(num_classes=10, in_channels=1, image_size=28), 512),
+    "resnet20": (dict(num_classes=10, in_channels=3, image_size=32), 64),
+    "resnet50": (dict(num_classes=1000, in_channels=3, image_size=224), 256),
+}
+
+
+def build(model_name: str, method: str, device: str) -> tuple[nn.Module, callable]:
+    """The model for ``method`` and its loss penalty (a callable, 0 for no penalty)."""
+    torch.manual_seed(0)
+    args, _ = MODELS[model_name]
+    model = build_model(model_name, **args)
+    if method in ("str", "l0"):
+        sparsify(model, method, **({"s_init": -5.0} if method == "str" else {}))
+    elif method.endswith("-plain"):
+        plainify(model, method.split("-")[0])
+    model.to(device).train()
+    if method == "l0":
+        return model, lambda: regularization(model, lam=LAM, num_samples=1)
+    if method == "l0-plain":
+        return model, lambda: LAM * plain_l0_penalty(model)
+    return model, None
+
+
+def make_step(model_name: str, method: str, mode: str, device: str, amp: bool):
+    model, penalty = build(model_name, method, device)
+    forward = torch.compile(model, fullgraph=True) if mode == "compile" else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-5)
+    args, batch = MODELS[model_name]
+    gen = torch.Generator(device=device).manual_seed(1)
+    size = args["image_size"]
+    x = torch.randn(batch, args["in_channels"], size, size, generator=gen, device=device)
+    y = torch.randint(0, args["num_classes"], (batch,), generator=gen, device=device)
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            loss = nn.functional.cross_entropy(forward(x), y)
+            if penalty is not None:
+                loss = loss + penalty()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def timed(step, device: str) -> float:
+    """Seconds of one step (the GPU synchronized around it)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bench_model(model_name: str, methods, modes, device: str, rounds: int, amp: bool) -> dict:
+    steps = {}
+    for mode in modes:
+        for method in methods:
+            step = make_step(model_name, method, mode, device, amp)
+            for _ in range(3):  # warm up: compile, allocator, autograd caches
+                step()
+            steps[(method, mode)] = step
+            print(f"  {model_name} {method} {mode}: ready", file=sys.stderr, flush=True)
+    samples = {key: [] for key in steps}
+    for r in range(rounds):  # round-robin, one step at a time: every variant sees the same machine load
+        for key, step in steps.items():
+            samples[key].append(timed(step, device))
+    print(f"  {model_name}: {rounds} rounds done", file=sys.stderr, flush=True)
+    rows = []
+    for (method, mode), times in samples.items():
+        ms = statistics.median(times) * 1e3
+        rows.append(dict(model=model_name, method=method, mode=mode, ms=ms, samples_ms=[t * 1e3 for t in times]))
+    by = {(r["method"], r["mode"]): r["ms"] for r in rows}
+    for r in rows:
+        dense = by.get(("dense", r["mode"]))
+        r["overhead_vs_dense"] = r["ms"] / dense - 1 if dense else None
+        plain = by.get((r["method"] + "-plain", r["mode"]))
+        r["sk_vs_plain"] = plain / r["ms"] if plain and r["method"] in ("str", "l0") else None
+    return dict(model=model_name, batch=MODELS[model_name][1], rows=rows)
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['model']} (batch {result['batch']})")
+    print(f"{'method':<11}{'mode':<9}{'ms/step':>10}{'vs dense':>10}{'sk vs plain':>13}")
+    for r in result["rows"]:
+        over = f"{r['overhead_vs_dense'] * 100:+.0f}%" if r["overhead_vs_dense"] is not None else "-"
+        vs = f"{r['sk_vs_plain']:.2f}x" if r["sk_vs_plain"] is not None else ""
+        print(f"{r['method']:<11}{r['mode']:<9}{r['ms']:>10.2f}{over:>10}{vs:>13}")
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 3.8), squeeze=False)
+    for ax, res in zip(axes.flat, results):
+        modes = sorted({r["mode"] for r in res["rows"]}, key=["eager", "compile"].index)
+        methods = [m for m in METHODS if any(r["method"] == m for r in res["rows"])]
+        width = 0.8 / len(modes)
+        for i, mode in enumerate(modes):
+            ms = [next((r["ms"] for r in res["rows"] if r["method"] == m and r["mode"] == mode), 0) for m in methods]
+            ax.bar([j + i * width for j in range(len(methods))], ms, width, label=mode)
+        ax.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(methods))], methods)
+        ax.set_ylabel("ms / training step")
+        ax.set_title(f"{res['model']} (batch {res['batch']})")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--models", default=None,
+                   help="comma-separated (default: lenet300,resnet20 on CPU, + resnet50 on cuda)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--modes", default="eager,compile")
+    p.add_argument("--rounds", type=int, default=30, help="round-robin steps timed per variant (median taken)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's; 1 is steadier on a shared box)")
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/<device>-train-step.json)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
+    default_models = "lenet300,resnet20,resnet50" if args.device == "cuda" else "lenet300,resnet20"
+    models = (args.models or default_models).split(",")
+    methods = args.methods.split(",")
+    modes = args.modes.split(",")
+    results = []
+    for name in models:
+        amp = name == "resnet50"  # batch 256 in bf16 autocast, as GPU training runs
+        results.append(bench_model(name, methods, modes, args.device, args.rounds, amp))
+        print_table(results[-1])
+    dev = device_name(args.device)
+    out = Path(args.out) if args.out else RESULTS / f"{dev}-train-step.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(device=dev, threads=torch.get_num_threads(), torch=torch.__version__,
+                                   rounds=args.rounds, results=results), indent=1))
+    png = out.with_suffix(".png")
+    plot(results, png)
+    print(f"\nwrote {out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

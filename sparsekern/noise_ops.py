@@ -1,0 +1,113 @@
+"""Variants of the gate-sampling ops that take the noise (seed, offset) as a tensor.
+
+``sparsekern::<op>_at(..., Tensor noise, ...)`` computes exactly what ``<op>(..., seed,
+offset, ...)`` does (docs/math.md §4) for ``noise = tensor([seed, offset], dtype=int64)`` (the int64
+with the bits of each uint64). A module keeps its noise in such a buffer and advances it
+in place, so under ``torch.compile`` the counter is graph data, not a Python constant that
+dynamo guards on: training steps reuse one graph instead of recompiling every step.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sparsekern import backends
+from sparsekern.ops import _backend_name, _param_grad_dtype, _unsigned
+
+# op name -> its data tensors (log_alpha last), in the order of the int-seeded op
+DATA_ARGS = {
+    "hard_concrete": ("log_alpha",),
+    "gated_weight": ("weight", "log_alpha"),
+    "gated_activation": ("x", "log_alpha"),
+}
+_HC = "float beta, float gamma, float zeta"
+
+
+def _read(noise: Tensor) -> tuple[int, int]:
+    """(seed, offset) as uint64 ints; a host read (a sync for CUDA tensors)."""
+    seed, offset = noise.tolist()
+    return _unsigned(seed), _unsigned(offset)
+
+
+def _seed_offset(noise: Tensor, backend: str) -> tuple[str, tuple]:
+    """(backend, (seed, offset)) for a kernel call.
+
+    While a CUDA graph is being captured the state cannot be read on the host (and a value
+    read then would be frozen into every replay), so the reference backend computes the same
+    numbers (docs/math.md §4) from the device tensors themselves: each replay reads the live counter.
+    """
+    if noise.is_cuda and torch.cuda.is_current_stream_capturing():
+        return "torch", (noise[0], noise[1])
+    return backend, _read(noise)
+
+
+def _grad_fakes(data: tuple[Tensor, ...]):
+    *others, log_alpha = data
+    grads = [t.new_empty(t.shape) for t in others]
+    grads.append(log_alpha.new_empty(log_alpha.shape, dtype=_param_grad_dtype(log_alpha)))
+    return grads[0] if len(grads) == 1 else tuple(grads)
+
+
+def _define(name: str, arg_names: tuple[str, ...]):
+    """The ``<name>_at`` op and its backward op, with fake kernels and autograd."""
+    n = len(arg_names)
+    tensors = ", ".join(f"Tensor {a}" for a in arg_names)
+    grads_out = "Tensor" if n == 1 else "(" + ", ".join(["Tensor"] * n) + ")"
+
+    def forward(*args):
+        data, (noise, beta, gamma, zeta) = args[:n], args[n:]
+        backend, seed_offset = _seed_offset(noise, _backend_name(*data))
+        kernels = backends.module(backend)
+        return getattr(kernels, name)(*(t.contiguous() for t in data), *seed_offset, beta, gamma, zeta)
+
+    def backward(grad, *args):
+        data, (noise, beta, gamma, zeta, backend) = args[:n], args[n:]
+        backend, seed_offset = _seed_offset(noise, backend)
+        kernels = backends.module(backend)
+        out = getattr(kernels, name + "_backward")(
+            grad.contiguous(), *(t.contiguous() for t in data), *seed_offset, beta, gamma, zeta)
+        return out if n == 1 else tuple(out)
+
+    fwd = torch.library.custom_op(f"sparsekern::{name}_at", forward, mutates_args=(),
+                                  schema=f"({tensors}, Tensor noise, {_HC}) -> Tensor")
+    bwd = torch.library.custom_op(f"sparsekern::{name}_at_backward", backward, mutates_args=(),
+                                  schema=f"(Tensor grad, {tensors}, Tensor noise, {_HC}, str backend) -> {grads_out}")
+    fwd.register_fake(lambda *args: args[0].new_empty(args[0].shape))
+    bwd.register_fake(lambda grad, *args: _grad_fakes(args[:n]))
+
+    def setup_context(ctx, inputs, output):
+        data, noise = inputs[:n], inputs[n]
+        ctx.save_for_backward(*data, noise)
+        ctx.hc = tuple(inputs[n + 1:])
+        # The backward runs on the forward's backend (autograd may run it in another thread).
+        ctx.backend = _backend_name(*data)
+
+    def grad_fn(ctx, grad):
+        *data, noise = ctx.saved_tensors
+        out = bwd(grad, *data, noise, *ctx.hc, ctx.backend)
+        grads = [out] if n == 1 else list(out)
+        grads[-1] = grads[-1].to(data[-1].dtype)  # log_alpha's grad in its own dtype
+        return (*grads, None, None, None, None)
+
+    fwd.register_autograd(grad_fn, setup_context=setup_context)
+    return fwd
+
+
+OPS = {name: _define(name, args) for name, args in DATA_ARGS.items()}
+
+
+@torch.library.custom_op("sparsekern::take_noise", mutates_args=("state",))
+def take_noise(state: Tensor, numel: int) -> Tensor:
+    """A copy of ``state = [seed, offset]``, then ``offset += numel`` in place (int64 wrap-around).
+
+    One opaque op, not ``clone`` + ``add_``: inductor's partitioner may recompute a plain clone of
+    the buffer in the backward, after the in-place advance, and so read the next step's offset.
+    """
+    noise = state.clone()
+    state[1:].add_(numel)
+    return noise
+
+
+@take_noise.register_fake
+def _(state, numel):
+    return torch.empty_like(state)

@@ -1,0 +1,78 @@
+"""Noise (seed, offset) passed as an int64 tensor: the same numbers as the int API (docs/math.md §4)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import sparsekern
+from sparsekern import noise_ops, reference
+from helpers import HC, cpu_backends, generator
+
+SEED_OFFSETS = [(0, 0), (2**63 + 5, 2**64 - 3), (2**32 + 7, 2**32 - 2)]
+
+
+def _noise(seed: int, offset: int) -> torch.Tensor:
+    return torch.tensor([v - 2**64 if v >= 2**63 else v for v in (seed, offset)], dtype=torch.int64)
+
+
+def _inputs(key):
+    gen = generator("noise", *key)
+    return {
+        "hard_concrete": (torch.randn(6, 4, generator=gen).requires_grad_(),),
+        "gated_weight": (torch.randn(6, 4, generator=gen).requires_grad_(),
+                         torch.randn(6, generator=gen).requires_grad_()),
+        "gated_activation": (torch.randn(3, 6, 2, generator=gen).requires_grad_(),
+                             torch.randn(6, generator=gen).requires_grad_()),
+    }
+
+
+@pytest.mark.parametrize("backend", cpu_backends(light=True))
+@pytest.mark.parametrize("seed,offset", SEED_OFFSETS)
+def test_tensor_noise_equals_int_seed_offset(backend, seed, offset):
+    for name, data in _inputs((seed, offset)).items():
+        op = getattr(sparsekern, name)
+        with sparsekern.use_backend(backend):
+            by_int = op(*data, seed, offset, **HC)
+            by_tensor = op(*data, _noise(seed, offset), **HC)
+            grads_int = torch.autograd.grad((by_int * by_int).sum(), data)
+            grads_tensor = torch.autograd.grad((by_tensor * by_tensor).sum(), data)
+        assert torch.equal(by_int, by_tensor), name
+        for a, b in zip(grads_int, grads_tensor):
+            assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("seed,offset", SEED_OFFSETS)
+def test_reference_reads_seed_offset_from_tensors(seed, offset):
+    """The CUDA-graph-capture path: 0-dim int64 device scalars instead of host ints."""
+    la, x = torch.randn(5, 3), torch.randn(4, 3, 2)
+    s, o = _noise(seed, offset)
+    assert torch.equal(reference.uniform(40, s, o, la.device), reference.uniform(40, seed, offset, la.device))
+    assert torch.equal(reference.hard_concrete(la, s, o, **HC), reference.hard_concrete(la, seed, offset, **HC))
+    for a, b in zip(reference.gated_activation_backward(x, x, la[0], s, o, **HC),
+                    reference.gated_activation_backward(x, x, la[0], seed, offset, **HC)):
+        assert torch.equal(a, b)
+
+
+def test_take_noise_advances_in_place_with_wraparound():
+    state = _noise(9, 2**64 - 2)
+    noise = noise_ops.take_noise(state, 5)
+    assert noise.tolist() == _noise(9, 2**64 - 2).tolist()
+    assert state.tolist() == [9, 3]  # (2**64 - 2 + 5) mod 2**64
+
+
+def test_opcheck_tensor_noise_ops():
+    noise = _noise(2**63 + 5, 11)
+    for name, data in _inputs(("opcheck",)).items():
+        opcheck(noise_ops.OPS[name], (*data, noise, *HC.values()))
+    opcheck(torch.ops.sparsekern.take_noise.default, (_noise(3, 4), 7))
+
+
+def test_bad_noise_tensors_are_clear_errors():
+    la = torch.randn(4)
+    with pytest.raises(TypeError, match="hard_concrete: seed must be an int, or an int64 noise tensor of shape"):
+        sparsekern.hard_concrete(la, torch.tensor([1, 2], dtype=torch.int32))
+    with pytest.raises(TypeError, match="gated_weight: seed must be an int, or an int64 noise tensor"):
+        sparsekern.gated_weight(la, la, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="offset must be left out"):
+        sparsekern.gated_activation(la.reshape(1, 4), la, _noise(1, 2), 5)
