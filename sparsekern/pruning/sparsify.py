@@ -7,6 +7,7 @@ from typing import Iterable
 
 from torch import nn
 
+from sparsekern.pruning.channel_gating import gate_channels
 from sparsekern.nn import L0Conv2d, L0Linear, MaskedConv2d, MaskedLinear, STRConv2d, STRLinear
 
 LAYER_TYPES = {
@@ -39,6 +40,9 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+STRUCTURED = {"l0_hc": None, "dep_l0": "forward"}  # channel gates: independent, or from a generator
+
+
 def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False, keep_last: bool = False,
              include=None, exclude=None, **layer_opts) -> nn.Module:
     """Replace every plain nn.Linear / nn.Conv2d of ``model`` by its sparse version, in place.
@@ -53,11 +57,18 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
     (``"re:layer[12]\\..*"``, full match). A layer is swapped if it matches some include
     pattern (all layers when include is None) and no exclude pattern. Layers already sparse
     are left alone. Returns ``model``.
+
+    ``"l0_hc"`` / ``"dep_l0"``: structured channel gates instead (``channel_gating.gate_channels``):
+    independent ones, or Dep-L0's generator with ``dependency="forward"`` (default) or
+    ``"backward"``; ``layers=[names]`` picks the gated layers of a user model (default: the
+    built-in placement, else the Conv2d -> BatchNorm2d pairs torch.fx finds).
     """
-    if method not in LAYER_TYPES:
-        raise ValueError(f"sparsify: method must be one of {sorted(LAYER_TYPES)}, got {method!r}")
+    if method not in LAYER_TYPES and method not in STRUCTURED:
+        raise ValueError(f"sparsify: method must be one of {sorted(LAYER_TYPES) + sorted(STRUCTURED)}, got {method!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"sparsify: model must be an nn.Module, got {type(model).__name__}")
+    if method in STRUCTURED:
+        return _gate(model, method, **layer_opts)
     includes, excludes = _patterns(include, "include"), _patterns(exclude, "exclude")
     types = LAYER_TYPES[method]
     candidates = [(n, m) for n, m in model.named_modules() if type(m) in types and n]
@@ -71,4 +82,11 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
         if any(_matches(name, p) for p in excludes):
             continue
         _set_module(model, name, types[type(layer)].from_dense(layer, **layer_opts))
+    return model
+
+
+def _gate(model: nn.Module, method: str, *, dependency: str | None = None, layers=None) -> nn.Module:
+    if method == "l0_hc" and dependency is not None:
+        raise ValueError("sparsify: dependency applies to method 'dep_l0' only")
+    gate_channels(model, dependency or STRUCTURED[method], layers=layers)
     return model
