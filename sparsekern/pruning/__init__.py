@@ -4,6 +4,9 @@
 STR, ``GMP`` for the baseline) -> ``sparsity_report`` / ``format_report`` -> ``finalize``.
 The training loop and checkpoints live in ``trainer`` / ``checkpoint`` (imported on demand).
 """
+from sparsekern.nn import GateGenerator
+from sparsekern.pruning import channel_gating, modules
+from sparsekern.pruning.batchnorm import recalibrate_bn
 from sparsekern.pruning.finalize import finalize
 from sparsekern.pruning.flops import record_flops_per_weight
 from sparsekern.pruning.gmp import GMP
@@ -13,9 +16,11 @@ from sparsekern.pruning.regularization import regularization
 from sparsekern.pruning.report import format_report, sparsity_report
 from sparsekern.pruning.schedule import cubic_sparsity
 from sparsekern.pruning.sparsify import sparsify
+from sparsekern.pruning.shrink import model_widths, shrink_model
 from sparsekern.pruning.target import TargetSparsity
 
 __all__ = [
     "GMP", "TargetSparsity", "cubic_sparsity", "finalize", "format_report", "gate_modules", "global_sparsity",
-    "param_groups", "record_flops_per_weight", "regularization", "sparse_modules", "sparsify", "sparsity_report",
+    "model_widths", "param_groups", "recalibrate_bn", "record_flops_per_weight", "regularization",
+    "shrink_model", "sparse_modules", "sparsify", "sparsity_report",
 ]

@@ -1,0 +1,87 @@
+"""The interface every pruning method implements; the trainer calls only this."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sparsekern import pruning
+
+
+class Method:
+    """One pruning method, configured by a ``PruneConfig``.
+
+    ``check`` refuses options the method does not take; ``sparsify`` converts the model;
+    ``param_groups`` gives the optimizer groups (a group named "gates" goes to its own Adam at
+    ``gate_lr``); ``controller`` the per-step controller (``step()``, ``state_dict()``,
+    ``load_state_dict()``) or None; ``penalty`` the loss term or None; ``sparsity`` the
+    progress number logged per epoch; ``export`` the plain model written at the end.
+    ``freeze`` enters the fine-tune phase (deterministic frozen gates, no penalty).
+    """
+
+    name = ""
+    takes = ()  # optional config fields this method accepts (besides the common ones)
+    gate_lr_default: float | None = None  # None: the method has no gates
+
+    def __init__(self, config):
+        self.config = config
+        self.frozen = False
+
+    @classmethod
+    def check(cls, config) -> None:
+        for field in ("target_sparsity", "target_flops", "lam", "gate_lr", "dependency"):
+            if getattr(config, field) is not None and field not in cls.takes:
+                raise ValueError(f"method {cls.name!r} does not take {field}")
+
+    def sparsify(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return pruning.param_groups(model, self.config.lr, self.config.weight_decay)
+
+    def gate_lr(self) -> float | None:
+        return self.config.gate_lr if self.config.gate_lr is not None else self.gate_lr_default
+
+    def controller(self, model: nn.Module, total_steps: int, example: Tensor):
+        return None
+
+    def penalty(self, model: nn.Module, num_samples: int) -> Tensor | None:
+        return None
+
+    def sparsity(self, model: nn.Module) -> float:
+        return float(pruning.global_sparsity(model))
+
+    def sparse_names(self, model: nn.Module) -> list[str] | None:
+        return [name for name, _ in pruning.sparse_modules(model)]
+
+    def has_gates_or_thresholds(self) -> bool:
+        """Whether eval differs from training (BatchNorm statistics need recalibrating)."""
+        return True
+
+    def export(self, model: nn.Module) -> nn.Module:
+        return pruning.finalize(model, shrink=False).eval()
+
+    def freeze(self, model: nn.Module) -> None:
+        """Fine-tune phase: gates deterministic and fixed, penalty off (SPEC 3, ResNet-50 recipe)."""
+        self.frozen = True
+        for module in model.modules():
+            if isinstance(module, (pruning.modules.HardConcreteGates, pruning.GateGenerator)):
+                for p in module.parameters():
+                    p.requires_grad_(False)
+
+    def set_gate_modes(self, model: nn.Module) -> None:
+        """After model.train(): frozen gates run deterministic (eval) in training forwards."""
+        if self.frozen:
+            for module in model.modules():
+                if isinstance(module, pruning.modules.HardConcreteGates):
+                    module.eval()
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def flops_fraction(model: nn.Module, example: Tensor) -> float:
+    """Effective / dense FLOPs of the eval-mode model (``sparsity_report``'s numbers)."""
+    total = pruning.sparsity_report(model, example)["total"]
+    return total["effective_flops"] / total["dense_flops"]
