@@ -15,14 +15,12 @@ parameters, so every rank takes the same pruning decisions.
 """
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
 import json
 import math
 import os
 import random
-import re
 import time
 from dataclasses import dataclass
 
@@ -36,22 +34,14 @@ from sparsekern import pruning
 from sparsekern.backends import use_backend
 from sparsekern.data import load_dataset
 from sparsekern.models import build_model
+from sparsekern.pruning.methods import METHODS as METHOD_CLASSES
+from sparsekern.pruning.methods.base import has_batchnorm
+from sparsekern.pruning.methods.l0 import HC_GATE_LR, HC_LAMBDA, L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA  # noqa: F401
 from sparsekern.pruning.checkpoint import (
     CheckpointError, atomic_torch_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
 
-METHODS = ("dense", "gmp", "str", "l0")
-# L0 defaults (Louizos et al. 2018, adapted to short runs): the paper's granularity (one gate per
-# input neuron of a Linear, per output feature map of a conv) and lambda; gates trained by their own
-# Adam at a constant rate well above the paper's 1e-3 (it had ~100k steps); initial drop rate 0.1,
-# not the paper's 0.2 (input) / 0.5: gates at 0.5 halve and randomise every gated layer's signal, so
-# on short runs the net barely learns (LeNet-5/digits, lambda 0: 0.63 after 6 epochs) and the penalty
-# closes everything (LeNet-300/digits: 64% sparse at lambda 0.015, 96% at chance at 0.03).
-# Measured with 0.1, LeNet-300-100 on digits, 10 epochs (dense 0.978): lambda 0.03 -> 28% sparse at
-# 0.978, 0.1 -> 58% at 0.961-0.964 (2 seeds), 0.2 -> 73% at 0.947, 0.3 -> 80% at 0.908.
-L0_LAMBDA = 0.1
-L0_GATE_LR = 0.05
-L0_DROP_RATE = 0.1
+METHODS = tuple(METHOD_CLASSES)
 # Settings that may change between a run and its resumption without changing the result.
 RESUME_FREE = ("out", "resume", "progress", "backend", "device")
 LOG_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_acc", "sparsity", "lr", "seconds")
@@ -63,9 +53,12 @@ class PruneConfig:
     model: str = "lenet300"
     data: str = "digits"
     epochs: int = 10
-    target_sparsity: float | None = None  # str / gmp
-    lam: float | None = None  # l0: penalty per open weight (/ N), None: L0_LAMBDA; str: thresholds' weight decay
-    gate_lr: float | None = None  # l0: Adam learning rate of the gates' log_alpha, None: L0_GATE_LR
+    target_sparsity: float | None = None  # str / gmp / l0
+    target_flops: float | None = None  # l0_hc / dep_l0: wanted fraction of the dense FLOPs
+    lam: float | None = None  # l0*: penalty weight (methods/l0.py); str: thresholds' weight decay
+    gate_lr: float | None = None  # gated methods: Adam learning rate of the gates / generator
+    dependency: str | None = None  # dep_l0: forward (default) or backward
+    finetune_epochs: int = 0  # after `epochs`: gates frozen and deterministic, no penalty
     seed: int = 0
     out: str = "runs/run"
     resume: bool = False
@@ -90,22 +83,23 @@ class PruneConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not isinstance(self.finetune_epochs, int) or isinstance(self.finetune_epochs, bool) \
+                or self.finetune_epochs < 0:
+            raise ValueError(f"finetune_epochs must be an int >= 0, got {self.finetune_epochs!r}")
         if self.target_sparsity is not None and not 0.0 <= self.target_sparsity < 1.0:
             raise ValueError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}")
+        if self.target_flops is not None and not 0.0 < self.target_flops < 1.0:
+            raise ValueError(f"target_flops must be in (0, 1), got {self.target_flops}")
         if self.lam is not None and (not math.isfinite(self.lam) or self.lam < 0):
             raise ValueError(f"lambda must be a finite number >= 0, got {self.lam}")
-        if self.method == "dense" and (self.target_sparsity is not None or self.lam is not None):
-            raise ValueError("method 'dense' takes neither target_sparsity nor lambda")
-        if self.method == "gmp" and (self.target_sparsity is None or self.lam is not None):
-            raise ValueError("method 'gmp' needs target_sparsity (and no lambda)")
-        if self.method == "str" and self.target_sparsity is not None and self.lam is not None:
-            raise ValueError("method 'str' takes target_sparsity or lambda, not both")
-        if self.method == "l0" and self.target_sparsity is not None:
-            raise ValueError("method 'l0' takes lambda, not target_sparsity")
-        if self.gate_lr is not None and (self.method != "l0" or isinstance(self.gate_lr, bool)
-                                         or not isinstance(self.gate_lr, (int, float))
+        if self.gate_lr is not None and (isinstance(self.gate_lr, bool) or not isinstance(self.gate_lr, (int, float))
                                          or not math.isfinite(self.gate_lr) or self.gate_lr <= 0):
-            raise ValueError(f"gate_lr must be a finite number > 0 and only with method 'l0', got {self.gate_lr!r}")
+            raise ValueError(f"gate_lr must be a finite number > 0, got {self.gate_lr!r}")
+        if self.dependency not in (None, "forward", "backward"):
+            raise ValueError(f"dependency must be 'forward' or 'backward', got {self.dependency!r}")
+        if self.target_flops is not None and self.lam is not None:
+            raise ValueError("target_flops adapts lambda itself: give one of target_flops and lambda")
+        METHOD_CLASSES[self.method].check(self)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
 
@@ -165,35 +159,9 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-# ---------------------------------------------------------------- method setup
-def _setup_method(model: nn.Module, config: PruneConfig, total_steps: int):
-    """(model, optimizer param groups, controller or None) for the configured method."""
-    if config.method == "dense":  # same groups as the sparse runs (no decay on biases/norms): comparable
-        return model, pruning.param_groups(model, config.lr, config.weight_decay), None
-    if config.method == "l0":
-        _sparsify_l0(pruning, model)
-    else:
-        model = pruning.sparsify(model, method=config.method)
-    threshold_wd = None  # the optimizer's weight decay, STR's own knob
-    if config.method == "str" and config.lam is not None:
-        threshold_wd = config.lam
-    elif config.method == "str" and config.target_sparsity is not None:
-        threshold_wd = 0.0  # TargetSparsity supplies the pressure on the thresholds
-    groups = pruning.param_groups(model, config.lr, config.weight_decay, threshold_weight_decay=threshold_wd)
-    controller = None
-    if config.method == "gmp":
-        controller = pruning.GMP(model, config.target_sparsity, total_steps)
-    elif config.target_sparsity is not None:
-        controller = pruning.TargetSparsity(model, config.target_sparsity, total_steps)
-    return model, groups, controller
-
-
-def _l0_lambda(config: PruneConfig) -> float:
-    return L0_LAMBDA if config.lam is None else config.lam
-
-
-def _optimizers(groups: list[dict], config: PruneConfig):
-    """(SGD over the weights, Adam over the L0 gates or None). The gates get their own Adam at a
+# ---------------------------------------------------------------- optimizers
+def _optimizers(groups: list[dict], config: PruneConfig, gate_lr: float | None):
+    """(SGD over the weights, Adam over the gates or None). The gates get their own Adam at a
     constant rate (the L0 paper trains with Adam, Dep-L0 its gate generator): the pace of a gate is
     then set by ``gate_lr``, not by the scale of lambda. Before (per-weight gates, SGD for all) no
     lambda gave useful sparsity on LeNet-300/digits: 250 -> 0% sparse, 400 -> 100%, both at chance."""
@@ -202,33 +170,17 @@ def _optimizers(groups: list[dict], config: PruneConfig):
     optimizer = torch.optim.SGD(rest, lr=config.lr, momentum=config.momentum)
     if not gates:
         return optimizer, None
-    lr = L0_GATE_LR if config.gate_lr is None else config.gate_lr
-    return optimizer, torch.optim.Adam([{**g, "lr": lr} for g in gates], lr=lr)
+    return optimizer, torch.optim.Adam([{**g, "lr": gate_lr} for g in gates], lr=gate_lr)
 
 
-def _sparsify_l0(pruning, model: nn.Module) -> None:
-    """The L0 paper's gates: one per input neuron of a Linear, one per output feature map of a conv."""
-    linears = [name for name, m in model.named_modules() if name and type(m) is nn.Linear]
-    pruning.sparsify(model, "l0", include=["re:" + re.escape(n) for n in linears] or "re:(?!)",
-                     granularity="in", drop_rate=L0_DROP_RATE)
-    pruning.sparsify(model, "l0", granularity="out", drop_rate=L0_DROP_RATE)  # the remaining convs
+RECALIBRATION_BATCHES = 20
 
 
-def _sparse_names(model: nn.Module, method: str) -> list[str] | None:
-    if method == "dense":
-        return None
-    return [name for name, _ in pruning.sparse_modules(model)]
-
-
-def _current_sparsity(model: nn.Module, method: str) -> float:
-    return 0.0 if method == "dense" else float(pruning.global_sparsity(model))
-
-
-def _finalized(model: nn.Module, method: str) -> nn.Module:
-    """A plain copy in eval mode; shrink=False keeps the original architecture (for export)."""
-    if method == "dense":
-        return copy.deepcopy(model).eval()
-    return pruning.finalize(model, shrink=False).eval()
+def _recalibrate(model: nn.Module, method, train_ds, config: PruneConfig, device) -> None:
+    """BatchNorm statistics of the eval network (see pruning.batchnorm), from the first training
+    batches in a fixed order (no RNG drawn, so resumed runs stay identical)."""
+    if method.has_gates_or_thresholds() and has_batchnorm(model):
+        pruning.recalibrate_bn(model, train_ds.tensors[0], RECALIBRATION_BATCHES, batch_size=config.batch_size)
 
 
 # ---------------------------------------------------------------- data order
@@ -339,14 +291,16 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end) -> dict:
     _seed_everything(config.seed)
     n_train = len(train_ds)
     steps_per_epoch = _steps_per_epoch(n_train, config.batch_size, d.world)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = steps_per_epoch * config.epochs  # the pruning phase; fine-tuning comes after
+    all_epochs = config.epochs + config.finetune_epochs
+    method = METHOD_CLASSES[config.method](config)
     model = build_model(config.model, info["num_classes"], info["in_channels"], info["image_size"])
-    model, groups, controller = _setup_method(model, config, total_steps)
-    model.to(device)
-    optimizer, gate_optimizer = _optimizers(groups, config)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    sparse_names = _sparse_names(model, config.method)
+    model = method.sparsify(model).to(device)
     example = train_ds.tensors[0][:1].to(device)
+    controller = method.controller(model, total_steps, example)
+    optimizer, gate_optimizer = _optimizers(method.param_groups(model), config, method.gate_lr())
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps_per_epoch * all_epochs)
+    sparse_names = method.sparse_names(model)
 
     epoch, step, history = 0, 0, []
     if state is not None:
@@ -374,11 +328,14 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end) -> dict:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     x_all, y_all = train_ds.tensors
     show = config.progress and d.rank == 0
-    while epoch < config.epochs:
+    while epoch < all_epochs:
         started = time.time()
+        if epoch >= config.epochs:
+            method.freeze(model)
         net.train()
+        method.set_gate_modes(model)
         loss_sum = correct = seen = 0.0
-        bar = _progress(show, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
+        bar = _progress(show, steps_per_epoch, f"epoch {epoch + 1}/{all_epochs}")
         for i, (idx, global_batch) in enumerate(_epoch_batches(n_train, config.batch_size, config.seed, epoch,
                                                                 d.rank, d.world)):
             x, y = x_all[idx].to(device), y_all[idx].to(device)
@@ -387,8 +344,9 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end) -> dict:
             # the gradient is exactly that of the global-batch mean.
             ce = F.cross_entropy(logits, y, reduction="sum")
             loss = ce * (d.world / global_batch)
-            if config.method == "l0":  # expected-L0 penalty / N, as in Louizos et al.
-                loss = loss + pruning.regularization(model, lam=_l0_lambda(config), num_samples=n_train)
+            penalty = method.penalty(model, n_train)
+            if penalty is not None:
+                loss = loss + penalty
             optimizer.zero_grad(set_to_none=True)
             if gate_optimizer is not None:
                 gate_optimizer.zero_grad(set_to_none=True)
@@ -397,7 +355,7 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end) -> dict:
             if gate_optimizer is not None:
                 gate_optimizer.step()
             scheduler.step()
-            if controller is not None:
+            if controller is not None and not method.frozen:
                 controller.step()
             step += 1
             loss_sum += float(ce.detach())
@@ -407,12 +365,13 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end) -> dict:
                 bar.update(1)
                 if i % 10 == 0 or i == steps_per_epoch - 1:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                    sparsity=f"{_current_sparsity(model, config.method):.3f}")
+                                    sparsity=f"{method.sparsity(model):.3f}")
         loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
+        _recalibrate(model, method, train_ds, config, device)
         test_acc = _accuracy(model, test_ds, device, d)
         epoch += 1
         row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-               "test_acc": test_acc, "sparsity": _current_sparsity(model, config.method),
+               "test_acc": test_acc, "sparsity": method.sparsity(model),
                "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 3)}
         history.append(row)
         if bar is not None:
@@ -431,9 +390,10 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end) -> dict:
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
-    d.check_agree(model, _current_sparsity(model, config.method), device)
-    final = _finalized(model, config.method)
-    summary = _summarize(final, model, config, info, sparse_names, example, test_ds, device, d, history)
+    d.check_agree(model, method.sparsity(model), device)
+    final = method.export(model)
+    summary = _summarize(final, model, config, info, sparse_names, example, test_ds, device, d, history,
+                         getattr(controller, "lam", None), method.widths(final))
     if d.rank == 0:
         atomic_torch_save({k: v.detach().cpu() for k, v in final.state_dict().items()},
                           os.path.join(config.out, "model.pt"))
@@ -452,7 +412,8 @@ def _progress(show: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
 
 
-def _summarize(final, model, config, info, sparse_names, example, test_ds, device, d, history) -> dict:
+def _summarize(final, model, config, info, sparse_names, example, test_ds, device, d, history,
+               controller_lambda=None, widths=None) -> dict:
     # FLOPs of the sparse model: its dense FLOPs are the original architecture's, and
     # channels closed by structured gates count as removed (see pruning.report).
     report = pruning.sparsity_report(model, example)
@@ -470,4 +431,7 @@ def _summarize(final, model, config, info, sparse_names, example, test_ds, devic
         "layers": report["layers"],
         "total": report["total"],
         "train_seconds": round(sum(r["seconds"] for r in history), 3),
+        "finetune_epochs": config.finetune_epochs,
+        **({"widths": widths} if widths is not None else {}),
+        **({"final_lambda": controller_lambda} if controller_lambda is not None else {}),
     }

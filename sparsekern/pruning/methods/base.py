@@ -60,6 +60,10 @@ class Method:
     def export(self, model: nn.Module) -> nn.Module:
         return pruning.finalize(model, shrink=False).eval()
 
+    def widths(self, exported: nn.Module) -> list[int] | None:
+        """Kept channels per gate site of an exported shrunk model (``build_model(widths=)``), or None."""
+        return None
+
     def freeze(self, model: nn.Module) -> None:
         """Fine-tune phase: gates deterministic and fixed, penalty off (SPEC 3, ResNet-50 recipe)."""
         self.frozen = True

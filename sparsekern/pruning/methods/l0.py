@@ -110,6 +110,9 @@ class ChannelL0(Method):
         lam = self.lam if self.target is None else self.target.lam
         return pruning.regularization(model, lam=lam, cost=self.cost, clamp=True)
 
+    def widths(self, exported):
+        return pruning.model_widths(exported) if hasattr(exported, "gate_sites") else None
+
     def export(self, model):
         if hasattr(model, "gate_sites"):
             return pruning.shrink_model(model)
