@@ -15,7 +15,8 @@ class GateGenerator(nn.Module):
 
     ``widths``: channel count of each gated layer, in module (forward) order. ``dependency``
     "forward" chains them first to last; "backward" chains the reversed list and reverses
-    the outputs, so ``outputs()[l]`` is always layer l's log_alpha. The first input width is
+    the outputs, so ``outputs()[l]`` is always layer l's log_alpha. The buffer ``offset`` (0
+    unless a calibration set it) is added to every output, not fed along the chain. The first input width is
     the first chained layer's width (SPEC 3: 64 for VGG-16, 16 for ResNet-56).
 
     The chain runs once per training step: ``outputs()`` caches its result until a parameter
@@ -40,6 +41,8 @@ class GateGenerator(nn.Module):
         with torch.no_grad():
             for layer in self.layers:
                 layer.bias.normal_(bias_mean, bias_std)
+        # A common shift of every output; 0 in training, set by a final FLOPs/sparsity calibration.
+        self.register_buffer("offset", torch.zeros((), device=device, dtype=dtype))
         self._cache: tuple | None = None
 
     def forward(self) -> list[Tensor]:
@@ -49,11 +52,11 @@ class GateGenerator(nn.Module):
         out = []
         for layer in self.layers:
             h = LOG_ALPHA_BOUND * torch.tanh(layer(h))
-            out.append(h)
+            out.append(h + self.offset)
         return out if self.dependency == "forward" else out[::-1]
 
     def _key(self) -> tuple:
-        return (torch.is_grad_enabled(),) + tuple((p._version, p.data_ptr()) for p in self.parameters())
+        return (torch.is_grad_enabled(),) + tuple((t._version, t.data_ptr()) for t in (*self.parameters(), *self.buffers()))
 
     def outputs(self) -> list[Tensor]:
         """The cached pass (recomputed after an optimizer step, a backward through it, or a grad-mode change)."""

@@ -4,7 +4,8 @@ The wanted pruned fraction (1 - FLOPs fraction, or sparsity) follows the cubic s
 GMP from 0 at ``start_frac`` of training to ``target`` at ``ramp_frac``, then holds. After every
 step lambda is multiplied by ``exp(gain * (wanted - measured) / target)``: too little pruned
 raises it, too much lowers it (an integral controller on log lambda, so it holds a steady
-lambda at the target). ``measure()`` is called every ``every`` steps.
+lambda at the target). ``measure()`` is called every ``every`` steps. ``calibrate`` (a callable,
+optional) runs at the last step to land exactly (``pruning.calibration``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sparsekern.pruning.schedule import check_fraction, check_state, check_steps
 
 class TargetLambda:
     def __init__(self, measure, target: float, total_steps: int, lam: float, *, start_frac: float = 0.0,
-                 ramp_frac: float = 0.5, gain: float = 0.2, every: int = 1, lam_bounds=(1e-12, 1e6)):
+                 ramp_frac: float = 0.5, gain: float = 0.1, every: int = 1, lam_bounds=(1e-12, 1e6), calibrate=None):
         name = "TargetLambda"
         self.target = check_fraction(name, "target", target, low_open=True, high_open=True)
         self.total_steps = check_steps(name, total_steps)
@@ -24,6 +25,7 @@ class TargetLambda:
         self.measure, self.lam, self.gain, self.every, self.bounds = measure, float(lam), gain, every, lam_bounds
         self.start_step = round(start_frac * total_steps)
         self.ramp_end = max(self.start_step + 1, round(ramp_frac * total_steps))
+        self.calibrate = calibrate
         self.step_count = 0
         self.last_measured = 0.0
 
@@ -37,6 +39,8 @@ class TargetLambda:
             self.last_measured = float(self.measure())
             error = (self.scheduled() - self.last_measured) / self.target
             self.lam = min(max(self.lam * math.exp(self.gain * error), self.bounds[0]), self.bounds[1])
+        if self.step_count == self.total_steps and self.calibrate is not None:
+            self.last_measured = float(self.calibrate())
         return self.last_measured
 
     def state_dict(self) -> dict:

@@ -7,8 +7,10 @@ import torch
 from torch import nn
 
 from sparsekern import pruning
+from sparsekern.pruning.calibration import calibrate_gates
 from sparsekern.pruning.channel_gating import measure_positions
 from sparsekern.pruning.lambda_control import TargetLambda
+from sparsekern.pruning.regularization import dense_chain_cost
 from sparsekern.pruning.methods.base import Method, flops_fraction
 
 # L0 defaults (Louizos et al. 2018, adapted to short runs): the paper's granularity (one gate per
@@ -25,6 +27,7 @@ L0_DROP_RATE = 0.1
 # Structured gates (SPEC 3): the coupled penalty undivided by N; lambda per (k^2 C_in C_out) weight
 # (cost="weights") or per multiply-accumulate (cost="flops", what the FLOPs target controls).
 HC_LAMBDA = 1e-6
+TARGET_LAMBDA_START = 0.05  # --target-flops: initial weight of the expected FLOPs fraction
 HC_GATE_LR = 1e-3  # SPEC 3: Adam, lr 1e-3, no decay, for the generator / independent log_alpha
 
 
@@ -55,8 +58,9 @@ class L0(Method):
     def controller(self, model, total_steps, example):
         if self.config.target_sparsity is None:
             return None
-        self.target = TargetLambda(lambda: pruning.global_sparsity(model), self.config.target_sparsity,
-                                   total_steps, self.lam)
+        measure, target = (lambda: pruning.global_sparsity(model)), self.config.target_sparsity
+        self.target = TargetLambda(measure, target, total_steps, self.lam,
+                                   calibrate=lambda: calibrate_gates(model, measure, target))
         return self.target
 
     def penalty(self, model, num_samples):
@@ -100,14 +104,18 @@ class ChannelL0(Method):
         measure_positions(model, example)
         if self.config.target_flops is None:
             return None
-        self.target = TargetLambda(lambda: 1.0 - flops_fraction(model, example), 1.0 - self.config.target_flops,
-                                   total_steps, self.lam / 1e3 if self.config.lam is None else self.lam)
+        measure, target = (lambda: 1.0 - flops_fraction(model, example)), 1.0 - self.config.target_flops
+        # The controller's lambda weighs the expected FLOPs as a fraction of the dense chain's, so
+        # one starting value suits every model and input size.
+        self.scale = 1.0 / dense_chain_cost(pruning.channel_gating.chained_gates(model), "flops")
+        self.target = TargetLambda(measure, target, total_steps, TARGET_LAMBDA_START,
+                                   calibrate=lambda: calibrate_gates(model, measure, target))
         return self.target
 
     def penalty(self, model, num_samples):
         if self.frozen:
             return None
-        lam = self.lam if self.target is None else self.target.lam
+        lam = self.lam if self.target is None else self.target.lam * self.scale
         return pruning.regularization(model, lam=lam, cost=self.cost, clamp=True)
 
     def widths(self, exported):
