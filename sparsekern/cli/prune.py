@@ -6,7 +6,7 @@ import os
 from sparsekern.backends import NAMES as BACKENDS
 from sparsekern.cli.common import say
 from sparsekern.pruning.trainer import (
-    L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA, METHODS, PruneConfig, run_prune,
+    HC_GATE_LR, HC_LAMBDA, L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA, METHODS, PruneConfig, run_prune,
 )
 
 
@@ -19,17 +19,27 @@ def add_arguments(p) -> None:
     p.add_argument("--epochs", type=int, default=10)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--target-sparsity", type=float, default=None,
-                       help="fraction of zero weights to reach (str, gmp); str: no pruning in the first 20%% "
-                            "of training, cubic ramp to the target by 2/3, exact at the end")
+                       help="fraction of zero weights to reach (str, gmp, l0); str: no pruning in the first 20%% "
+                            "of training, cubic ramp to the target by 2/3, exact at the end; l0: lambda adapted")
+    group.add_argument("--target-flops", type=float, default=None,
+                       help="l0_hc, dep_l0: fraction of the dense FLOPs to keep, e.g. 0.5; lambda is adapted "
+                            "during training and a final calibration lands on it")
     group.add_argument("--lambda", dest="lam", type=float, default=None,
                        help="l0: penalty per open weight, divided by the training-set size (Louizos et al.; "
                             f"default {L0_LAMBDA}; LeNet-300/digits, 10 epochs: 0.03-0.3 gives 28-80%% "
-                            "sparsity); str: weight decay of the thresholds instead of a target (the STR "
-                            "paper's knob)")
+                            "sparsity); l0_hc, dep_l0: weight of Dep-L0's coupled penalty lambda*k^2*E[C_in]*E[C_out] "
+                            f"(default {HC_LAMBDA}, the paper's); str: weight decay of the thresholds instead of a "
+                            "target (the STR paper's knob)")
     p.add_argument("--gate-lr", type=float, default=None,
-                   help=f"l0: learning rate of the gates, trained by their own Adam (default {L0_GATE_LR}; "
-                        "weights keep SGD with --lr). l0 gates each input neuron of a Linear and each output "
+                   help=f"l0, l0_hc, dep_l0: learning rate of the gates (dep_l0: of the gate generator), trained by "
+                        f"their own Adam without decay (default l0 {L0_GATE_LR}, l0_hc/dep_l0 {HC_GATE_LR} as in "
+                        "Dep-L0; weights keep SGD with --lr). l0 gates each input neuron of a Linear and each output "
                         f"feature map of a conv; initial drop rate {L0_DROP_RATE} (the paper's 0.5 stalls short runs)")
+    p.add_argument("--dependency", choices=("forward", "backward"), default=None,
+                   help="dep_l0: the generator chains the gated layers first to last (forward, default) or last "
+                        "to first (backward)")
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="extra epochs after --epochs with the gates frozen and deterministic and no penalty")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt if present")
@@ -45,7 +55,8 @@ def add_arguments(p) -> None:
 def config_from_args(args) -> PruneConfig:
     return PruneConfig(
         method=args.method, model=args.model, data=args.data, epochs=args.epochs,
-        target_sparsity=args.target_sparsity, lam=args.lam, gate_lr=args.gate_lr, seed=args.seed, out=args.out,
+        target_sparsity=args.target_sparsity, target_flops=args.target_flops, lam=args.lam, gate_lr=args.gate_lr,
+        dependency=args.dependency, finetune_epochs=args.finetune_epochs, seed=args.seed, out=args.out,
         resume=args.resume,
         lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay, momentum=args.momentum,
         backend=args.backend, device=args.device, progress=not args.no_progress,

@@ -300,7 +300,6 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end) -> dict:
     controller = method.controller(model, total_steps, example)
     optimizer, gate_optimizer = _optimizers(method.param_groups(model), config, method.gate_lr())
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps_per_epoch * all_epochs)
-    sparse_names = method.sparse_names(model)
 
     epoch, step, history = 0, 0, []
     if state is not None:
@@ -392,7 +391,7 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end) -> dict:
 
     d.check_agree(model, method.sparsity(model), device)
     final = method.export(model)
-    summary = _summarize(final, model, config, info, sparse_names, example, test_ds, device, d, history,
+    summary = _summarize(final, model, config, info, method, example, test_ds, device, d, history,
                          getattr(controller, "lam", None), method.widths(final))
     if d.rank == 0:
         atomic_torch_save({k: v.detach().cpu() for k, v in final.state_dict().items()},
@@ -412,13 +411,12 @@ def _progress(show: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
 
 
-def _summarize(final, model, config, info, sparse_names, example, test_ds, device, d, history,
+def _summarize(final, model, config, info, method, example, test_ds, device, d, history,
                controller_lambda=None, widths=None) -> dict:
     # FLOPs of the sparse model: its dense FLOPs are the original architecture's, and
     # channels closed by structured gates count as removed (see pruning.report).
     report = pruning.sparsity_report(model, example)
-    measured = [r for r in report["layers"] if sparse_names is not None and r["name"] in sparse_names]
-    sparsity = 1.0 - sum(r["nonzeros"] for r in measured) / sum(r["params"] for r in measured) if measured else 0.0
+    sparsity = method.final_sparsity(model, report, final)
     return {
         "method": config.method, "model": config.model, "data": info["name"], "epochs": config.epochs,
         "seed": config.seed, "world_size": d.world,

@@ -50,8 +50,11 @@ class Method:
     def sparsity(self, model: nn.Module) -> float:
         return float(pruning.global_sparsity(model))
 
-    def sparse_names(self, model: nn.Module) -> list[str] | None:
-        return [name for name, _ in pruning.sparse_modules(model)]
+    def final_sparsity(self, model: nn.Module, report: dict, exported: nn.Module) -> float:
+        """Fraction of zero weights over the sparsified layers (``report``: ``sparsity_report(model)``)."""
+        names = {name for name, _ in pruning.sparse_modules(model)}
+        rows = [r for r in report["layers"] if r["name"] in names]
+        return 1.0 - sum(r["nonzeros"] for r in rows) / sum(r["params"] for r in rows) if rows else 0.0
 
     def has_gates_or_thresholds(self) -> bool:
         """Whether eval differs from training (BatchNorm statistics need recalibrating)."""

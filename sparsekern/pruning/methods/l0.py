@@ -97,8 +97,10 @@ class ChannelL0(Method):
             kept = sum(int(g.kept().sum()) for g in gates)
         return 1.0 - kept / sum(g.num_channels for g in gates)
 
-    def sparse_names(self, model):
-        return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    def final_sparsity(self, model, report, exported) -> float:
+        """Weights removed: 1 - weights of the shrunk (or, unshrinkable, gated) layers / dense weights."""
+        kept = sum(r["params"] * r["effective_flops"] / r["dense_flops"] for r in report["layers"] if r["dense_flops"])
+        return 1.0 - kept / report["total"]["params"]
 
     def controller(self, model, total_steps, example):
         measure_positions(model, example)

@@ -12,8 +12,8 @@ class Dense(Method):
     def sparsity(self, model) -> float:
         return 0.0
 
-    def sparse_names(self, model):
-        return None
+    def final_sparsity(self, model, report, exported) -> float:
+        return 0.0
 
     def has_gates_or_thresholds(self) -> bool:
         return False
