@@ -91,7 +91,8 @@ class _Killed(Exception):
     pass
 
 
-METHODS = [("dense", {}), ("str", {"target_sparsity": 0.8}), ("gmp", {"target_sparsity": 0.8}), ("l0", {"lam": 0.01})]
+METHODS = [("dense", {}), ("str", {"target_sparsity": 0.8}), ("gmp", {"target_sparsity": 0.8}), ("l0", {"lam": 0.01}),
+           ("l0_hc", {"lam": 1e-4}), ("dep_l0", {"target_flops": 0.5, "dependency": "backward"})]
 
 
 @pytest.mark.parametrize("method,opts", METHODS, ids=[m for m, _ in METHODS])

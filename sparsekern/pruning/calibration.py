@@ -26,7 +26,7 @@ def shift_gates(model: nn.Module, delta: float) -> None:
             module.log_alpha.add_(delta)
 
 
-def calibrate_gates(model: nn.Module, measure, target: float, *, span: float = 1.0, iterations: int = 40) -> float:
+def calibrate_gates(model: nn.Module, measure, target: float, *, span: float = 3.0, iterations: int = 40) -> float:
     """Shift the gates so ``measure()`` (pruned fraction, which grows as the shift decreases) is
     as close to ``target`` as bisection over [-span, span] finds. Returns the measured value."""
     applied = 0.0

@@ -27,7 +27,7 @@ L0_DROP_RATE = 0.1
 # Structured gates (SPEC 3): the coupled penalty undivided by N; lambda per (k^2 C_in C_out) weight
 # (cost="weights") or per multiply-accumulate (cost="flops", what the FLOPs target controls).
 HC_LAMBDA = 1e-6
-TARGET_LAMBDA_START = 0.05  # --target-flops: initial weight of the expected FLOPs fraction
+TARGET_LAMBDA_START = 1.0  # --target-flops: initial weight of the expected FLOPs fraction
 HC_GATE_LR = 1e-3  # SPEC 3: Adam, lr 1e-3, no decay, for the generator / independent log_alpha
 
 
