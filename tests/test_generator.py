@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-import sparsekern
 from sparsekern import nn as snn
 
 

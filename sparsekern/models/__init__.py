@@ -1,6 +1,7 @@
 """Model zoo for the pruning pipeline: ``build_model(name, num_classes, in_channels, image_size)``.
 
-Built in (each with ``gate_sites()`` and ``widths``, see ``models.sites``): ``lenet300`` (LeNet-300-100), ``lenet5`` (LeNet-5-Caffe), ``vgg16``,
+Built in (each with ``gate_sites()`` and ``widths``, see ``models.sites``):
+``lenet300`` (LeNet-300-100), ``lenet5`` (LeNet-5-Caffe), ``vgg16``,
 ``resnet20``, ``resnet56`` (CIFAR-style, any input >= 4x4, e.g. 1x8x8 digits or
 3x32x32 CIFAR); any other name is looked up in torchvision when it is installed.
 """

@@ -16,7 +16,8 @@ class LeNet300(nn.Module):
         super().__init__()
         h1, h2 = check_widths("lenet300", widths, [300, 100])
         self.flatten = nn.Flatten()
-        self.fc1, self.relu1, self.gate1 = nn.Linear(in_channels * image_size[0] * image_size[1], h1), nn.ReLU(), nn.Identity()
+        features = in_channels * image_size[0] * image_size[1]
+        self.fc1, self.relu1, self.gate1 = nn.Linear(features, h1), nn.ReLU(), nn.Identity()
         self.fc2, self.relu2, self.gate2 = nn.Linear(h1, h2), nn.ReLU(), nn.Identity()
         self.fc3 = nn.Linear(h2, num_classes)
 

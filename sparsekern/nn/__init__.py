@@ -18,6 +18,7 @@ MASKED_LAYERS = (MaskedLinear, MaskedConv2d)
 
 __all__ = [
     "DEFAULT_S_INIT", "L0_LAYERS", "MASKED_LAYERS", "STR_LAYERS",
-    "ChannelGate", "GateGenerator", "GeneratorOutput", "HardConcreteGates", "L0Conv2d", "L0Linear", "MaskedConv2d", "MaskedLinear", "NoiseStream",
+    "ChannelGate", "GateGenerator", "GeneratorOutput",
+    "HardConcreteGates", "L0Conv2d", "L0Linear", "MaskedConv2d", "MaskedLinear", "NoiseStream",
     "STRConv2d", "STRLinear", "SparseModule", "gate_open_probability", "log_alpha_init",
 ]

@@ -56,7 +56,8 @@ class GateGenerator(nn.Module):
         return out if self.dependency == "forward" else out[::-1]
 
     def _key(self) -> tuple:
-        return (torch.is_grad_enabled(),) + tuple((t._version, t.data_ptr()) for t in (*self.parameters(), *self.buffers()))
+        tensors = (*self.parameters(), *self.buffers())
+        return (torch.is_grad_enabled(),) + tuple((t._version, t.data_ptr()) for t in tensors)
 
     def outputs(self) -> list[Tensor]:
         """The cached pass (recomputed after an optimizer step, a backward through it, or a grad-mode change)."""

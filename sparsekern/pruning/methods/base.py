@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from sparsekern import pruning
+from sparsekern.nn import GateGenerator, HardConcreteGates
 
 
 class Method:
@@ -71,7 +72,7 @@ class Method:
         """Fine-tune phase: gates deterministic and fixed, penalty off (SPEC 3, ResNet-50 recipe)."""
         self.frozen = True
         for module in model.modules():
-            if isinstance(module, (pruning.modules.HardConcreteGates, pruning.GateGenerator)):
+            if isinstance(module, (HardConcreteGates, GateGenerator)):
                 for p in module.parameters():
                     p.requires_grad_(False)
 
@@ -79,7 +80,7 @@ class Method:
         """After model.train(): frozen gates run deterministic (eval) in training forwards."""
         if self.frozen:
             for module in model.modules():
-                if isinstance(module, pruning.modules.HardConcreteGates):
+                if isinstance(module, HardConcreteGates):
                     module.eval()
 
 

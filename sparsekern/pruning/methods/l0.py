@@ -8,7 +8,7 @@ from torch import nn
 
 from sparsekern import pruning
 from sparsekern.pruning.calibration import calibrate_gates
-from sparsekern.pruning.channel_gating import measure_positions
+from sparsekern.pruning.channel_gating import chained_gates, measure_positions
 from sparsekern.pruning.lambda_control import TargetLambda
 from sparsekern.pruning.regularization import dense_chain_cost
 from sparsekern.pruning.methods.base import Method, flops_fraction
@@ -92,7 +92,7 @@ class ChannelL0(Method):
 
     def sparsity(self, model) -> float:
         """Fraction of channels closed (the structured progress number)."""
-        gates = pruning.channel_gating.chained_gates(model)
+        gates = chained_gates(model)
         with torch.no_grad():
             kept = sum(int(g.kept().sum()) for g in gates)
         return 1.0 - kept / sum(g.num_channels for g in gates)
@@ -109,7 +109,7 @@ class ChannelL0(Method):
         measure, target = (lambda: 1.0 - flops_fraction(model, example)), 1.0 - self.config.target_flops
         # The controller's lambda weighs the expected FLOPs as a fraction of the dense chain's, so
         # one starting value suits every model and input size.
-        self.scale = 1.0 / dense_chain_cost(pruning.channel_gating.chained_gates(model), "flops")
+        self.scale = 1.0 / dense_chain_cost(chained_gates(model), "flops")
         self.target = TargetLambda(measure, target, total_steps, TARGET_LAMBDA_START,
                                    calibrate=lambda: calibrate_gates(model, measure, target))
         return self.target
