@@ -120,11 +120,12 @@ def test_shrink_equals_the_gated_eval_model(name, method):
     model, x = _gated(name, method, seed=2)
     _randomize(model, method)
     model.eval()
-    shrunk = sparsekern.shrink_model(model)
+    shrunk = sparsekern.finalize(model)  # built-in gated models go through shrink_model
     widths = sparsekern.model_widths(shrunk)
     full = [g.num_channels for g in chained_gates(model)]
     assert widths != full and all(1 <= w <= f for w, f in zip(widths, full))
     assert not any(isinstance(m, (snn.ChannelGate, snn.GateGenerator)) for m in shrunk.modules())
+    assert type(shrunk) is type(model) and not shrunk.training
     with torch.no_grad():
         torch.testing.assert_close(shrunk(x), model(x), atol=1e-5, rtol=1e-5)
         rebuilt = build_model(name, 10, SHAPES[name][0], SHAPES[name][1:], widths=widths)
