@@ -4,10 +4,12 @@
 # warnings as errors, into a temp dir. No GPU and no torch needed; fails on any error.
 #   .ci/nvcc_check.sh            kernel files only (~20 s)
 #   .ci/nvcc_check.sh --binding  also the torch binding csrc/cuda/ops_cuda.cu (~2 min; works
-#                                with a CPU-only torch by stubbing its CUDA cmake header)
+#                                with a CPU-only torch by stubbing its CUDA cmake header), in the
+#                                C++ standard $PYTHON's torch builds extensions with
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-nvcc}
+PYTHON=${PYTHON:-python3}
 ARCH=${ARCH:-sm_90}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
@@ -25,12 +27,14 @@ status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 
 if [[ "${1:-}" == "--binding" ]]; then
-  TORCH_INC=$(python -c "import torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))")
-  PY_INC=$(python -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+  # The standard torch.utils.cpp_extension passes (torch >= 2.13's ATen needs C++20).
+  CXX_STD=$("$PYTHON" -c "import inspect, torch.utils.cpp_extension as c; print('c++20' if '-std=c++20' in inspect.getsource(c) else 'c++17')")
+  TORCH_INC=$("$PYTHON" -c "import torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))")
+  PY_INC=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
   mkdir -p "$OUT/stub/c10/cuda/impl"  # absent from CPU-only torch wheels
   printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > "$OUT/stub/c10/cuda/impl/cuda_cmake_macros.h"
   # shellcheck disable=SC2086
-  "$NVCC" -std=c++17 -arch="$ARCH" -I csrc/include $TORCH_INC -I "$PY_INC" -I "$OUT/stub" \
+  "$NVCC" -std="$CXX_STD" -arch="$ARCH" -I csrc/include $TORCH_INC -I "$PY_INC" -I "$OUT/stub" \
     --expt-relaxed-constexpr -c csrc/cuda/ops_cuda.cu -o "$OUT/ops_cuda.o" || status=1
 fi
 

@@ -183,7 +183,7 @@ _hard_concrete.register_autograd(_hard_concrete_grad, setup_context=_save_all)
 
 def hard_concrete(log_alpha: Tensor, seed: int, offset: int = 0, *, beta: float = BETA, gamma: float = GAMMA,
                   zeta: float = ZETA) -> Tensor:
-    """A training sample z of hard-concrete gates; noise index i uses counter ``offset + i`` (SPEC 4)."""
+    """A training sample z of hard-concrete gates; noise index i uses counter ``offset + i`` (docs/math.md §4)."""
     op = "hard_concrete"
     _check_float(op, "log_alpha", log_alpha)
     _check_hc(op, beta, gamma, zeta)
@@ -382,7 +382,7 @@ def _(numel, seed, offset, device):
 
 
 def uniform(numel: int, seed: int, offset: int = 0, *, device: torch.device | str = "cpu") -> Tensor:
-    """The SPEC's uniform stream u_i = U(Philox(seed, offset + i)), i < numel, as float32."""
+    """The uniform stream of docs/math.md §4, u_i = U(Philox(seed, offset + i)), i < numel, as float32."""
     op = "uniform"
     if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
         raise ValueError(f"uniform: numel must be a non-negative int, got {numel!r}")

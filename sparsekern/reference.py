@@ -1,4 +1,4 @@
-"""The `torch` backend: pure-PyTorch kernels, written straight from SPEC.md.
+"""The `torch` backend: pure-PyTorch kernels, written straight from docs/math.md.
 
 This module is the executable specification and the contract every backend
 implements: a backend is a module with exactly these functions and signatures.
@@ -38,7 +38,7 @@ def _math(t: torch.Tensor) -> torch.Tensor:
     return t.to(compute_dtype(t))
 
 
-# ---------------------------------------------------------------- Philox (SPEC 4)
+# ---------------------------------------------------------------- Philox (docs/math.md §4)
 def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(hi, lo) 32-bit halves of a * b for a constant a and uint32 values in int64 b."""
     a_lo, a_hi = a & 0xFFFF, a >> 16
@@ -70,7 +70,7 @@ def _as_int64(x: int) -> int:
 
 
 def uniform(numel: int, seed: int, offset: int, device: torch.device) -> torch.Tensor:
-    """SPEC 4: u_i for i in [0, numel), float32."""
+    """docs/math.md §4: u_i for i in [0, numel), float32."""
     idx = torch.arange(numel, dtype=torch.int64, device=device)
     counter = idx + _as_int64(offset)  # 64-bit wrap-around, like uint64 in C
     r0 = philox_r0(counter, seed)
@@ -79,7 +79,7 @@ def uniform(numel: int, seed: int, offset: int, device: torch.device) -> torch.T
     return x.to(torch.float32) * torch.tensor(UNIFORM_SCALE, dtype=torch.float32)
 
 
-# ---------------------------------------------------------------- STR (SPEC 1)
+# ---------------------------------------------------------------- STR (docs/math.md §1)
 def _rows(t: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """View of a per-row parameter that broadcasts against t ([C] -> [C, 1, ...])."""
     if param.numel() == 1:
@@ -110,7 +110,7 @@ def soft_threshold_backward(grad: torch.Tensor, weight: torch.Tensor, s: torch.T
     return grad_w, grad_s.to(compute_dtype(s))
 
 
-# ---------------------------------------------------------------- hard concrete (SPEC 2)
+# ---------------------------------------------------------------- hard concrete (docs/math.md §2)
 def _sample(log_alpha: torch.Tensor, seed: int, offset: int, beta: float, gamma: float, zeta: float):
     """(z, dz/dlog_alpha) of a training sample, in compute precision."""
     la = _math(log_alpha)

@@ -6,7 +6,6 @@ Exit code 1 if any backend disagrees.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -62,20 +61,57 @@ def check(name: str, dtype: torch.dtype, shape=(64, 3, 7, 7), tol: float | None 
     return results
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+SHAPE = (64, 3, 7, 7)
+
+
+def _dtypes(text: str) -> list[torch.dtype]:
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    bad = [d for d in names if d not in DTYPES]
+    if bad or not names:
+        raise ValueError(f"--dtypes: expected a comma-separated list of {', '.join(DTYPES)}, got {text!r}")
+    return [DTYPES[d] for d in names]
+
+
+def _why_not(name: str, cpu: torch.device) -> str | None:
+    """None if backend ``name`` can be checked on CPU tensors here, else why not."""
+    if not backends.is_available(name):
+        return {"cpu": "the compiled extension has no CPU kernels (not built, or failed to load)",
+                "cuda": "needs a GPU and the CUDA build of the extension",
+                "triton": "needs triton and a GPU, or TRITON_INTERPRET=1 to interpret it on CPU"}[name]
+    return backends._supports(name, cpu, torch.float32)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sparsekern selftest", description=__doc__.splitlines()[0])
-    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated dtypes to check")
+    from sparsekern.cli.common import Parser
+
+    parser = Parser(prog="sparsekern selftest", description=__doc__.splitlines()[0])
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help=f"comma-separated dtypes to check, of {', '.join(DTYPES)}")
     args = parser.parse_args(argv)
-    dtypes = [getattr(torch, d.strip()) for d in args.dtypes.split(",")]
-    names = [n for n in backends.available_backends() if backends._supports(n, torch.device("cpu"), torch.float32) is None]
+    dtypes = _dtypes(args.dtypes)
+    cpu = torch.device("cpu")
     print(f"sparsekern {sparsekern.__version__}  torch {torch.__version__}")
     print(f"available backends: {', '.join(backends.available_backends())}  (auto on CPU -> "
-          f"{backends.resolve_name(torch.device('cpu'))})")
+          f"{backends.resolve_name(cpu)})")
+    names = []
+    for name in ("cpu", "cuda", "triton"):
+        reason = _why_not(name, cpu)
+        if reason is None:
+            names.append(name)
+        else:
+            print(f"not checked: {name} ({reason})")
+    print("each backend is compared with the 'torch' reference run in float64 on the same inputs; "
+          f"ms = one forward + backward on CPU tensors of shape {list(SHAPE)} "
+          f"(gated_activation: {[8, SHAPE[0], 5]}), first call, warm-up included")
+    if not names:
+        print("no backend besides the reference is available here: nothing to check")
+        return 0
     print(f"{'backend':<8} {'op':<20} {'dtype':<9} {'rel.err':>9} {'ms':>8}  result")
     failures = 0
     for name in names:
         for dtype in dtypes:
-            for row in check(name, dtype):
+            for row in check(name, dtype, SHAPE):
                 backend, op, dt, err, ms, ok = row
                 failures += not ok
                 print(f"{backend:<8} {op:<20} {dt:<9} {err:9.2e} {ms:8.2f}  {'ok' if ok else 'MISMATCH'}")

@@ -18,7 +18,7 @@ from sparsekern import backends, reference
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LOW_PRECISION = (torch.float32, torch.bfloat16, torch.float16)
-HC = dict(beta=2.0 / 3.0, gamma=-0.1, zeta=1.1)  # the SPEC's constants
+HC = dict(beta=2.0 / 3.0, gamma=-0.1, zeta=1.1)  # docs/math.md's constants
 SEEDS = (0, 1234, 2**32 + 7, 2**63 + 5, 2**64 - 1)
 
 # 8 ulps of the precision the math runs in (float32 for every low-precision input).

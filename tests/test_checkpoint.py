@@ -92,10 +92,11 @@ class _Killed(Exception):
 
 
 METHODS = [("dense", {}), ("str", {"target_sparsity": 0.8}), ("gmp", {"target_sparsity": 0.8}), ("l0", {"lam": 0.01}),
+           ("l0", {"recipe": "paper"}), ("str", {"recipe": "paper", "s_init": -2.0, "lam": 0.01}),
            ("l0_hc", {"lam": 1e-4}), ("dep_l0", {"target_flops": 0.5, "dependency": "backward"})]
 
 
-@pytest.mark.parametrize("method,opts", METHODS, ids=[m for m, _ in METHODS])
+@pytest.mark.parametrize("method,opts", METHODS, ids=[m + ("-paper" if o.get("recipe") else "") for m, o in METHODS])
 def test_kill_and_resume_is_bit_identical(tmp_path, method, opts):
     def config(out, resume=False):
         return PruneConfig(method=method, model="lenet300", data="digits", epochs=2, seed=3, out=str(out),

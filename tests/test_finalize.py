@@ -36,7 +36,7 @@ def _lenet5ish():
 
 
 @pytest.mark.parametrize("method,opts", [("str", {"s_init": -2.5}), ("str", {"per_channel": True}),
-                                         ("l0", {}), ("gmp", {})])
+                                         ("l0", {"granularity": "weight"}), ("gmp", {})])
 def test_unstructured_export_loads_into_original_architecture(method, opts):
     torch.manual_seed(0)
     sparse = pruning.sparsify(_lenet5ish(), method, **opts)

@@ -105,7 +105,7 @@ def test_public_ops_light(backend, case):
     _compare(case, inp, torch.float32, actual, lowp, exact, scales, f"{backend} light")
 
 
-# ---------------------------------------------------------------- the reference against SPEC formulas
+# ---------------------------------------------------------------- the reference against the docs/math.md formulas
 def _spec_soft_threshold(w, s):
     t = torch.sigmoid(s.reshape((-1,) + (1,) * (w.dim() - 1)) if s.numel() > 1 else s.reshape(()))
     return torch.sign(w) * torch.relu(w.abs() - t)
@@ -118,7 +118,7 @@ def _spec_hard_concrete(la, seed, offset):
 
 
 def test_reference_matches_spec_formulas():
-    """The torch backend's forward and autograd gradients equal SPEC.md written out with autograd (float64)."""
+    """The torch backend's forward and autograd gradients equal docs/math.md written out with autograd (float64)."""
     gen = generator("spec")
     w = torch.randn(6, 5, dtype=torch.float64, generator=gen).requires_grad_()
     s = (torch.randn(6, dtype=torch.float64, generator=gen) - 1).requires_grad_()

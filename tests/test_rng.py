@@ -1,4 +1,4 @@
-"""The random-number contract (SPEC section 4), checked against an independent numpy Philox4x32-10."""
+"""The random-number contract (docs/math.md section 4), checked against an independent numpy Philox4x32-10."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +28,7 @@ def philox4x32_10(ctr: np.ndarray, key: tuple[int, int]) -> np.ndarray:
 
 
 def numpy_uniform(numel: int, seed: int, offset: int) -> np.ndarray:
-    """SPEC 4 written with numpy: counter = offset + i (mod 2**64), u from int32(r0)."""
+    """docs/math.md §4 written with numpy: counter = offset + i (mod 2**64), u from int32(r0)."""
     with np.errstate(over="ignore"):
         counter = np.uint64(offset) + np.arange(numel, dtype=np.uint64)
     ctr = np.zeros((numel, 4), dtype=np.uint32)

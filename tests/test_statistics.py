@@ -65,7 +65,7 @@ def _binomial_z(count: int, p: float) -> float:
 
 
 def test_analytic_masses_match_l0_norm():
-    """The CDF above is consistent with the SPEC's P(z != 0) used by l0_norm."""
+    """The CDF above is consistent with docs/math.md's P(z != 0) used by l0_norm."""
     for la in (-2.0, 0.0, 1.5):
         expected = 1 - p_zero(la)
         got = float(sparsekern.l0_norm(torch.tensor([la], dtype=torch.float64), **HC))

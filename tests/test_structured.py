@@ -63,16 +63,16 @@ def test_coupled_penalty_matches_the_formula(method):
                 g.log_alpha.copy_(torch.randn_like(g.log_alpha) * 8)
     lam = 1e-6
     kernels = [9] * 13
-    got = sparsekern.regularization(model, lam=lam, clamp=True)
+    got = sparsekern.regularization(model, num_samples=1, lam=lam, clamp=True)
     torch.testing.assert_close(got, _independent_penalty(gates, lam, 3, kernels, clamp=True))
     got = sparsekern.regularization(model, lam=lam, num_samples=7)
     torch.testing.assert_close(got, _independent_penalty(gates, lam, 3, kernels) / 7)
-    got = sparsekern.regularization(model, lam=lam, cost="flops", example_input=x[:1])
+    got = sparsekern.regularization(model, num_samples=1, lam=lam, cost="flops", example_input=x[:1])
     positions = [16 * 16] * 2 + [8 * 8] * 2 + [4 * 4] * 3 + [2 * 2] * 3 + [1] * 3
     torch.testing.assert_close(got, _independent_penalty(gates, lam, 3, kernels, positions))
     # the gradient of one term reaches both of its layers' gates
     model.zero_grad()
-    sparsekern.regularization(model, lam=lam).backward()
+    sparsekern.regularization(model, num_samples=1, lam=lam).backward()
     if method == "l0_hc":
         assert all(g.log_alpha.grad is not None and g.log_alpha.grad.abs().sum() > 0 for g in gates)
     else:
@@ -84,7 +84,7 @@ def test_generator_runs_once_per_training_step():
     calls = []
     model.gate_generator.register_forward_hook(lambda *a: calls.append(1))
     model.train()
-    loss = model(x).sum() + sparsekern.regularization(model, lam=1e-6)
+    loss = model(x).sum() + sparsekern.regularization(model, num_samples=1, lam=1e-6)
     loss.backward()
     assert len(calls) == 1
 

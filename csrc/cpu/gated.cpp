@@ -9,6 +9,7 @@
 #include "cpu_common.h"
 #include "sparsekern/philox.h"
 #include "sparsekern/sparsity_math.h"
+#include "../op_signatures.h"
 
 namespace sparsekern {
 namespace cpu {
@@ -239,10 +240,10 @@ std::tuple<at::Tensor, at::Tensor> gated_activation_backward(const at::Tensor& g
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparsekern_C, CPU, m) {
-  m.impl("gated_weight", &gated_weight);
-  m.impl("gated_weight_backward", &gated_weight_backward);
-  m.impl("gated_activation", &gated_activation);
-  m.impl("gated_activation_backward", &gated_activation_backward);
+  SK_IMPL(m, gated_weight, gated_weight);
+  SK_IMPL(m, gated_weight_backward, gated_weight_backward);
+  SK_IMPL(m, gated_activation, gated_activation);
+  SK_IMPL(m, gated_activation_backward, gated_activation_backward);
 }
 
 }  // namespace cpu

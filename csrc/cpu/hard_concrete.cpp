@@ -6,6 +6,7 @@
 #include "cpu_common.h"
 #include "sparsekern/philox.h"
 #include "sparsekern/sparsity_math.h"
+#include "../op_signatures.h"
 
 namespace sparsekern {
 namespace cpu {
@@ -133,12 +134,12 @@ at::Tensor l0_norm_backward(const at::Tensor& grad, const at::Tensor& log_alpha,
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparsekern_C, CPU, m) {
-  m.impl("hard_concrete", &hard_concrete);
-  m.impl("hard_concrete_backward", &hard_concrete_backward);
-  m.impl("hard_concrete_eval", &hard_concrete_eval);
-  m.impl("hard_concrete_eval_backward", &hard_concrete_eval_backward);
-  m.impl("l0_norm", &l0_norm);
-  m.impl("l0_norm_backward", &l0_norm_backward);
+  SK_IMPL(m, hard_concrete, hard_concrete);
+  SK_IMPL(m, hard_concrete_backward, hard_concrete_backward);
+  SK_IMPL(m, hard_concrete_eval, hard_concrete_eval);
+  SK_IMPL(m, hard_concrete_eval_backward, hard_concrete_eval_backward);
+  SK_IMPL(m, l0_norm, l0_norm);
+  SK_IMPL(m, l0_norm_backward, l0_norm_backward);
 }
 
 }  // namespace cpu

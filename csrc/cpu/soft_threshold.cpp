@@ -4,6 +4,7 @@
 
 #include "cpu_common.h"
 #include "sparsekern/sparsity_math.h"
+#include "../op_signatures.h"
 
 namespace sparsekern {
 namespace cpu {
@@ -96,8 +97,8 @@ std::tuple<at::Tensor, at::Tensor> soft_threshold_backward(const at::Tensor& gra
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparsekern_C, CPU, m) {
-  m.impl("soft_threshold", &soft_threshold);
-  m.impl("soft_threshold_backward", &soft_threshold_backward);
+  SK_IMPL(m, soft_threshold, soft_threshold);
+  SK_IMPL(m, soft_threshold_backward, soft_threshold_backward);
 }
 
 }  // namespace cpu

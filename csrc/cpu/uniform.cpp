@@ -3,6 +3,7 @@
 
 #include "cpu_common.h"
 #include "sparsekern/philox.h"
+#include "../op_signatures.h"
 
 namespace sparsekern {
 namespace cpu {
@@ -24,7 +25,7 @@ void uniform(at::Tensor& out, int64_t seed, int64_t offset) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparsekern_C, CPU, m) {
-  m.impl("uniform", &uniform);
+  SK_IMPL(m, uniform, uniform);
 }
 
 }  // namespace cpu

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "launch.h"
+#include "../op_signatures.h"
 
 namespace sparsekern {
 namespace cuda {
@@ -188,7 +189,7 @@ std::tuple<Tensor, Tensor> gated_activation_bwd(const Tensor& grad, const Tensor
 }
 
 // ---------------------------------------------------------------- the random stream
-void uniform_out(Tensor out, int64_t seed, int64_t offset) {
+void uniform_out(Tensor& out, int64_t seed, int64_t offset) {
   const c10::cuda::CUDAGuard guard(out.device());
   TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kFloat && out.is_contiguous(),
               "sparsekern uniform: out must be a contiguous float32 CUDA tensor");
@@ -202,17 +203,17 @@ void uniform_out(Tensor out, int64_t seed, int64_t offset) {
 
 TORCH_LIBRARY_IMPL(sparsekern_C, CUDA, m) {
   namespace k = sparsekern::cuda;
-  m.impl("soft_threshold", &k::soft_threshold);
-  m.impl("soft_threshold_backward", &k::soft_threshold_backward);
-  m.impl("hard_concrete", &k::hard_concrete_fwd);
-  m.impl("hard_concrete_backward", &k::hard_concrete_bwd);
-  m.impl("hard_concrete_eval", &k::hard_concrete_eval_fwd);
-  m.impl("hard_concrete_eval_backward", &k::hard_concrete_eval_bwd);
-  m.impl("l0_norm", &k::l0_norm_fwd);
-  m.impl("l0_norm_backward", &k::l0_norm_bwd);
-  m.impl("gated_weight", &k::gated_weight_fwd);
-  m.impl("gated_weight_backward", &k::gated_weight_bwd);
-  m.impl("gated_activation", &k::gated_activation_fwd);
-  m.impl("gated_activation_backward", &k::gated_activation_bwd);
-  m.impl("uniform", &k::uniform_out);
+  SK_IMPL(m, soft_threshold, k::soft_threshold);
+  SK_IMPL(m, soft_threshold_backward, k::soft_threshold_backward);
+  SK_IMPL(m, hard_concrete, k::hard_concrete_fwd);
+  SK_IMPL(m, hard_concrete_backward, k::hard_concrete_bwd);
+  SK_IMPL(m, hard_concrete_eval, k::hard_concrete_eval_fwd);
+  SK_IMPL(m, hard_concrete_eval_backward, k::hard_concrete_eval_bwd);
+  SK_IMPL(m, l0_norm, k::l0_norm_fwd);
+  SK_IMPL(m, l0_norm_backward, k::l0_norm_bwd);
+  SK_IMPL(m, gated_weight, k::gated_weight_fwd);
+  SK_IMPL(m, gated_weight_backward, k::gated_weight_bwd);
+  SK_IMPL(m, gated_activation, k::gated_activation_fwd);
+  SK_IMPL(m, gated_activation_backward, k::gated_activation_bwd);
+  SK_IMPL(m, uniform, k::uniform_out);
 }

@@ -40,10 +40,10 @@ def build_parser() -> common.Parser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["selftest"]:  # selftest owns its own arguments
-        from sparsekern import selftest
-        return selftest.main(argv[1:])
     try:
+        if argv[:1] == ["selftest"]:  # selftest owns its own arguments
+            from sparsekern import selftest
+            return selftest.main(argv[1:])
         args = build_parser().parse_args(argv)
         return _module(args.command).run(args)
     except SystemExit as e:  # argparse: --help (0) or a one-line usage error (2)

@@ -2,20 +2,60 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+
+# Small models (LeNet, digits) run fastest on one thread: their matrices are too small to split,
+# so more threads only add synchronisation and fight other processes for the cores.
+SMALL_MODELS = ("lenet300", "lenet5")
 
 
 class CLIError(Exception):
     """A user mistake: printed as one line on stderr, exit code 2."""
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default; an option whose default is None says it in its own help."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.required or action.default == argparse.SUPPRESS:
+            return action.help
+        help_text = action.help or ""
+        return help_text + ("" if "%(default)" in help_text else " (default: %(default)s)")
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (no usage block) and exits 2."""
+    """argparse that reports a bad argument in one line (no usage block) and exits 2, and shows
+    the defaults in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+@contextlib.contextmanager
+def small_model_threads(model: str = "lenet300", data: str = "digits"):
+    """One torch thread for a small model on small data, torch's default (all cores) otherwise;
+    SPARSEKERN_THREADS=N overrides both. Restores the previous count on exit."""
+    import torch
+
+    previous = torch.get_num_threads()
+    chosen = os.environ.get("SPARSEKERN_THREADS")
+    if chosen:
+        if not chosen.isdigit() or int(chosen) < 1:
+            raise CLIError(f"SPARSEKERN_THREADS must be a positive int, got {chosen!r}")
+        torch.set_num_threads(int(chosen))
+    elif model in SMALL_MODELS and data in ("digits", "synthetic"):
+        torch.set_num_threads(1)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
 
 
 def read_json(run_dir: str, name: str) -> dict:

@@ -36,6 +36,8 @@ def run(args) -> int:
         finalized_architecture(run_dir).load_state_dict(state)
     except RuntimeError as e:
         raise CLIError(f"{weights!r} does not fit the run's architecture: {str(e).splitlines()[0]}") from e
+    if os.path.isdir(args.out):
+        raise CLIError(f"--out {args.out!r} is a directory; give a file name such as {args.out.rstrip('/')}/model.pt")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise CLIError(f"--out {args.out!r}: directory {out_dir!r} does not exist")

@@ -23,39 +23,48 @@ def sparsity_table(summary: dict) -> str:
 
 
 def plot(run_dir: str, summary: dict, history: list[dict]) -> list[str]:
+    """The per-layer budget chart (sparse runs only: a dense run has no budget) and the curves."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError as e:
         raise CLIError("plots need matplotlib (pip install matplotlib)") from e
+    written = []
     layers = summary["layers"]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(layers) + 2), 4))
-    ax.bar(range(len(layers)), [100 * r["sparsity"] for r in layers], color="tab:blue")
-    ax.set_xticks(range(len(layers)), [r["name"] for r in layers], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("sparsity (% zero weights)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"per-layer sparsity budget ({summary['method']}, {summary['model']})")
-    fig.tight_layout()
-    budget = os.path.join(run_dir, BUDGET_PNG)
-    fig.savefig(budget, dpi=100)
-    plt.close(fig)
+    if summary["method"] != "dense" and layers:
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(layers) + 2), 4.5))
+        bars = ax.bar(range(len(layers)), [100 * r["sparsity"] for r in layers], color="tab:blue")
+        ax.bar_label(bars, fmt="%.1f", fontsize=9, padding=2)
+        many = len(layers) > 8
+        ax.set_xticks(range(len(layers)), [r["name"] for r in layers], rotation=45 if many else 0,
+                      ha="right" if many else "center", fontsize=9)
+        ax.set_ylabel("sparsity (% zero weights)")
+        ax.set_ylim(0, 110)
+        ax.set_title(f"per-layer sparsity ({summary['method']}, {summary['model']}; "
+                     f"overall {100 * summary['sparsity']:.1f}%)")
+        fig.tight_layout()
+        written.append(os.path.join(run_dir, BUDGET_PNG))
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
 
     epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(epochs, [100 * r["test_acc"] for r in history], "o-", color="tab:green", label="test accuracy")
     ax.plot(epochs, [100 * r["train_acc"] for r in history], ".--", color="tab:olive", label="train accuracy")
-    ax.plot(epochs, [100 * r["sparsity"] for r in history], "s-", color="tab:red", label="sparsity")
+    ax.plot(epochs, [100 * r["sparsity"] for r in history], "s-", color="tab:red", label="weight sparsity")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)  # below: never on a line
     ax.set_title("accuracy and sparsity over training")
     fig.tight_layout()
-    curves = os.path.join(run_dir, CURVES_PNG)
-    fig.savefig(curves, dpi=100)
+    written.append(os.path.join(run_dir, CURVES_PNG))
+    fig.savefig(written[-1], dpi=100)
     plt.close(fig)
-    return [budget, curves]
+    return written
 
 
 def run(args) -> int:

@@ -11,10 +11,18 @@ from torch import nn
 
 from sparsekern.models.lenet import lenet5, lenet300
 from sparsekern.models.resnet import resnet20, resnet56
-from sparsekern.models.tv import torchvision_model
+from sparsekern.models.tv import check_torchvision_name, torchvision_model
 from sparsekern.models.vgg import vgg16
 
 MODELS = {"lenet300": lenet300, "lenet5": lenet5, "vgg16": vgg16, "resnet20": resnet20, "resnet56": resnet56}
+
+
+def check_model_name(name: str) -> None:
+    """ValueError listing the built-in names unless ``name`` is built in or a torchvision model."""
+    if not isinstance(name, str):
+        raise TypeError(f"model must be a str, got {type(name).__name__}")
+    if name not in MODELS:
+        check_torchvision_name(name, MODELS)
 
 
 def build_model(name: str, num_classes: int, in_channels: int, image_size, *, widths=None) -> nn.Module:
@@ -36,7 +44,8 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size, *, wi
         return MODELS[name](num_classes, in_channels, size, widths)
     if widths is not None:
         raise ValueError(f"build_model: widths apply only to the built-in models ({', '.join(MODELS)}), not {name!r}")
+    check_model_name(name)
     return torchvision_model(name, num_classes, in_channels)
 
 
-__all__ = ["MODELS", "build_model"]
+__all__ = ["MODELS", "build_model", "check_model_name"]

@@ -4,16 +4,22 @@ from __future__ import annotations
 from torch import nn
 
 
-def torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
+def check_torchvision_name(name: str, built_in) -> None:
+    """ValueError naming the built-in models unless ``name`` is a torchvision classification model."""
+    listing = f"built-in models: {', '.join(built_in)}"
     try:
         import torchvision.models as tvm
     except ImportError as e:
-        raise ValueError(
-            f"model {name!r} is not built in and torchvision, which provides it, is not installed "
-            "(pip install torchvision)") from e
-    known = set(tvm.list_models(module=tvm))
-    if name not in known:
-        raise ValueError(f"model {name!r}: unknown (not built in, not a torchvision classification model)")
+        raise ValueError(f"model {name!r}: unknown ({listing}; other names are torchvision models, "
+                         "and torchvision is not installed)") from e
+    if name not in set(tvm.list_models(module=tvm)):
+        raise ValueError(f"model {name!r}: unknown ({listing}; or a torchvision classification model "
+                         "such as resnet50)")
+
+
+def torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    import torchvision.models as tvm  # check_torchvision_name ran first
+
     model = tvm.get_model(name, weights=None, num_classes=num_classes)
     if in_channels != 3:
         _replace_first_conv(model, in_channels)

@@ -41,9 +41,12 @@ class ChannelGate(HardConcreteGates, nn.Module):
         seed, offset = self.take_noise(x.shape[0] * self.num_channels)
         return ops.gated_activation(x, la, seed, offset, **self.hc_kwargs())
 
-    def l0_penalty(self, lam: float, prior_prec: float = 0.0, cost_scale: float = 1.0) -> Tensor:
-        """``lam * cost_scale * cost_per_channel * sum_c P(z_c != 0)`` (no weights of its own)."""
-        return self.expected_l0() * (lam * cost_scale * self.cost_per_channel)
+    def l0_penalty(self, lam: float, prior_prec: float = 0.0, cost_scale: float = 1.0, *,
+                   reference_terms: bool = False) -> Tensor:
+        """``lam * cost_scale * cost_per_channel * sum_c P(z_c != 0)`` (no weights of its own);
+        ``reference_terms``: P clamped to [1e-6, 1 - 1e-6] as in the L0 reference code."""
+        p = self.clamped_open_probability().sum() if reference_terms else self.expected_l0()
+        return p * (lam * cost_scale * self.cost_per_channel)
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}"

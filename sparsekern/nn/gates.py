@@ -1,4 +1,4 @@
-"""Hard-concrete gate parameters (SPEC section 2), shared by the L0 layers and ChannelGate."""
+"""Hard-concrete gate parameters (docs/math.md section 2), shared by the L0 layers and ChannelGate."""
 from __future__ import annotations
 
 import math
@@ -11,10 +11,14 @@ from sparsekern import ops
 from sparsekern.nn.base import NoiseStream
 
 BETA, GAMMA, ZETA = ops.BETA, ops.GAMMA, ops.ZETA
+# The L0 reference code (AMLab-Amsterdam/L0_regularization) keeps log_alpha in [log 0.01, log 100]
+# and clamps P(z != 0) to [1e-6, 1 - 1e-6] in its penalty.
+LOG_ALPHA_RANGE = (math.log(1e-2), math.log(1e2))
+P_CLAMP = 1e-6
 
 
 def log_alpha_init(drop_rate: float) -> float:
-    """Mean initial log_alpha for a drop rate p: ``log(1 - p) - log(p)`` (SPEC 2)."""
+    """Mean initial log_alpha for a drop rate p: ``log(1 - p) - log(p)`` (docs/math.md §2)."""
     if not isinstance(drop_rate, (int, float)) or not 0.0 < drop_rate < 1.0:
         raise ValueError(f"drop_rate must be in (0, 1), got {drop_rate!r}")
     return math.log(1.0 - drop_rate) - math.log(drop_rate)
@@ -91,6 +95,16 @@ class HardConcreteGates(NoiseStream):
     def open_probability(self) -> Tensor:
         """P(z != 0) per gate, differentiable w.r.t. log_alpha."""
         return gate_open_probability(self.gate_log_alpha(), self.beta, self.gamma, self.zeta)
+
+    def clamped_open_probability(self) -> Tensor:
+        """P(z != 0) clamped to [1e-6, 1 - 1e-6], as the L0 reference code computes it for its penalty."""
+        return self.open_probability().clamp(P_CLAMP, 1.0 - P_CLAMP)
+
+    @torch.no_grad()
+    def clamp_log_alpha_(self, low: float = LOG_ALPHA_RANGE[0], high: float = LOG_ALPHA_RANGE[1]) -> None:
+        """Clamp the own log_alpha in place (the L0 reference code does it after every optimizer step)."""
+        if self.log_alpha is not None:
+            self.log_alpha.clamp_(low, high)
 
     def expected_l0(self) -> Tensor:
         """Expected number of open gates (the ``l0_norm`` kernel)."""

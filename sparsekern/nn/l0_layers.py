@@ -1,4 +1,4 @@
-"""L0 layers (SPEC section 2): weights or activations multiplied by hard-concrete gates."""
+"""L0 layers (docs/math.md section 2): weights or activations multiplied by hard-concrete gates."""
 from __future__ import annotations
 
 import math
@@ -96,14 +96,31 @@ class _L0Mixin(HardConcreteGates, SparseModule):
         """Weights per gate."""
         return self.weight.numel() // math.prod(self.gate_shape)
 
-    def l0_penalty(self, lam: float, prior_prec: float = 0.0, cost_scale: float = 1.0) -> Tensor:
-        """``sum_g P(z_g != 0) * sum_{w in g}(lam * cost_scale + 0.5 * prior_prec * w^2)`` (SPEC 2)."""
-        penalty = self.expected_l0() * (lam * cost_scale * self.group_sizes())
+    def l0_penalty(self, lam: float, prior_prec: float = 0.0, cost_scale: float = 1.0, *,
+                   reference_terms: bool = False) -> Tensor:
+        """``sum_g P(z_g != 0) * sum_{w in g}(lam * cost_scale + 0.5 * prior_prec * w^2)`` (docs/math.md §2).
+
+        ``reference_terms``: as the L0 reference code computes it: P clamped to [1e-6, 1 - 1e-6],
+        plus the bias: ungated ``0.5 * prior_prec * sum(b^2)`` when the gates are on the inputs,
+        gated ``sum_c P_c * (0.5 * prior_prec * b_c^2 - lam)`` when they are on the outputs (the
+        reference's convs; its sign on lam is kept so that runs match it).
+        """
+        if not reference_terms:
+            penalty = self.expected_l0() * (lam * cost_scale * self.group_sizes())
+        else:
+            penalty = self.clamped_open_probability().sum() * (lam * cost_scale * self.group_sizes())
         if prior_prec:
             sq = self.weight.pow(2)
             per_gate = {"weight": sq, "out": sq.reshape(sq.shape[0], -1).sum(1),
                         "in": sq.transpose(0, 1).reshape(sq.shape[1], -1).sum(1)}[self.granularity]
-            penalty = penalty + (self.open_probability() * per_gate.reshape(self.gate_shape)).sum() * (0.5 * prior_prec)
+            p = self.clamped_open_probability() if reference_terms else self.open_probability()
+            penalty = penalty + (p * per_gate.reshape(self.gate_shape)).sum() * (0.5 * prior_prec)
+        if reference_terms and self.bias is not None:
+            b2 = 0.5 * prior_prec * self.bias.pow(2)
+            if self.granularity == "out":
+                penalty = penalty + (self.clamped_open_probability() * (b2 - lam * cost_scale)).sum()
+            else:
+                penalty = penalty + b2.sum()
         return penalty
 
     def extra_repr(self) -> str:

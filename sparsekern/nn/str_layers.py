@@ -1,4 +1,4 @@
-"""STR layers (SPEC section 1): weights soft-thresholded by a learned threshold sigmoid(s)."""
+"""STR layers (docs/math.md section 1): weights soft-thresholded by a learned threshold sigmoid(s)."""
 from __future__ import annotations
 
 import torch

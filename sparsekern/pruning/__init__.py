@@ -6,11 +6,13 @@ STR, ``GMP`` for the baseline) -> ``sparsity_report`` / ``format_report`` -> ``f
 The training loop and checkpoints live in ``trainer`` / ``checkpoint`` (imported on demand).
 """
 from sparsekern.pruning.batchnorm import recalibrate_bn
+from sparsekern.pruning.ema import ParameterEMA
 from sparsekern.pruning.finalize import finalize
 from sparsekern.pruning.flops import record_flops_per_weight
 from sparsekern.pruning.gmp import GMP
 from sparsekern.pruning.modules import gate_modules, global_sparsity, sparse_modules
 from sparsekern.pruning.optim import param_groups
+from sparsekern.pruning.recipes import L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA, make_optimizers
 from sparsekern.pruning.regularization import regularization
 from sparsekern.pruning.report import format_report, sparsity_report
 from sparsekern.pruning.schedule import cubic_sparsity
@@ -19,7 +21,8 @@ from sparsekern.pruning.shrink import model_widths, shrink_model
 from sparsekern.pruning.target import TargetSparsity
 
 __all__ = [
-    "model_widths", "recalibrate_bn", "shrink_model",
-    "GMP", "TargetSparsity", "cubic_sparsity", "finalize", "format_report", "gate_modules", "global_sparsity",
-    "param_groups", "record_flops_per_weight", "regularization", "sparse_modules", "sparsify", "sparsity_report",
+    "GMP", "L0_DROP_RATE", "ParameterEMA", "L0_GATE_LR", "L0_LAMBDA", "TargetSparsity", "cubic_sparsity", "finalize",
+    "format_report", "gate_modules", "global_sparsity", "make_optimizers", "model_widths", "param_groups",
+    "recalibrate_bn", "record_flops_per_weight", "regularization", "shrink_model", "sparse_modules", "sparsify",
+    "sparsity_report",
 ]

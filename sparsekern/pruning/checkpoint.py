@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
+import secrets
 
 import numpy as np
 import torch
@@ -26,7 +26,9 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    # Not mkstemp: its files are mode 0600; 0666 here lets the umask decide, as for every other run file.
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -61,9 +63,16 @@ def _safe_load(path: str, what: str, map_location):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files; all mean "unreadable"
-        text = str(e).strip()
-        reason = text.splitlines()[0] if text else type(e).__name__
-        raise CheckpointError(f"{what} {path!r} is corrupt, truncated or not a torch file ({reason})") from e
+        raise CheckpointError(f"{what} {path!r} is corrupt, truncated or not a torch file ({_reason(e)})") from e
+
+
+def _reason(e: Exception) -> str:
+    """torch's error in a few words, without its advice to load with weights_only=False (never safe
+    for a file we cannot vouch for)."""
+    text = str(e).strip()
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "it holds objects other than tensors and plain containers"
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:

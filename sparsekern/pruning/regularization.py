@@ -1,4 +1,4 @@
-"""The expected-L0 penalties of a model's hard-concrete gates (SPEC sections 2 and 3)."""
+"""The expected-L0 penalties of a model's hard-concrete gates (docs/math.md sections 2 and 3)."""
 from __future__ import annotations
 
 import torch
@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from sparsekern.pruning.channel_gating import chained_gates, measure_positions
 from sparsekern.pruning.flops import record_flops_per_weight
 from sparsekern.pruning.modules import gate_modules
+from sparsekern.pruning.recipes import L0_LAMBDA
 
 COSTS = ("weights", "flops")
 P_CLAMP = 1e-6  # the reference code's clamp of P(z != 0) in the penalty
@@ -50,24 +51,30 @@ def dense_chain_cost(gates, cost: str = "weights") -> float:
     return total
 
 
-def regularization(model: nn.Module, *, lam: float = 1.0, num_samples: int = 1, prior_prec: float = 0.0,
-                   cost: str = "weights", clamp: bool = False, flops_weighted: bool = False,
-                   example_input=None) -> Tensor:
-    """The penalty of every gate of ``model``, divided by N = ``num_samples`` (1: undivided, the
-    Dep-L0 reference; the training-set size: the L0 paper). Returns a 0-dim tensor (0.0 without gates).
+def regularization(model: nn.Module, *, num_samples: int | None = None, lam: float = L0_LAMBDA,
+                   prior_prec: float = 0.0, cost: str = "weights", clamp: bool = False, flops_weighted: bool = False,
+                   example_input=None, reference_terms: bool = False) -> Tensor:
+    """The penalty of every gate of ``model``, divided by N = ``num_samples``, required: the
+    training-set size for the L0 paper's penalty, 1 for Dep-L0's (undivided, as its reference).
+    ``lam`` defaults to ``recipes.L0_LAMBDA``. Returns a 0-dim tensor (0.0 without gates).
 
     * Channel gates placed by ``gate_channels`` (L0-HC and Dep-L0): ``coupled_penalty`` over them,
       in module order; ``clamp`` clamps P(z != 0) to [1e-6, 1 - 1e-6] as the reference does.
     * L0 layers: ``sum_g P(z_g != 0) * sum_{w in g}(lam_l + 0.5*prior_prec*w^2)`` (Louizos et al.),
       ``lam_l = lam``, or with ``cost="flops"`` ``lam * flops_per_weight`` (1 for a Linear, output
-      H*W for a conv).
+      H*W for a conv). Biases are not in the penalty. ``reference_terms=True`` computes it as the
+      L0 reference code does (P clamped, bias terms: see ``L0Linear.l0_penalty``), for ``--recipe paper``.
     * Other ChannelGates: ``lam * cost_per_channel`` per expected open channel.
     ``cost="flops"`` needs ``example_input`` once (measured with a forward, remembered after).
-    ``flops_weighted=True`` is an older spelling of ``cost="flops"``.
+    ``flops_weighted=True`` is an older spelling of ``cost="flops"``. Differentiable w.r.t.
+    log_alpha (and w when prior_prec > 0).
     """
     for name, v in (("lam", lam), ("prior_prec", prior_prec)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ValueError(f"regularization: {name} must be a non-negative number, got {v!r}")
+    if num_samples is None:
+        raise ValueError("regularization: pass num_samples=len(train_set) (the penalty is per training "
+                         "example, as in Louizos et al.; 1 leaves it unscaled)")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"regularization: num_samples must be a positive int, got {num_samples!r}")
     if cost not in COSTS:
@@ -90,7 +97,8 @@ def regularization(model: nn.Module, *, lam: float = 1.0, num_samples: int = 1, 
             if scale is None:
                 raise ValueError("regularization: cost='flops' needs example_input (once) to measure "
                                  f"the FLOPs of {type(module).__name__} layers")
-        term = module.l0_penalty(lam, prior_prec, scale)
+        term = (module.l0_penalty(lam, prior_prec, scale, reference_terms=True) if reference_terms
+                else module.l0_penalty(lam, prior_prec, scale))
         total = term if total is None else total + term
     if total is None:
         p = next(model.parameters(), None)

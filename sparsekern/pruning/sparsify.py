@@ -9,6 +9,7 @@ from torch import nn
 
 from sparsekern.pruning.channel_gating import gate_channels
 from sparsekern.nn import L0Conv2d, L0Linear, MaskedConv2d, MaskedLinear, STRConv2d, STRLinear
+from sparsekern.pruning import recipes
 
 LAYER_TYPES = {
     "str": {nn.Linear: STRLinear, nn.Conv2d: STRConv2d},
@@ -56,7 +57,11 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
     shell-style ``fnmatch`` (``"features.*"``), or a regex when prefixed with ``"re:"``
     (``"re:layer[12]\\..*"``, full match). A layer is swapped if it matches some include
     pattern (all layers when include is None) and no exclude pattern. Layers already sparse
-    are left alone. Returns ``model``.
+    are left alone. Returns ``model``, or the new sparse layer when ``model`` itself is a plain
+    nn.Linear / nn.Conv2d (its name is ``""``; a module cannot replace itself in place).
+    For ``"l0"`` the default gates are the L0 paper's (see ``sparsekern.pruning.recipes``):
+    one per input neuron of a Linear, one per output feature map of a conv, initial drop rate
+    ``L0_DROP_RATE``; ``granularity=`` / ``drop_rate=`` override them for every layer.
 
     ``"l0_hc"`` / ``"dep_l0"``: structured channel gates instead (``channel_gating.gate_channels``):
     independent ones, or Dep-L0's generator with ``dependency="forward"`` (default) or
@@ -71,7 +76,7 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
         return _gate(model, method, **layer_opts)
     includes, excludes = _patterns(include, "include"), _patterns(exclude, "exclude")
     types = LAYER_TYPES[method]
-    candidates = [(n, m) for n, m in model.named_modules() if type(m) in types and n]
+    candidates = [(n, m) for n, m in model.named_modules() if type(m) in types]
     if keep_first:
         candidates = candidates[1:]
     if keep_last:
@@ -81,7 +86,11 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
             continue
         if any(_matches(name, p) for p in excludes):
             continue
-        _set_module(model, name, types[type(layer)].from_dense(layer, **layer_opts))
+        opts = {**recipes.default_layer_options(method, type(layer)), **layer_opts}
+        new = types[type(layer)].from_dense(layer, **opts)
+        if not name:
+            return new
+        _set_module(model, name, new)
     return model
 
 

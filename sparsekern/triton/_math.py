@@ -61,7 +61,7 @@ def stretched_gate(s, scale, stretch, gamma):
 
 @triton.jit
 def hard_concrete_sample(log_alpha, seed, counter, beta, stretch, gamma):
-    """SPEC 2 training sample with noise u = tl.rand(seed, counter) (== SPEC 4's u)."""
+    """docs/math.md §2 training sample with noise u = tl.rand(seed, counter) (== docs/math.md §4's u)."""
     u = tl.rand(seed, counter)
     u = tl.minimum(tl.maximum(u, EPS), ONE_MINUS_EPS)
     s = sigmoid(tl.math.div_rn(log(u) - log(1.0 - u) + log_alpha, beta))

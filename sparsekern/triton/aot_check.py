@@ -1,6 +1,6 @@
 """Compiles every Triton kernel variant for a GPU target, without a GPU.
 
-    python -m sparsekern.triton.aot_check [--arch 90] [--dtypes fp32,bf16,fp16]
+    python -m sparsekern.triton.aot_check [--arch 80,90,100] [--dtypes fp32,bf16,fp16]
 
 The interpreter (TRITON_INTERPRET=1) runs kernels as Python and so misses what
 only the compiler checks (non-constexpr globals, libdevice calls, casts); this
@@ -41,7 +41,7 @@ def _variants(k, dtypes):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 90 for sm_90")
+    parser.add_argument("--arch", default="90", help="comma-separated CUDA compute capabilities, e.g. 80,90,100")
     parser.add_argument("--dtypes", default="fp32,bf16,fp16")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -54,16 +54,20 @@ def main(argv=None) -> int:
 
     from sparsekern.triton import kernels
 
-    target = GPUTarget("cuda", args.arch, 32)
-    start, count = time.time(), 0
-    for kernel, types, consts in _variants(kernels, args.dtypes.split(",")):
-        fn = kernel
-        while not isinstance(fn, triton.runtime.jit.JITFunction):
-            fn = fn.fn  # unwrap the autotuner
-        signature = {name: "constexpr" if name in consts else types[name] for name in fn.arg_names}
-        triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=target)
-        count += 1
-    print(f"aot_check: {count} Triton kernel variants compiled for sm_{args.arch} in {time.time() - start:.1f} s")
+    for arch in (int(a) for a in args.arch.split(",")):
+        target = GPUTarget("cuda", arch, 32)
+        start, count = time.time(), 0
+        for kernel, types, consts in _variants(kernels, args.dtypes.split(",")):
+            fn = kernel
+            while not isinstance(fn, triton.runtime.jit.JITFunction):
+                fn = fn.fn  # unwrap the autotuner
+            signature = {name: "constexpr" if name in consts else types[name] for name in fn.arg_names}
+            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=target)
+            if not compiled.asm.get("cubin"):
+                print(f"aot_check: {fn.__name__} gave no cubin for sm_{arch}", file=sys.stderr)
+                return 1
+            count += 1
+        print(f"aot_check: {count} Triton kernel variants compiled to cubin for sm_{arch} in {time.time() - start:.1f} s")
     return 0
 
 

@@ -3,7 +3,7 @@
 On a GPU they are ``torch.library.triton_op``s launching through ``wrap_triton``,
 so ``torch.compile`` traces into the kernels. Under TRITON_INTERPRET they are
 opaque custom ops (torch cannot trace interpreted kernels). Seeds/offsets are
-int64 (two's complement of the SPEC's uint64); the kernels sign-extend them
+int64 (two's complement of docs/math.md's uint64); the kernels sign-extend them
 back to the same 64 bits. The Python in each op only allocates outputs and
 finishes the row reductions with a fixed-shape torch sum over the kernels'
 partial-sum buffer.

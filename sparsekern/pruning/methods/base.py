@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from sparsekern import pruning
+from sparsekern.pruning import recipes
 from sparsekern.nn import GateGenerator, HardConcreteGates
 
 
@@ -12,8 +13,9 @@ class Method:
     """One pruning method, configured by a ``PruneConfig``.
 
     ``check`` refuses options the method does not take; ``sparsify`` converts the model;
-    ``param_groups`` gives the optimizer groups (a group named "gates" goes to its own Adam at
-    ``gate_lr``); ``controller`` the per-step controller (``step()``, ``state_dict()``,
+    ``param_groups`` gives the optimizer groups and ``optimizers`` the optimizers over them (by
+    default a group named "gates" goes to its own Adam at ``gate_lr``); ``after_step`` runs after
+    each optimizer step; ``controller`` the per-step controller (``step()``, ``state_dict()``,
     ``load_state_dict()``) or None; ``penalty`` the loss term or None; ``sparsity`` the
     progress number logged per epoch; ``export`` the plain model written at the end.
     ``freeze`` enters the fine-tune phase (deterministic frozen gates, no penalty).
@@ -39,8 +41,18 @@ class Method:
     def param_groups(self, model: nn.Module) -> list[dict]:
         return pruning.param_groups(model, self.config.lr, self.config.weight_decay)
 
-    def gate_lr(self) -> float | None:
-        return self.config.gate_lr if self.config.gate_lr is not None else self.gate_lr_default
+    def gate_lr(self) -> float:
+        if self.config.gate_lr is not None:
+            return self.config.gate_lr
+        return self.gate_lr_default if self.gate_lr_default is not None else recipes.L0_GATE_LR
+
+    def optimizers(self, groups: list[dict]):
+        """(SGD over the weights, Adam over the "gates" group or None): ``recipes.make_optimizers``."""
+        c = self.config
+        return recipes.make_optimizers(groups, lr=c.lr, momentum=c.momentum, gate_lr=self.gate_lr())
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after every optimizer step (e.g. the L0 paper's log_alpha clamp)."""
 
     def controller(self, model: nn.Module, total_steps: int, example: Tensor):
         return None

@@ -1,29 +1,16 @@
 """L0 hard-concrete methods: unstructured ``l0`` (Louizos et al.) and structured ``l0_hc`` / ``dep_l0``."""
 from __future__ import annotations
 
-import re
-
 import torch
-from torch import nn
 
 from sparsekern import pruning
+from sparsekern.pruning import recipes
 from sparsekern.pruning.calibration import calibrate_gates
 from sparsekern.pruning.channel_gating import chained_gates, measure_positions
 from sparsekern.pruning.lambda_control import TargetLambda
 from sparsekern.pruning.regularization import dense_chain_cost
 from sparsekern.pruning.methods.base import Method, flops_fraction
 
-# L0 defaults (Louizos et al. 2018, adapted to short runs): the paper's granularity (one gate per
-# input neuron of a Linear, per output feature map of a conv) and lambda; gates trained by their own
-# Adam at a constant rate well above the paper's 1e-3 (it had ~100k steps); initial drop rate 0.1,
-# not the paper's 0.2 (input) / 0.5: gates at 0.5 halve and randomise every gated layer's signal, so
-# on short runs the net barely learns (LeNet-5/digits, lambda 0: 0.63 after 6 epochs) and the penalty
-# closes everything (LeNet-300/digits: 64% sparse at lambda 0.015, 96% at chance at 0.03).
-# Measured with 0.1, LeNet-300-100 on digits, 10 epochs (dense 0.978): lambda 0.03 -> 28% sparse at
-# 0.978, 0.1 -> 58% at 0.961-0.964 (2 seeds), 0.2 -> 73% at 0.947, 0.3 -> 80% at 0.908.
-L0_LAMBDA = 0.1
-L0_GATE_LR = 0.05
-L0_DROP_RATE = 0.1
 # Structured gates (SPEC 3): the coupled penalty undivided by N; lambda per (k^2 C_in C_out) weight
 # (cost="weights") or per multiply-accumulate (cost="flops", what the FLOPs target controls).
 HC_LAMBDA = 1e-6
@@ -32,11 +19,13 @@ HC_GATE_LR = 1e-3  # SPEC 3: Adam, lr 1e-3, no decay, for the generator / indepe
 
 
 class L0(Method):
-    """Unstructured-by-default L0 (one gate per input neuron of a Linear, per output map of a
-    conv); ``lam`` per open weight / N, or ``target_sparsity`` adapts lambda (``TargetLambda``)."""
+    """L0 of Louizos et al. with ``recipes``' gates (one per input neuron of a Linear, per output
+    map of a conv); ``lam`` per open weight / N, or ``target_sparsity`` adapts lambda
+    (``TargetLambda``). ``recipe="paper"``: the reference code's training (Adam on everything,
+    L2 inside the penalty, log_alpha clamped after each step)."""
     name = "l0"
     takes = ("lam", "gate_lr", "target_sparsity")
-    gate_lr_default = L0_GATE_LR
+    gate_lr_default = recipes.L0_GATE_LR
 
     @classmethod
     def check(cls, config) -> None:
@@ -46,14 +35,26 @@ class L0(Method):
 
     def __init__(self, config):
         super().__init__(config)
-        self.lam = L0_LAMBDA if config.lam is None else config.lam
+        self.lam = recipes.L0_LAMBDA if config.lam is None else config.lam
+        self.paper = config.recipe == "paper"
         self.target = None
 
     def sparsify(self, model):
-        linears = [name for name, m in model.named_modules() if name and type(m) is nn.Linear]
-        pruning.sparsify(model, "l0", include=["re:" + re.escape(n) for n in linears] or "re:(?!)",
-                         granularity="in", drop_rate=L0_DROP_RATE)
-        return pruning.sparsify(model, "l0", granularity="out", drop_rate=L0_DROP_RATE)  # the remaining convs
+        return recipes.sparsify_l0_paper(model) if self.paper else pruning.sparsify(model, "l0")
+
+    def param_groups(self, model):
+        if self.paper:  # one Adam over everything, no optimizer decay (the L2 is in the penalty)
+            return [{"params": list(model.parameters()), "lr": self.config.lr, "weight_decay": 0.0, "name": "all"}]
+        return super().param_groups(model)
+
+    def optimizers(self, groups):
+        if self.paper:
+            return torch.optim.Adam(groups, lr=self.config.lr), None
+        return super().optimizers(groups)
+
+    def after_step(self, model) -> None:
+        if self.paper:
+            recipes.clamp_log_alpha(model)
 
     def controller(self, model, total_steps, example):
         if self.config.target_sparsity is None:
@@ -67,6 +68,9 @@ class L0(Method):
         if self.frozen:
             return None
         lam = self.lam if self.target is None else self.target.lam
+        if self.paper:
+            return pruning.regularization(model, lam=lam, num_samples=num_samples, reference_terms=True,
+                                          prior_prec=num_samples * self.config.weight_decay)
         return pruning.regularization(model, lam=lam, num_samples=num_samples)
 
 
@@ -118,7 +122,7 @@ class ChannelL0(Method):
         if self.frozen:
             return None
         lam = self.lam if self.target is None else self.target.lam * self.scale
-        return pruning.regularization(model, lam=lam, cost=self.cost, clamp=True)
+        return pruning.regularization(model, num_samples=1, lam=lam, cost=self.cost, clamp=True)
 
     def widths(self, exported):
         return pruning.model_widths(exported) if hasattr(exported, "gate_sites") else None

@@ -36,12 +36,14 @@ class STR(Method):
             raise ValueError("method 'str' takes target_sparsity or lambda, not both")
 
     def sparsify(self, model):
-        return pruning.sparsify(model, "str")
+        opts = {"s_init": self.config.s_init} if self.config.s_init is not None else {}
+        return pruning.sparsify(model, "str", **opts)
 
     def param_groups(self, model):
         c = self.config
         decay = c.lam if c.lam is not None else (0.0 if c.target_sparsity is not None else None)
-        return pruning.param_groups(model, c.lr, c.weight_decay, threshold_weight_decay=decay)
+        return pruning.param_groups(model, c.lr, c.weight_decay, threshold_weight_decay=decay,
+                                    no_decay_norm_and_bias=c.recipe != "paper")  # the STR code decays them all
 
     def controller(self, model, total_steps, example):
         if self.config.target_sparsity is None:
