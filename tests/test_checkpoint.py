@@ -92,7 +92,8 @@ class _Killed(Exception):
 
 
 METHODS = [("dense", {}), ("str", {"target_sparsity": 0.8}), ("gmp", {"target_sparsity": 0.8}), ("l0", {"lam": 0.01}),
-           ("l0", {"recipe": "paper"}), ("str", {"recipe": "paper", "s_init": -2.0, "lam": 0.01})]
+           ("l0", {"recipe": "paper"}), ("str", {"recipe": "paper", "s_init": -2.0, "lam": 0.01}),
+           ("l0_hc", {"lam": 1e-4}), ("dep_l0", {"target_flops": 0.5, "dependency": "backward"})]
 
 
 @pytest.mark.parametrize("method,opts", METHODS, ids=[m + ("-paper" if o.get("recipe") else "") for m, o in METHODS])

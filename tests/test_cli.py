@@ -98,7 +98,7 @@ def test_error_exit_codes(tmp_path, capsys, runs):
     assert "--lambda" in _error(["prune", "--target-sparsity", "0.9", "--lambda", "1", "--out", out], capsys)
     assert "target_sparsity" in _error(["prune", "--target-sparsity", "1.5", "--method", "str", "--out", out],
                                        capsys)
-    assert "only for method 'l0'" in _error(["prune", "--method", "str", "--gate-lr", "0.1", "--out", out], capsys)
+    assert "does not take gate_lr" in _error(["prune", "--method", "str", "--gate-lr", "0.1", "--out", out], capsys)
     assert "gate_lr" in _error(["prune", "--method", "l0", "--gate-lr", "-1", "--out", out], capsys)
     assert "no_such_dir" in _error(["prune", "--data", str(tmp_path / "no_such_dir"), "--out", out], capsys)
     assert not os.path.exists(out)  # a bad --data leaves nothing behind

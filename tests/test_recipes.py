@@ -14,7 +14,15 @@ from sparsekern.nn import L0Conv2d, L0Linear, STRLinear
 from sparsekern.pruning import recipes
 from sparsekern.pruning.checkpoint import load_checkpoint
 from sparsekern.pruning.ema import ParameterEMA
-from sparsekern.pruning.trainer import PruneConfig, _setup_method
+from sparsekern.pruning.methods import METHODS
+from sparsekern.pruning.trainer import PruneConfig
+
+
+def _setup_method(model, cfg, total_steps):
+    """(model, groups, controller) as the trainer sets them up through the method's interface."""
+    method = METHODS[cfg.method](cfg)
+    model = method.sparsify(model)
+    return model, method.param_groups(model), method.controller(model, total_steps, torch.zeros(1, 1, 8, 8))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -103,7 +103,7 @@ def test_options_are_validated_and_explained(tmp_path, capsys):
     out = str(tmp_path / "o")
     assert "momentum must be in [0, 1)" in _error(PRUNE + ["--momentum", "2", "--out", out], capsys)
     err = _error(PRUNE + ["--method", "dense", "--gate-lr", "0.1", "--out", out], capsys)
-    assert "only for method 'l0'" in err and "finite" not in err
+    assert "does not take gate_lr" in err and "finite" not in err
     assert main(PRUNE + ["--method", "str", "--out", out]) == 0
     err = capsys.readouterr().err
     assert "without --target-sparsity or --lambda" in err and "--weight-decay 0.0005" in err

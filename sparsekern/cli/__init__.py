@@ -26,7 +26,8 @@ def _module(command: str):
 
 
 def build_parser() -> common.Parser:
-    parser = common.Parser(prog="sparsekern", description="Learnable network sparsification (STR, L0, GMP).")
+    parser = common.Parser(prog="sparsekern",
+                           description="Learnable network sparsification (STR, L0, L0-HC, Dep-L0, GMP).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=common.Parser)
     for command, help_text in COMMANDS.items():
         p = sub.add_parser(command, help=help_text, description=help_text)

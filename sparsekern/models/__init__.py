@@ -1,6 +1,7 @@
 """Model zoo for the pruning pipeline: ``build_model(name, num_classes, in_channels, image_size)``.
 
-Built in: ``lenet300`` (LeNet-300-100), ``lenet5`` (LeNet-5-Caffe), ``vgg16``,
+Built in (each with ``gate_sites()`` and ``widths``, see ``models.sites``):
+``lenet300`` (LeNet-300-100), ``lenet5`` (LeNet-5-Caffe), ``vgg16``,
 ``resnet20``, ``resnet56`` (CIFAR-style, any input >= 4x4, e.g. 1x8x8 digits or
 3x32x32 CIFAR); any other name is looked up in torchvision when it is installed.
 """
@@ -24,8 +25,11 @@ def check_model_name(name: str) -> None:
         check_torchvision_name(name, MODELS)
 
 
-def build_model(name: str, num_classes: int, in_channels: int, image_size) -> nn.Module:
-    """A freshly initialised classifier for inputs [N, in_channels, *image_size]."""
+def build_model(name: str, num_classes: int, in_channels: int, image_size, *, widths=None) -> nn.Module:
+    """A freshly initialised classifier for inputs [N, in_channels, *image_size].
+
+    ``widths``: one int per gate site of a built-in model (``model.gate_sites()``), the kept
+    channels of a shrunk model (``summary.json``'s ``widths``); None: the full widths."""
     if not isinstance(name, str):
         raise TypeError(f"build_model: name must be a str, got {type(name).__name__}")
     for arg, v in (("num_classes", num_classes), ("in_channels", in_channels)):
@@ -37,7 +41,9 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size) -> nn
     if name in MODELS:
         if name != "lenet300" and min(size) < 4:
             raise ValueError(f"build_model: {name} needs images of at least 4x4, got {size}")
-        return MODELS[name](num_classes, in_channels, size)
+        return MODELS[name](num_classes, in_channels, size, widths)
+    if widths is not None:
+        raise ValueError(f"build_model: widths apply only to the built-in models ({', '.join(MODELS)}), not {name!r}")
     check_model_name(name)
     return torchvision_model(name, num_classes, in_channels)
 

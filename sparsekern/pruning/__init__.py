@@ -1,9 +1,11 @@
 """Pruning pipeline: sparsify a model, train it with penalties/controllers, report, export.
 
 ``sparsify`` -> ``param_groups`` -> train (``regularization`` for L0, ``TargetSparsity`` for
-STR, ``GMP`` for the baseline) -> ``sparsity_report`` / ``format_report`` -> ``finalize``.
+STR, ``GMP`` for the baseline) -> ``sparsity_report`` / ``format_report`` -> ``finalize``
+(``shrink_model`` for gated built-in models). ``pruning.methods`` bundles each method's pieces.
 The training loop and checkpoints live in ``trainer`` / ``checkpoint`` (imported on demand).
 """
+from sparsekern.pruning.batchnorm import recalibrate_bn
 from sparsekern.pruning.ema import ParameterEMA
 from sparsekern.pruning.finalize import finalize
 from sparsekern.pruning.flops import record_flops_per_weight
@@ -15,10 +17,12 @@ from sparsekern.pruning.regularization import regularization
 from sparsekern.pruning.report import format_report, sparsity_report
 from sparsekern.pruning.schedule import cubic_sparsity
 from sparsekern.pruning.sparsify import sparsify
+from sparsekern.pruning.shrink import model_widths, shrink_model
 from sparsekern.pruning.target import TargetSparsity
 
 __all__ = [
     "GMP", "L0_DROP_RATE", "ParameterEMA", "L0_GATE_LR", "L0_LAMBDA", "TargetSparsity", "cubic_sparsity", "finalize",
-    "format_report", "gate_modules", "global_sparsity", "make_optimizers", "param_groups", "record_flops_per_weight",
-    "regularization", "sparse_modules", "sparsify", "sparsity_report",
+    "format_report", "gate_modules", "global_sparsity", "make_optimizers", "model_widths", "param_groups",
+    "recalibrate_bn", "record_flops_per_weight", "regularization", "shrink_model", "sparse_modules", "sparsify",
+    "sparsity_report",
 ]

@@ -17,7 +17,9 @@ unpadded conv; a padded conv then raises. Inputs of the first layer and outputs 
 layer of a model that is itself an nn.Sequential stay (as zeros): they are the model's
 interface. Anything else structured that cannot be shrunk (a gate outside a Sequential chain,
 an unsupported module between, grouped convs) raises ValueError; ``shrink=False`` then
-exports the same function without removing channels.
+exports the same function without removing channels. Built-in models gated by
+``sparsify(model, "l0_hc" | "dep_l0")`` are shrunk by ``shrink_model`` (any architecture
+they have: VGG-16, ResNet-20/56, LeNets).
 """
 from __future__ import annotations
 
@@ -226,6 +228,9 @@ def finalize(model: nn.Module, *, shrink: bool = True) -> nn.Module:
         raise TypeError(f"finalize: model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, ChannelGate):
         raise ValueError("finalize: a lone ChannelGate has no layer to fold into")
+    if shrink and _gated_built_in(model):
+        from sparsekern.pruning.shrink import shrink_model  # the built-in models know their gate sites
+        return shrink_model(model)
     out = copy.deepcopy(model).eval()
     dead_out: dict[int, Tensor] = {}
     dead_in: dict[int, Tensor] = {}
@@ -244,6 +249,15 @@ def finalize(model: nn.Module, *, shrink: bool = True) -> nn.Module:
             _shrink_chain(chain, dead_out, dead_in, done)
         _check_all_shrunk(out, dead_out, dead_in, done)
     return out.eval()
+
+
+def _gated_built_in(model: nn.Module) -> bool:
+    """A built-in model whose only sparse parts are the channel gates in its gate slots."""
+    if not hasattr(model, "gate_sites"):
+        return False
+    slots = {site.slot for site in model.gate_sites()}
+    gated = [name for name, m in model.named_modules() if isinstance(m, (HardConcreteGates, SparseModule))]
+    return bool(gated) and set(gated) <= slots
 
 
 def _check_all_shrunk(model: nn.Module, dead_out: dict, dead_in: dict, done: set) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from sparsekern.nn import ChannelGate
+from sparsekern.nn import ChannelGate, GateGenerator
 
 
 @dataclass
@@ -44,8 +44,10 @@ def trace(model: nn.Module, example_input) -> list[TraceEvent]:
             events.append(TraceEvent(name, module, output.numel() / batch * per_value))
         return hook
 
+    # A Dep-L0 generator's Linears make gates, not predictions: not layers of the network.
+    generator_parts = {id(p) for m in model.modules() if isinstance(m, GateGenerator) for p in m.modules()}
     handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d, ChannelGate))]
+               if isinstance(m, (nn.Linear, nn.Conv2d, ChannelGate)) and id(m) not in generator_parts]
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()

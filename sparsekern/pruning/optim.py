@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from sparsekern.nn import STR_LAYERS, HardConcreteGates
+from sparsekern.nn import STR_LAYERS, GateGenerator, HardConcreteGates
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -18,8 +18,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, *, threshold_
     * ``thresholds``: STR thresholds ``s``, ``threshold_weight_decay`` (None: same as
       ``weight_decay``, the STR paper's setting; with ``TargetSparsity`` any small value or 0
       works, the controller adds its own decay);
-    * ``gates``: L0 ``log_alpha`` (layers and ChannelGate), never decayed (the L0 penalty is
-      their regulariser).
+    * ``gates``: L0 ``log_alpha`` (layers and ChannelGate) and every parameter of a Dep-L0
+      ``GateGenerator``, never decayed (the L0 penalty is their regulariser).
     Empty groups are left out. A parameter shared by several modules is listed once.
     """
     for name, v in (("lr", lr), ("weight_decay", weight_decay)):
@@ -33,6 +33,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, *, threshold_
     decays = {"weights": weight_decay, "no_decay": 0.0, "thresholds": float(threshold_weight_decay), "gates": 0.0}
     groups: dict[str, list] = {k: [] for k in decays}
     seen: set[int] = set()
+    generated = {id(p) for m in model.modules() if isinstance(m, GateGenerator) for p in m.parameters()}
     for module in model.modules():
         for pname, p in module.named_parameters(recurse=False):
             if id(p) in seen:
@@ -40,7 +41,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, *, threshold_
             seen.add(id(p))
             if isinstance(module, STR_LAYERS) and pname == "s":
                 kind = "thresholds"
-            elif isinstance(module, HardConcreteGates) and pname == "log_alpha":
+            elif id(p) in generated or (isinstance(module, HardConcreteGates) and pname == "log_alpha"):
                 kind = "gates"
             elif no_decay_norm_and_bias and (pname == "bias" or isinstance(module, _NORMS)):
                 kind = "no_decay"

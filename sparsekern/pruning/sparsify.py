@@ -7,6 +7,7 @@ from typing import Iterable
 
 from torch import nn
 
+from sparsekern.pruning.channel_gating import gate_channels
 from sparsekern.nn import L0Conv2d, L0Linear, MaskedConv2d, MaskedLinear, STRConv2d, STRLinear
 from sparsekern.pruning import recipes
 
@@ -40,6 +41,9 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+STRUCTURED = {"l0_hc": None, "dep_l0": "forward"}  # channel gates: independent, or from a generator
+
+
 def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False, keep_last: bool = False,
              include=None, exclude=None, **layer_opts) -> nn.Module:
     """Replace every plain nn.Linear / nn.Conv2d of ``model`` by its sparse version, in place.
@@ -58,11 +62,18 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
     For ``"l0"`` the default gates are the L0 paper's (see ``sparsekern.pruning.recipes``):
     one per input neuron of a Linear, one per output feature map of a conv, initial drop rate
     ``L0_DROP_RATE``; ``granularity=`` / ``drop_rate=`` override them for every layer.
+
+    ``"l0_hc"`` / ``"dep_l0"``: structured channel gates instead (``channel_gating.gate_channels``):
+    independent ones, or Dep-L0's generator with ``dependency="forward"`` (default) or
+    ``"backward"``; ``layers=[names]`` picks the gated layers of a user model (default: the
+    built-in placement, else the Conv2d -> BatchNorm2d pairs torch.fx finds).
     """
-    if method not in LAYER_TYPES:
-        raise ValueError(f"sparsify: method must be one of {sorted(LAYER_TYPES)}, got {method!r}")
+    if method not in LAYER_TYPES and method not in STRUCTURED:
+        raise ValueError(f"sparsify: method must be one of {sorted(LAYER_TYPES) + sorted(STRUCTURED)}, got {method!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"sparsify: model must be an nn.Module, got {type(model).__name__}")
+    if method in STRUCTURED:
+        return _gate(model, method, **layer_opts)
     includes, excludes = _patterns(include, "include"), _patterns(exclude, "exclude")
     types = LAYER_TYPES[method]
     candidates = [(n, m) for n, m in model.named_modules() if type(m) in types]
@@ -80,4 +91,11 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
         if not name:
             return new
         _set_module(model, name, new)
+    return model
+
+
+def _gate(model: nn.Module, method: str, *, dependency: str | None = None, layers=None) -> nn.Module:
+    if method == "l0_hc" and dependency is not None:
+        raise ValueError("sparsify: dependency applies to method 'dep_l0' only")
+    gate_channels(model, dependency or STRUCTURED[method], layers=layers)
     return model

@@ -16,7 +16,6 @@ parameters, so every rank takes the same pruning decisions.
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import dataclasses
 import json
@@ -43,10 +42,12 @@ from sparsekern.pruning.checkpoint import (
     CheckpointError, atomic_torch_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
 from sparsekern.pruning.ema import ParameterEMA
-from sparsekern.pruning.recipes import L0_GATE_LR, L0_LAMBDA, make_optimizers
+from sparsekern.pruning.methods import METHODS as METHOD_CLASSES
+from sparsekern.pruning.methods.base import has_batchnorm
+from sparsekern.pruning.recipes import L0_GATE_LR, L0_LAMBDA  # noqa: F401  (re-exported)
 from sparsekern.pruning.runlock import RunLock
 
-METHODS = ("dense", "gmp", "str", "l0")
+METHODS = tuple(METHOD_CLASSES)
 # Settings that may change between a run and its resumption without changing the result.
 RESUME_FREE = ("out", "resume", "progress", "backend", "device", "workers", "checkpoint_every")
 SCHEDULES = ("cosine", "step", "constant")
@@ -60,9 +61,12 @@ class PruneConfig:
     model: str = "lenet300"
     data: str = "digits"
     epochs: int = 10
-    target_sparsity: float | None = None  # str / gmp
-    lam: float | None = None  # l0: penalty per open weight (/ N), None: L0_LAMBDA; str: thresholds' weight decay
-    gate_lr: float | None = None  # l0: Adam learning rate of the gates' log_alpha, None: L0_GATE_LR
+    target_sparsity: float | None = None  # str / gmp / l0
+    target_flops: float | None = None  # l0_hc / dep_l0: wanted fraction of the dense FLOPs
+    lam: float | None = None  # l0*: penalty weight (methods/l0.py); str: thresholds' weight decay
+    gate_lr: float | None = None  # gated methods: Adam learning rate of the gates / generator
+    dependency: str | None = None  # dep_l0: forward (default) or backward
+    finetune_epochs: int = 0  # after `epochs`: gates frozen and deterministic, no penalty
     seed: int = 0
     out: str = "runs/run"
     resume: bool = False
@@ -115,16 +119,18 @@ class PruneConfig:
             raise ValueError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}")
         if self.lam is not None and (not math.isfinite(self.lam) or self.lam < 0):
             raise ValueError(f"lambda must be a finite number >= 0, got {self.lam}")
-        if self.method == "dense" and (self.target_sparsity is not None or self.lam is not None):
-            raise ValueError("method 'dense' takes neither target_sparsity nor lambda")
-        if self.method == "gmp" and (self.target_sparsity is None or self.lam is not None):
-            raise ValueError("method 'gmp' needs target_sparsity (and no lambda)")
-        if self.method == "str" and self.target_sparsity is not None and self.lam is not None:
-            raise ValueError("method 'str' takes target_sparsity or lambda, not both")
-        if self.method == "l0" and self.target_sparsity is not None:
-            raise ValueError("method 'l0' takes lambda, not target_sparsity")
-        if self.gate_lr is not None and self.method != "l0":
-            raise ValueError(f"gate_lr is only for method 'l0' (its gates' learning rate), not {self.method!r}")
+        if not isinstance(self.finetune_epochs, int) or isinstance(self.finetune_epochs, bool) \
+                or self.finetune_epochs < 0:
+            raise ValueError(f"finetune_epochs must be an int >= 0, got {self.finetune_epochs!r}")
+        if self.target_flops is not None and not 0.0 < self.target_flops < 1.0:
+            raise ValueError(f"target_flops must be in (0, 1), got {self.target_flops}")
+        if self.dependency not in (None, "forward", "backward"):
+            raise ValueError(f"dependency must be 'forward' or 'backward', got {self.dependency!r}")
+        if self.target_flops is not None and self.lam is not None:
+            raise ValueError("target_flops adapts lambda itself: give one of target_flops and lambda")
+        if self.recipe == "paper" and (self.target_sparsity is not None and self.method == "l0"):
+            raise ValueError("recipe 'paper' for method 'l0' has no target (the paper's knob is --lambda)")
+        METHOD_CLASSES[self.method].check(self)
         if self.gate_lr is not None and (isinstance(self.gate_lr, bool) or not isinstance(self.gate_lr, (int, float))
                                          or not math.isfinite(self.gate_lr) or self.gate_lr <= 0):
             raise ValueError(f"gate_lr must be a finite number > 0, got {self.gate_lr!r}")
@@ -226,48 +232,23 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-# ---------------------------------------------------------------- method setup
-def _setup_method(model: nn.Module, config: PruneConfig, total_steps: int):
-    """(model, optimizer param groups, controller or None) for the configured method."""
-    if config.method == "dense":  # same groups as the sparse runs (no decay on biases/norms): comparable
-        return model, pruning.param_groups(model, config.lr, config.weight_decay), None
-    paper = config.recipe == "paper"
-    if config.method == "l0" and paper:
-        model = recipes.sparsify_l0_paper(model)
-        return model, [{"params": list(model.parameters()), "lr": config.lr, "weight_decay": 0.0, "name": "all"}], None
-    opts = {"s_init": config.s_init} if config.s_init is not None else {}
-    model = pruning.sparsify(model, method=config.method, **opts)  # l0: the recipes' gates
-    threshold_wd = None  # the optimizer's weight decay, STR's own knob
-    if config.method == "str" and config.lam is not None:
-        threshold_wd = config.lam
-    elif config.method == "str" and config.target_sparsity is not None:
-        threshold_wd = 0.0  # TargetSparsity supplies the pressure on the thresholds
-    groups = pruning.param_groups(model, config.lr, config.weight_decay, threshold_weight_decay=threshold_wd,
-                                  no_decay_norm_and_bias=not paper)  # the STR code decays them all
-    controller = None
-    if config.method == "gmp":
-        controller = pruning.GMP(model, config.target_sparsity, total_steps)
-    elif config.target_sparsity is not None:
-        controller = pruning.TargetSparsity(model, config.target_sparsity, total_steps)
-    return model, groups, controller
+# ---------------------------------------------------------------- method helpers
+RECALIBRATION_BATCHES = 20
 
 
-def _l0_lambda(config: PruneConfig) -> float:
-    return L0_LAMBDA if config.lam is None else config.lam
-
-
-def _optimizers(groups: list[dict], config: PruneConfig):
-    """(SGD over the weights, Adam over the L0 gates or None): see ``recipes.make_optimizers``;
-    the L0 paper: one Adam over everything."""
-    if (config.method, config.recipe) == ("l0", "paper"):
-        return torch.optim.Adam(groups, lr=config.lr), None
-    gate_lr = L0_GATE_LR if config.gate_lr is None else config.gate_lr
-    return make_optimizers(groups, lr=config.lr, momentum=config.momentum, gate_lr=gate_lr)
+def _recalibrate(model: nn.Module, method, train_ds, config: PruneConfig, device) -> None:
+    """BatchNorm statistics of the eval network (see pruning.batchnorm), from the first training
+    batches in a fixed order (no RNG drawn, so resumed runs stay identical)."""
+    if not (method.has_gates_or_thresholds() and has_batchnorm(model)):
+        return
+    data = (train_ds.tensors[0] if hasattr(train_ds, "tensors")
+            else torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size))
+    pruning.recalibrate_bn(model, data, RECALIBRATION_BATCHES, batch_size=config.batch_size)
 
 
 def _scheduler(optimizer, config: PruneConfig, steps_per_epoch: int):
     """Per-step learning-rate schedule: linear warm-up, then cosine to 0, steps of 0.1 or constant."""
-    total = steps_per_epoch * config.epochs
+    total = steps_per_epoch * (config.epochs + config.finetune_epochs)
     warm = round(config.warmup_epochs * steps_per_epoch)
     if config.lr_schedule == "cosine" and not warm:  # the schedule runs have always used
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
@@ -285,42 +266,9 @@ def _scheduler(optimizer, config: PruneConfig, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _l0_penalty(model: nn.Module, config: PruneConfig, n_train: int):
-    """Expected-L0 penalty / N (Louizos et al.); the paper recipe adds the reference code's terms
-    and its L2 (prior_prec = N * weight_decay, the optimizer then decays nothing)."""
-    if config.recipe == "paper":
-        return pruning.regularization(model, lam=_l0_lambda(config), num_samples=n_train,
-                                      prior_prec=n_train * config.weight_decay, reference_terms=True)
-    return pruning.regularization(model, lam=_l0_lambda(config), num_samples=n_train)
-
-
-def _after_step(model: nn.Module, config: PruneConfig, ema) -> None:
-    if (config.method, config.recipe) == ("l0", "paper"):
-        recipes.clamp_log_alpha(model)
-    if ema is not None:
-        ema.update()
-
-
 def _evaluated(ema):
     """Evaluate with the EMA parameters when there is one."""
     return ema.applied() if ema is not None else contextlib.nullcontext()
-
-
-def _sparse_names(model: nn.Module, method: str) -> list[str] | None:
-    if method == "dense":
-        return None
-    return [name for name, _ in pruning.sparse_modules(model)]
-
-
-def _current_sparsity(model: nn.Module, method: str) -> float:
-    return 0.0 if method == "dense" else float(pruning.global_sparsity(model))
-
-
-def _finalized(model: nn.Module, method: str) -> nn.Module:
-    """A plain copy in eval mode; shrink=False keeps the original architecture (for export)."""
-    if method == "dense":
-        return copy.deepcopy(model).eval()
-    return pruning.finalize(model, shrink=False).eval()
 
 
 # ---------------------------------------------------------------- evaluation
@@ -404,7 +352,7 @@ def _finished_summary(config: PruneConfig, state: dict) -> dict | None:
     """A resumed run that already trained all its epochs: its summary, marked ``already_finished``
     (nothing is retrained or rewritten); None if it still has work to do."""
     path = os.path.join(config.out, "summary.json")
-    if int(state.get("epoch", 0)) < config.epochs or not os.path.isfile(path):
+    if int(state.get("epoch", 0)) < config.epochs + config.finetune_epochs or not os.path.isfile(path):
         return None
     with open(path) as f:
         return {**json.load(f), "already_finished": True}
@@ -457,19 +405,20 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
     _seed_everything(config.seed)
     n_train = len(train_ds)
     steps_per_epoch = _steps_per_epoch(n_train, config.batch_size, d.world)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = steps_per_epoch * config.epochs  # the pruning phase; fine-tuning comes after
+    all_epochs = config.epochs + config.finetune_epochs
+    method = METHOD_CLASSES[config.method](config)
     model = build_model(config.model, info["num_classes"], info["in_channels"], info["image_size"])
-    model, groups, controller = _setup_method(model, config, total_steps)
-    model.to(device)
-    optimizer, gate_optimizer = _optimizers(groups, config)
+    model = method.sparsify(model).to(device)
+    example = test_ds[0][0].unsqueeze(0).to(device)
+    controller = method.controller(model, total_steps, example)
+    optimizer, gate_optimizer = method.optimizers(method.param_groups(model))
     scheduler = _scheduler(optimizer, config, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     source = BatchSource(device, workers=config.workers, channels_last=config.channels_last, seed=config.seed)
     ema = ParameterEMA(model, config.ema) if config.ema else None
-    sparse_names = _sparse_names(model, config.method)
-    example = test_ds[0][0].unsqueeze(0).to(device)
 
     epoch, step, history, position = 0, 0, [], {}
     if state is not None:
@@ -517,14 +466,17 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
         })
 
     optimizers = [opt for opt in (optimizer, gate_optimizer) if opt is not None]
-    while epoch < config.epochs:
+    while epoch < all_epochs:
         first = int(position.get("batch", 0))  # > 0: resuming in the middle of this epoch
         # Sums so far (all ranks' from a mid-epoch checkpoint, held by rank 0 only).
         loss_sum, correct, seen = position.get("sums", [0.0, 0.0, 0.0]) if d.rank == 0 else [0.0, 0.0, 0.0]
         started = time.time() - float(position.get("seconds", 0.0))
         position = {}
+        if epoch >= config.epochs:
+            method.freeze(model)
         net.train()
-        bar = _progress(show, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
+        method.set_gate_modes(model)
+        bar = _progress(show, steps_per_epoch, f"epoch {epoch + 1}/{all_epochs}")
         if bar is not None:
             bar.update(first)
         plan = epoch_plan(n_train, config.batch_size, config.seed, epoch, d.rank, d.world)
@@ -535,8 +487,9 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
             # the gradient is exactly that of the global-batch mean.
             ce = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=config.label_smoothing)
             loss = ce * (d.world / global_batch)
-            if config.method == "l0":  # expected-L0 penalty / N, as in Louizos et al.
-                loss = loss + _l0_penalty(model, config, n_train)
+            penalty = method.penalty(model, n_train)
+            if penalty is not None:
+                loss = loss + penalty
             if not d.on:  # stop at the first bad step (under DDP the ranks agree once per epoch, below)
                 _check_finite(float(loss.detach()), epoch, step, config)
             optimizer.zero_grad(set_to_none=True)
@@ -544,9 +497,11 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
                 gate_optimizer.zero_grad(set_to_none=True)
             _backward_and_step(loss, optimizers, scaler)
             scheduler.step()
-            if controller is not None:
+            if controller is not None and not method.frozen:
                 controller.step()
-            _after_step(model, config, ema)
+            method.after_step(model)
+            if ema is not None:
+                ema.update()
             step += 1
             loss_sum += float(ce.detach())
             correct += float((logits.argmax(1) == y).sum())
@@ -555,18 +510,19 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
                 bar.update(1)
                 if i % 10 == 0 or i == steps_per_epoch - 1:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                    sparsity=f"{_current_sparsity(model, config.method):.3f}")
+                                    sparsity=f"{method.sparsity(model):.3f}")
             if config.checkpoint_every and step % config.checkpoint_every == 0 and i + 1 < len(plan):
                 sums = d.sum([loss_sum, correct, seen], device)  # every rank reaches this step
                 if d.rank == 0:
                     save({"position": {"batch": i + 1, "sums": sums, "seconds": time.time() - started}})
         loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
         _check_finite(loss_sum, epoch, step - 1, config)
+        _recalibrate(model, method, train_ds, config, device)
         with _evaluated(ema):
             test_acc = _accuracy(model, test_ds, source, d, config)
         epoch += 1
         row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-               "test_acc": test_acc, "sparsity": _current_sparsity(model, config.method),
+               "test_acc": test_acc, "sparsity": method.sparsity(model),
                "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 3)}
         history.append(row)
         if bar is not None:
@@ -579,10 +535,11 @@ def _run(config: PruneConfig, device, d: _Dist, on_epoch_end, cleanup: contextli
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
-    d.check_agree(model, _current_sparsity(model, config.method), device)
+    d.check_agree(model, method.sparsity(model), device)
     with _evaluated(ema):
-        final = _finalized(model, config.method)
-        summary = _summarize(final, model, config, info, sparse_names, example, test_ds, source, d, history)
+        final = method.export(model)
+        summary = _summarize(final, model, config, info, method, example, test_ds, source, d, history,
+                             getattr(controller, "lam", None))
     if d.rank == 0:
         atomic_torch_save({k: v.detach().cpu() for k, v in final.state_dict().items()},
                           os.path.join(config.out, "model.pt"))
@@ -601,12 +558,13 @@ def _progress(show: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
 
 
-def _summarize(final, model, config, info, sparse_names, example, test_ds, source, d, history) -> dict:
+def _summarize(final, model, config, info, method, example, test_ds, source, d, history,
+               controller_lambda=None) -> dict:
     # FLOPs of the sparse model: its dense FLOPs are the original architecture's, and
     # channels closed by structured gates count as removed (see pruning.report).
     report = pruning.sparsity_report(model, example)
-    measured = [r for r in report["layers"] if sparse_names is not None and r["name"] in sparse_names]
-    sparsity = 1.0 - sum(r["nonzeros"] for r in measured) / sum(r["params"] for r in measured) if measured else 0.0
+    sparsity = method.final_sparsity(model, report, final)
+    widths = method.widths(final)
     return {
         "method": config.method, "model": config.model, "data": info["name"], "epochs": config.epochs,
         "seed": config.seed, "world_size": d.world,
@@ -619,4 +577,7 @@ def _summarize(final, model, config, info, sparse_names, example, test_ds, sourc
         "layers": report["layers"],
         "total": report["total"],
         "train_seconds": round(sum(r["seconds"] for r in history), 3),
+        "finetune_epochs": config.finetune_epochs,
+        **({"widths": widths} if widths is not None else {}),
+        **({"final_lambda": controller_lambda} if controller_lambda is not None else {}),
     }

@@ -1,0 +1,139 @@
+"""L0 hard-concrete methods: unstructured ``l0`` (Louizos et al.) and structured ``l0_hc`` / ``dep_l0``."""
+from __future__ import annotations
+
+import torch
+
+from sparsekern import pruning
+from sparsekern.pruning import recipes
+from sparsekern.pruning.calibration import calibrate_gates
+from sparsekern.pruning.channel_gating import chained_gates, measure_positions
+from sparsekern.pruning.lambda_control import TargetLambda
+from sparsekern.pruning.regularization import dense_chain_cost
+from sparsekern.pruning.methods.base import Method, flops_fraction
+
+# Structured gates (SPEC 3): the coupled penalty undivided by N; lambda per (k^2 C_in C_out) weight
+# (cost="weights") or per multiply-accumulate (cost="flops", what the FLOPs target controls).
+HC_LAMBDA = 1e-6
+TARGET_LAMBDA_START = 1.0  # --target-flops: initial weight of the expected FLOPs fraction
+HC_GATE_LR = 1e-3  # SPEC 3: Adam, lr 1e-3, no decay, for the generator / independent log_alpha
+
+
+class L0(Method):
+    """L0 of Louizos et al. with ``recipes``' gates (one per input neuron of a Linear, per output
+    map of a conv); ``lam`` per open weight / N, or ``target_sparsity`` adapts lambda
+    (``TargetLambda``). ``recipe="paper"``: the reference code's training (Adam on everything,
+    L2 inside the penalty, log_alpha clamped after each step)."""
+    name = "l0"
+    takes = ("lam", "gate_lr", "target_sparsity")
+    gate_lr_default = recipes.L0_GATE_LR
+
+    @classmethod
+    def check(cls, config) -> None:
+        super().check(config)
+        if config.target_sparsity is not None and config.target_sparsity <= 0:
+            raise ValueError("method 'l0': target_sparsity must be > 0")
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.lam = recipes.L0_LAMBDA if config.lam is None else config.lam
+        self.paper = config.recipe == "paper"
+        self.target = None
+
+    def sparsify(self, model):
+        return recipes.sparsify_l0_paper(model) if self.paper else pruning.sparsify(model, "l0")
+
+    def param_groups(self, model):
+        if self.paper:  # one Adam over everything, no optimizer decay (the L2 is in the penalty)
+            return [{"params": list(model.parameters()), "lr": self.config.lr, "weight_decay": 0.0, "name": "all"}]
+        return super().param_groups(model)
+
+    def optimizers(self, groups):
+        if self.paper:
+            return torch.optim.Adam(groups, lr=self.config.lr), None
+        return super().optimizers(groups)
+
+    def after_step(self, model) -> None:
+        if self.paper:
+            recipes.clamp_log_alpha(model)
+
+    def controller(self, model, total_steps, example):
+        if self.config.target_sparsity is None:
+            return None
+        measure, target = (lambda: pruning.global_sparsity(model)), self.config.target_sparsity
+        self.target = TargetLambda(measure, target, total_steps, self.lam,
+                                   calibrate=lambda: calibrate_gates(model, measure, target))
+        return self.target
+
+    def penalty(self, model, num_samples):
+        if self.frozen:
+            return None
+        lam = self.lam if self.target is None else self.target.lam
+        if self.paper:
+            return pruning.regularization(model, lam=lam, num_samples=num_samples, reference_terms=True,
+                                          prior_prec=num_samples * self.config.weight_decay)
+        return pruning.regularization(model, lam=lam, num_samples=num_samples)
+
+
+class ChannelL0(Method):
+    """Structured channel gates (SPEC 3): independent (``l0_hc``) or from Dep-L0's generator
+    (``dep_l0``, ``dependency`` forward/backward); same placement and the same coupled penalty,
+    so the two differ only in the dependency. ``target_flops`` adapts lambda (per FLOP) to land
+    on that fraction of the dense FLOPs; else ``lam`` per weight of the chain (the paper's)."""
+    name = "l0_hc"
+    takes = ("lam", "gate_lr", "target_flops")
+    gate_lr_default = HC_GATE_LR
+    dependency_default: str | None = None
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.cost = "flops" if config.target_flops is not None else "weights"
+        self.lam = HC_LAMBDA if config.lam is None else config.lam
+        self.target = None
+
+    def sparsify(self, model):
+        dependency = getattr(self.config, "dependency", None) or self.dependency_default
+        return pruning.sparsify(model, self.name, **({"dependency": dependency} if dependency else {}))
+
+    def sparsity(self, model) -> float:
+        """Fraction of channels closed (the structured progress number)."""
+        gates = chained_gates(model)
+        with torch.no_grad():
+            kept = sum(int(g.kept().sum()) for g in gates)
+        return 1.0 - kept / sum(g.num_channels for g in gates)
+
+    def final_sparsity(self, model, report, exported) -> float:
+        """Weights removed: 1 - weights of the shrunk (or, unshrinkable, gated) layers / dense weights."""
+        kept = sum(r["params"] * r["effective_flops"] / r["dense_flops"] for r in report["layers"] if r["dense_flops"])
+        return 1.0 - kept / report["total"]["params"]
+
+    def controller(self, model, total_steps, example):
+        measure_positions(model, example)
+        if self.config.target_flops is None:
+            return None
+        measure, target = (lambda: 1.0 - flops_fraction(model, example)), 1.0 - self.config.target_flops
+        # The controller's lambda weighs the expected FLOPs as a fraction of the dense chain's, so
+        # one starting value suits every model and input size.
+        self.scale = 1.0 / dense_chain_cost(chained_gates(model), "flops")
+        self.target = TargetLambda(measure, target, total_steps, TARGET_LAMBDA_START,
+                                   calibrate=lambda: calibrate_gates(model, measure, target))
+        return self.target
+
+    def penalty(self, model, num_samples):
+        if self.frozen:
+            return None
+        lam = self.lam if self.target is None else self.target.lam * self.scale
+        return pruning.regularization(model, num_samples=1, lam=lam, cost=self.cost, clamp=True)
+
+    def widths(self, exported):
+        return pruning.model_widths(exported) if hasattr(exported, "gate_sites") else None
+
+    def export(self, model):
+        if hasattr(model, "gate_sites"):
+            return pruning.shrink_model(model)
+        return pruning.finalize(model, shrink=False).eval()
+
+
+class DepL0(ChannelL0):
+    name = "dep_l0"
+    takes = ChannelL0.takes + ("dependency",)
+    dependency_default = "forward"

@@ -1,0 +1,72 @@
+"""Dense training, STR and GMP."""
+from __future__ import annotations
+
+from sparsekern import pruning
+from sparsekern.pruning.methods.base import Method
+
+
+class Dense(Method):
+    """No pruning; the same parameter groups as the sparse runs (no decay on biases/norms): comparable."""
+    name = "dense"
+
+    def sparsity(self, model) -> float:
+        return 0.0
+
+    def final_sparsity(self, model, report, exported) -> float:
+        return 0.0
+
+    def has_gates_or_thresholds(self) -> bool:
+        return False
+
+    def export(self, model):
+        import copy
+        return copy.deepcopy(model).eval()
+
+
+class STR(Method):
+    """Soft-threshold reparameterization; ``lam`` is the thresholds' weight decay (the paper's knob),
+    or ``target_sparsity`` drives ``TargetSparsity``."""
+    name = "str"
+    takes = ("target_sparsity", "lam")
+
+    @classmethod
+    def check(cls, config) -> None:
+        super().check(config)
+        if config.target_sparsity is not None and config.lam is not None:
+            raise ValueError("method 'str' takes target_sparsity or lambda, not both")
+
+    def sparsify(self, model):
+        opts = {"s_init": self.config.s_init} if self.config.s_init is not None else {}
+        return pruning.sparsify(model, "str", **opts)
+
+    def param_groups(self, model):
+        c = self.config
+        decay = c.lam if c.lam is not None else (0.0 if c.target_sparsity is not None else None)
+        return pruning.param_groups(model, c.lr, c.weight_decay, threshold_weight_decay=decay,
+                                    no_decay_norm_and_bias=c.recipe != "paper")  # the STR code decays them all
+
+    def controller(self, model, total_steps, example):
+        if self.config.target_sparsity is None:
+            return None
+        return pruning.TargetSparsity(model, self.config.target_sparsity, total_steps)
+
+
+class GMP(Method):
+    """Gradual magnitude pruning to ``target_sparsity`` (the baseline)."""
+    name = "gmp"
+    takes = ("target_sparsity",)
+
+    @classmethod
+    def check(cls, config) -> None:
+        super().check(config)
+        if config.target_sparsity is None:
+            raise ValueError("method 'gmp' needs target_sparsity (and no lambda)")
+
+    def sparsify(self, model):
+        return pruning.sparsify(model, "gmp")
+
+    def has_gates_or_thresholds(self) -> bool:
+        return False
+
+    def controller(self, model, total_steps, example):
+        return pruning.GMP(model, self.config.target_sparsity, total_steps)
