@@ -9,8 +9,8 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 # torch: the local CPU build when torch is absent (a plain `pip install torch` would pull CUDA).
 deps:
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) "torch==$(TORCH_VERSION)"
-	@$(PY) -c "import numpy, pybind11, ninja, pytest, sklearn, matplotlib, tqdm, setuptools, wheel" 2>/dev/null \
-		|| $(PIP) numpy pybind11 ninja pytest scikit-learn matplotlib tqdm setuptools wheel
+	@$(PY) -c "import numpy, pybind11, ninja, pytest, sklearn, matplotlib, tqdm, setuptools, wheel, mlxtend" 2>/dev/null \
+		|| $(PIP) numpy pybind11 ninja pytest scikit-learn matplotlib tqdm setuptools wheel mlxtend
 	@$(PY) -c "import triton" 2>/dev/null || $(PIP) triton || echo "triton unavailable: its backend is skipped"
 
 # Builds sparsekern/_C in place and installs the package (editable) for the `sparsekern` command.

@@ -12,6 +12,8 @@ Each runs eager and under ``torch.compile(model, fullgraph=True)`` (the model; l
 backward and optimizer outside, as users write it). All variants of a model are timed
 round-robin one step at a time, side by side, ``--rounds`` times; the median is reported. Overhead = ms / dense
 ms of the same mode - 1; ``sk vs plain`` = plain ms / sparsekern ms (> 1: sparsekern faster).
+``l0_hc`` / ``dep_l0``: channel gates placed as Dep-L0 places them, independent or from the gate
+generator; ``generator`` = dep_l0 ms / l0_hc ms - 1, the generator's cost per step.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from plain_layers import plain_l0_penalty, plainify  # noqa: E402
 from sparsekern.models import build_model  # noqa: E402
 from sparsekern.pruning import regularization, sparsify  # noqa: E402
 
-METHODS = ("dense", "str", "str-plain", "l0", "l0-plain")
+METHODS = ("dense", "str", "str-plain", "l0", "l0-plain", "l0_hc", "dep_l0")
+STRUCTURED = ("l0_hc", "dep_l0")  # channel gates at the same places; dep_l0 adds the gate generator
 LAM = 1e-6  # L0 penalty weight: its size does not change the step's cost
 # name -> (builder args, batch): MNIST-shaped MLP, CIFAR-shaped ResNet-20, ImageNet ResNet-50 (CUDA)
 MODELS = {
@@ -48,12 +51,12 @@ def build(model_name: str, method: str, device: str) -> tuple[nn.Module, callabl
     torch.manual_seed(0)
     args, _ = MODELS[model_name]
     model = build_model(model_name, **args)
-    if method in ("str", "l0"):
+    if method in ("str", "l0") + STRUCTURED:
         sparsify(model, method, **({"s_init": -5.0} if method == "str" else {}))
     elif method.endswith("-plain"):
         plainify(model, method.split("-")[0])
     model.to(device).train()
-    if method == "l0":
+    if method == "l0" or method in STRUCTURED:
         return model, lambda: regularization(model, lam=LAM, num_samples=1)
     if method == "l0-plain":
         return model, lambda: LAM * plain_l0_penalty(model)
@@ -117,16 +120,21 @@ def bench_model(model_name: str, methods, modes, device: str, rounds: int, amp: 
         r["overhead_vs_dense"] = r["ms"] / dense - 1 if dense else None
         plain = by.get((r["method"] + "-plain", r["mode"]))
         r["sk_vs_plain"] = plain / r["ms"] if plain and r["method"] in ("str", "l0") else None
+        # Dep-L0's extra cost: the gate generator (one pass per step) over independent L0-HC gates.
+        hc = by.get(("l0_hc", r["mode"]))
+        r["generator_cost_vs_l0_hc"] = r["ms"] / hc - 1 if hc and r["method"] == "dep_l0" else None
     return dict(model=model_name, batch=MODELS[model_name][1], rows=rows)
 
 
 def print_table(result: dict) -> None:
     print(f"\n{result['model']} (batch {result['batch']})")
-    print(f"{'method':<11}{'mode':<9}{'ms/step':>10}{'vs dense':>10}{'sk vs plain':>13}")
+    print(f"{'method':<11}{'mode':<9}{'ms/step':>10}{'vs dense':>10}{'sk vs plain':>13}{'generator':>11}")
     for r in result["rows"]:
         over = f"{r['overhead_vs_dense'] * 100:+.0f}%" if r["overhead_vs_dense"] is not None else "-"
         vs = f"{r['sk_vs_plain']:.2f}x" if r["sk_vs_plain"] is not None else ""
-        print(f"{r['method']:<11}{r['mode']:<9}{r['ms']:>10.2f}{over:>10}{vs:>13}")
+        gen = r.get("generator_cost_vs_l0_hc")
+        gen = f"{gen * 100:+.0f}%" if gen is not None else ""
+        print(f"{r['method']:<11}{r['mode']:<9}{r['ms']:>10.2f}{over:>10}{vs:>13}{gen:>11}")
 
 
 def plot(results: list[dict], path: Path) -> None:

@@ -316,3 +316,14 @@ def terms_per_output(case: Case, inp: dict, out: torch.Tensor) -> int:
     """How many products each element of `out` sums (1 for elementwise results)."""
     n = (inp.get("main") if "main" in inp else inp["param"]).numel()
     return max(1, n // max(out.numel(), 1))
+
+
+def cli_error(argv, capsys) -> str:
+    """Runs the CLI on bad arguments: exit 2 and exactly one line on stderr, no traceback."""
+    from sparsekern.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err

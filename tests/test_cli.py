@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from helpers import cli_error
 from sparsekern.cli import main
 from sparsekern.cli.export import finalized_architecture
 from sparsekern.data import load_dataset
@@ -83,38 +84,30 @@ def test_export_loads_into_the_finalized_architecture(runs, method, tmp_path):
     assert zeros / summary["dense_flops"] == pytest.approx(summary["sparsity"])
 
 
-def _error(argv, capsys) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
-
-
 def test_error_exit_codes(tmp_path, capsys, runs):
     out = str(tmp_path / "o")
-    assert "--method" in _error(["prune", "--method", "magic", "--out", out], capsys)
-    assert "epochs" in _error(["prune", "--epochs", "0", "--out", out], capsys)
-    assert "--lambda" in _error(["prune", "--target-sparsity", "0.9", "--lambda", "1", "--out", out], capsys)
-    assert "target_sparsity" in _error(["prune", "--target-sparsity", "1.5", "--method", "str", "--out", out],
+    assert "--method" in cli_error(["prune", "--method", "magic", "--out", out], capsys)
+    assert "epochs" in cli_error(["prune", "--epochs", "0", "--out", out], capsys)
+    assert "--lambda" in cli_error(["prune", "--target-sparsity", "0.9", "--lambda", "1", "--out", out], capsys)
+    assert "target_sparsity" in cli_error(["prune", "--target-sparsity", "1.5", "--method", "str", "--out", out],
                                        capsys)
-    assert "does not take gate_lr" in _error(["prune", "--method", "str", "--gate-lr", "0.1", "--out", out], capsys)
-    assert "gate_lr" in _error(["prune", "--method", "l0", "--gate-lr", "-1", "--out", out], capsys)
-    assert "no_such_dir" in _error(["prune", "--data", str(tmp_path / "no_such_dir"), "--out", out], capsys)
+    assert "does not take gate_lr" in cli_error(["prune", "--method", "str", "--gate-lr", "0.1", "--out", out], capsys)
+    assert "gate_lr" in cli_error(["prune", "--method", "l0", "--gate-lr", "-1", "--out", out], capsys)
+    assert "no_such_dir" in cli_error(["prune", "--data", str(tmp_path / "no_such_dir"), "--out", out], capsys)
     assert not os.path.exists(out)  # a bad --data leaves nothing behind
-    assert "already holds a run" in _error(PRUNE + ["--out", runs["dense"]], capsys)
-    assert "does not exist" in _error(["report", str(tmp_path / "absent")], capsys)
+    assert "already holds a run" in cli_error(PRUNE + ["--out", runs["dense"]], capsys)
+    assert "does not exist" in cli_error(["report", str(tmp_path / "absent")], capsys)
     broken = tmp_path / "broken"
     broken.mkdir()
-    assert "summary.json" in _error(["report", str(broken)], capsys)
+    assert "summary.json" in cli_error(["report", str(broken)], capsys)
     (broken / "summary.json").write_text("{not json")
     (broken / "log.jsonl").write_text("")
-    assert "not JSON" in _error(["report", str(broken)], capsys)
-    assert "model.pt" in _error(["export", str(broken), "--out", str(tmp_path / "x.pt")], capsys)
+    assert "not JSON" in cli_error(["report", str(broken)], capsys)
+    assert "model.pt" in cli_error(["export", str(broken), "--out", str(tmp_path / "x.pt")], capsys)
     (broken / "model.pt").write_bytes(b"\x00garbage")
     (broken / "config.json").write_text(open(os.path.join(runs["dense"], "config.json")).read())
-    assert "corrupt" in _error(["export", str(broken), "--out", str(tmp_path / "x.pt")], capsys)
-    assert "choice" in _error(["frobnicate"], capsys)
+    assert "corrupt" in cli_error(["export", str(broken), "--out", str(tmp_path / "x.pt")], capsys)
+    assert "choice" in cli_error(["frobnicate"], capsys)
 
 
 def test_python_dash_m_entry_point(tmp_path):

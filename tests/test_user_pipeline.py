@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import sparsekern as sk
+from helpers import cli_error
 from sparsekern.cli import main
 from sparsekern.pruning import trainer
 from sparsekern.pruning.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint
@@ -23,14 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRUNE = ["prune", "--model", "lenet300", "--data", "digits", "--epochs", "1", "--seed", "1", "--no-progress"]
-
-
-def _error(argv, capsys) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +44,7 @@ def test_a_live_run_holds_its_directory_and_a_stale_lock_is_taken_over(tmp_path,
     out = tmp_path / "run"
     out.mkdir()
     (out / LOCK_NAME).write_text(f"{os.getppid()}\n")  # a live process that is not us
-    err = _error(PRUNE + ["--out", str(out)], capsys)
+    err = cli_error(PRUNE + ["--out", str(out)], capsys)
     assert f"PID {os.getppid()}" in err and "in use" in err
     assert sorted(os.listdir(out)) == [LOCK_NAME]  # nothing of ours was written
     (out / LOCK_NAME).write_text(f"{_dead_pid()}\n")  # a killed run's lock
@@ -67,7 +60,7 @@ def test_nan_or_inf_data_is_refused_with_the_count(tmp_path, capsys):
     path = tmp_path / "bad.npz"
     np.savez(path, x=x, y=np.arange(50) % 10)
     out = tmp_path / "run"
-    err = _error(PRUNE + ["--data", str(path), "--out", str(out)], capsys)
+    err = cli_error(PRUNE + ["--data", str(path), "--out", str(out)], capsys)
     assert str(path) in err and "3 NaN or infinite" in err
     assert not out.exists()
 
@@ -83,7 +76,7 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
 
     monkeypatch.setattr(trainer.F, "cross_entropy", diverges_in_epoch_2)
     out = tmp_path / "run"
-    err = _error(PRUNE[:-3] + ["--epochs", "3", "--no-progress", "--out", str(out)], capsys)
+    err = cli_error(PRUNE[:-3] + ["--epochs", "3", "--no-progress", "--out", str(out)], capsys)
     assert "loss became nan in epoch 2" in err and "epoch 1" in err
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
     assert not (out / "summary.json").exists() and not (out / LOCK_NAME).exists()
@@ -91,18 +84,18 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
 
 # 3 ------------------------------------------------------------------ one line and exit 2, never a traceback
 def test_user_errors_are_one_line(tmp_path, capsys, finished):
-    assert "device 'tpu'" in _error(PRUNE + ["--device", "tpu", "--out", str(tmp_path / "o")], capsys)
-    assert "is a directory" in _error(["export", finished, "--out", str(tmp_path)], capsys)
+    assert "device 'tpu'" in cli_error(PRUNE + ["--device", "tpu", "--out", str(tmp_path / "o")], capsys)
+    assert "is a directory" in cli_error(["export", finished, "--out", str(tmp_path)], capsys)
     for dtypes in ("int8", "foo", ""):
-        assert "--dtypes" in _error(["selftest", "--dtypes", dtypes], capsys)
+        assert "--dtypes" in cli_error(["selftest", "--dtypes", dtypes], capsys)
     assert not (tmp_path / "o").exists()
 
 
 # 4 ------------------------------------------------------------------ option validation
 def test_options_are_validated_and_explained(tmp_path, capsys):
     out = str(tmp_path / "o")
-    assert "momentum must be in [0, 1)" in _error(PRUNE + ["--momentum", "2", "--out", out], capsys)
-    err = _error(PRUNE + ["--method", "dense", "--gate-lr", "0.1", "--out", out], capsys)
+    assert "momentum must be in [0, 1)" in cli_error(PRUNE + ["--momentum", "2", "--out", out], capsys)
+    err = cli_error(PRUNE + ["--method", "dense", "--gate-lr", "0.1", "--out", out], capsys)
     assert "does not take gate_lr" in err and "finite" not in err
     assert main(PRUNE + ["--method", "str", "--out", out]) == 0
     err = capsys.readouterr().err
@@ -127,7 +120,7 @@ def test_a_checkpoint_with_objects_never_suggests_weights_only_false(tmp_path):
 # 5 ------------------------------------------------------------------ a mistyped model
 def test_an_unknown_model_lists_the_built_in_names_and_creates_nothing(tmp_path, capsys):
     out = tmp_path / "o"
-    err = _error(PRUNE + ["--model", "nosuchnet", "--out", str(out)], capsys)
+    err = cli_error(PRUNE + ["--model", "nosuchnet", "--out", str(out)], capsys)
     assert "nosuchnet" in err and "lenet300, lenet5, vgg16, resnet20, resnet56" in err
     assert not out.exists()
 
@@ -256,7 +249,7 @@ def test_demo_rerun_clears_a_killed_run_but_not_a_live_one(tmp_path, capsys):
     run_dir = tmp_path / "demo" / "dense"
     run_dir.mkdir(parents=True)
     (run_dir / LOCK_NAME).write_text(f"{os.getppid()}\n")  # a live demo holds it
-    assert "in use" in _error(["demo", "--epochs", "1", "--out", str(tmp_path / "demo"), "--no-progress"], capsys)
+    assert "in use" in cli_error(["demo", "--epochs", "1", "--out", str(tmp_path / "demo"), "--no-progress"], capsys)
     (run_dir / LOCK_NAME).write_text(f"{_dead_pid()}\n")  # a killed one left it
     assert main(["demo", "--epochs", "1", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
 
@@ -269,4 +262,4 @@ def test_prune_says_its_thread_count(tmp_path, capsys, monkeypatch):
     assert main(PRUNE + ["--out", str(tmp_path / "b")]) == 0
     assert "(2 torch threads)" in capsys.readouterr().out
     monkeypatch.setenv("SPARSEKERN_THREADS", "many")
-    assert "SPARSEKERN_THREADS" in _error(PRUNE + ["--out", str(tmp_path / "c")], capsys)
+    assert "SPARSEKERN_THREADS" in cli_error(PRUNE + ["--out", str(tmp_path / "c")], capsys)

@@ -61,6 +61,10 @@ class GateGenerator(nn.Module):
 
     def outputs(self) -> list[Tensor]:
         """The cached pass (recomputed after an optimizer step, a backward through it, or a grad-mode change)."""
+        if torch.compiler.is_compiling():
+            # Inside a compiled graph the pass is graph code: each gate traces its own copy (same
+            # values and gradients), where the cache's Python state and hooks cannot be traced.
+            return self()
         key = self._key()
         if self._cache is None or self._cache[0] != key:
             out = self()
