@@ -40,8 +40,10 @@ std::vector<Gate<T>> sample_gates(const P* log_alpha, int64_t count, int64_t cha
                                   uint64_t offset, const HardConcreteParams<T>& p) {
   std::vector<Gate<T>> gates(static_cast<size_t>(count));
   parallel_elements(count, [&](int64_t begin, int64_t end) {
+    int64_t c = begin % channels;  // stepped, not k % channels: no division per gate
     for (int64_t k = begin; k < end; ++k) {
-      gates[k] = hc_sample(static_cast<T>(log_alpha[k % channels]), sk_uniform(seed, offset + static_cast<uint64_t>(k)), p);
+      gates[k] = hc_sample(static_cast<T>(log_alpha[c]), sk_uniform(seed, offset + static_cast<uint64_t>(k)), p);
+      c = c + 1 == channels ? 0 : c + 1;
     }
   });
   return gates;
@@ -50,6 +52,14 @@ std::vector<Gate<T>> sample_gates(const P* log_alpha, int64_t count, int64_t cha
 // out[i] = data[i] * z[i / group_len] for precomputed gates.
 template <typename T, typename W>
 void scale_groups(const W* data, W* out, int64_t n, int64_t group_len, const std::vector<Gate<T>>& gates) {
+  if (group_len == 1) {  // a gate per element (activations of a Linear): one flat loop
+    parallel_elements(n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        out[i] = static_cast<W>(static_cast<T>(data[i]) * gates[i].z);
+      }
+    });
+    return;
+  }
   parallel_elements(n, [&](int64_t begin, int64_t end) {
     for_each_group_segment(begin, end, group_len, [&](int64_t group, int64_t b, int64_t e) {
       const T z = gates[group].z;
@@ -65,6 +75,17 @@ template <typename T, typename W>
 std::vector<T> scale_groups_backward(const W* grad, const W* data, W* grad_data, int64_t n, int64_t group_len,
                                      const std::vector<Gate<T>>& gates) {
   const int64_t groups = static_cast<int64_t>(gates.size());
+  if (group_len == 1) {  // a gate per element: each "sum" is one product, no reduction
+    std::vector<T> sums(static_cast<size_t>(n));
+    parallel_elements(n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const T g = static_cast<T>(grad[i]);
+        grad_data[i] = static_cast<W>(g * gates[i].z);
+        sums[i] = g * static_cast<T>(data[i]);
+      }
+    });
+    return sums;
+  }
   return grouped_sums<T>(groups, groups > 0 ? n / groups : 0, [&](int64_t begin, int64_t end) {
     const T z = gates[begin / group_len].z;
     return lane_sum<T>(begin, end, [&](int64_t i) SK_LAMBDA_INLINE {
