@@ -82,18 +82,24 @@ def _train(model: nn.Module, forward, method: str, steps: int = STEPS) -> list[t
     return losses
 
 
+def _train_eager_and_compiled(eager: nn.Module, method: str):
+    """Trains ``eager`` and a copy under torch.compile(fullgraph) side by side; the copy must
+    compile exactly once. Returns (eager losses, compiled losses, copy, compiled copy, counter)."""
+    compiled_model = copy.deepcopy(eager)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(compiled_model, fullgraph=True, backend=counter)
+    expected = _train(eager, eager, method)
+    got = _train(compiled_model, compiled, method)
+    assert counter.frame_count == 1, f"{counter.frame_count} compiles for {STEPS} training steps"
+    return expected, got, compiled_model, compiled, counter
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_training_steps_compile_once_and_match_eager(case):
     method, opts = CASES[case]
     torch._dynamo.reset()
     eager = _model(method, opts).train()
-    compiled_model = copy.deepcopy(eager)
-    counter = CompileCounterWithBackend("aot_eager")
-    compiled = torch.compile(compiled_model, fullgraph=True, backend=counter)
-
-    expected = _train(eager, eager, method)
-    got = _train(compiled_model, compiled, method)
-    assert counter.frame_count == 1, f"{counter.frame_count} compiles for {STEPS} training steps"
+    expected, got, compiled_model, compiled, counter = _train_eager_and_compiled(eager, method)
     assert torch.equal(torch.stack(got), torch.stack(expected))
     for (name, a), b in zip(eager.state_dict().items(), compiled_model.state_dict().values()):
         assert torch.equal(a, b), name  # weights, gates, and noise counters advanced alike
@@ -160,13 +166,7 @@ def test_structured_gates_compile_once(method):
     torch._dynamo.reset()
     torch.manual_seed(0)
     eager = sparsify(_ConvNet(), method).train()
-    compiled_model = copy.deepcopy(eager)
-    counter = CompileCounterWithBackend("aot_eager")
-    compiled = torch.compile(compiled_model, fullgraph=True, backend=counter)
-
-    expected = _train(eager, eager, method)
-    got = _train(compiled_model, compiled, method)
-    assert counter.frame_count == 1, f"{counter.frame_count} compiles for {STEPS} training steps"
+    expected, got, compiled_model, _, _ = _train_eager_and_compiled(eager, method)
     # The compiled graph runs the generator once per gate, so its gradients sum in another order.
     torch.testing.assert_close(torch.stack(got), torch.stack(expected), rtol=1e-5, atol=1e-6)
     for (name, a), b in zip(eager.state_dict().items(), compiled_model.state_dict().values()):
