@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from sparsekern.nn import L0_LAYERS, ChannelGate, HardConcreteGates, SparseModule
+from sparsekern.pruning.shrink import shrink_model, slice_inputs, slice_outputs
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
@@ -156,32 +157,10 @@ def _fold_constants(consumer: nn.Module, const: Tensor, channels: Tensor, spatia
 
 
 @torch.no_grad()
-def _shrink_pair(producer: nn.Module, mids: list[nn.Module], consumer: nn.Module, remove: Tensor,
-                 spatial: int) -> None:
+def _shrink_pair(producer: nn.Module, mids: list[nn.Module], consumer: nn.Module, remove: Tensor) -> None:
     keep = ~remove
-    producer.weight = nn.Parameter(producer.weight[keep].clone())
-    if producer.bias is not None:
-        producer.bias = nn.Parameter(producer.bias[keep].clone())
-    n = int(keep.sum())
-    if isinstance(producer, nn.Linear):
-        producer.out_features = n
-    else:
-        producer.out_channels = n
-    for m in mids:
-        if isinstance(m, _BN):
-            m.num_features = n
-            for name in ("weight", "bias"):
-                if getattr(m, name) is not None:
-                    setattr(m, name, nn.Parameter(getattr(m, name)[keep].clone()))
-            for name in ("running_mean", "running_var"):
-                if getattr(m, name) is not None:
-                    setattr(m, name, getattr(m, name)[keep].clone())
-    cols = keep.repeat_interleave(spatial)
-    consumer.weight = nn.Parameter(consumer.weight[:, cols].clone())
-    if isinstance(consumer, nn.Linear):
-        consumer.in_features = int(cols.sum())
-    else:
-        consumer.in_channels = int(cols.sum())
+    slice_outputs(producer, [m for m in mids if isinstance(m, _BN)], keep)
+    slice_inputs(consumer, keep)
 
 
 def _shrink_chain(chain: list[_Leaf], dead_out: dict, dead_in: dict, done: set) -> None:
@@ -216,7 +195,7 @@ def _shrink_chain(chain: list[_Leaf], dead_out: dict, dead_in: dict, done: set) 
                 raise ValueError(f"finalize: closed channels carry a constant through a padded AvgPool2d ({where}), "
                                  "which is not constant at the borders; use finalize(model, shrink=False)")
             _fold_constants(consumer, const, carried, spatial, where)
-        _shrink_pair(producer, mids, consumer, closed | unused, spatial)
+        _shrink_pair(producer, mids, consumer, closed | unused)
         done.update(id(m) for m in sources + [consumer])
 
 
@@ -229,7 +208,6 @@ def finalize(model: nn.Module, *, shrink: bool = True) -> nn.Module:
     if isinstance(model, ChannelGate):
         raise ValueError("finalize: a lone ChannelGate has no layer to fold into")
     if shrink and _gated_built_in(model):
-        from sparsekern.pruning.shrink import shrink_model  # the built-in models know their gate sites
         return shrink_model(model)
     out = copy.deepcopy(model).eval()
     dead_out: dict[int, Tensor] = {}

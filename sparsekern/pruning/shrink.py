@@ -30,21 +30,23 @@ def _fold(site, model: nn.Module, z: torch.Tensor) -> None:
         target.bias.mul_(z.to(target.bias.dtype))
 
 
-def _slice_outputs(layer: nn.Module, norm: nn.Module | None, keep: torch.Tensor) -> None:
+def slice_outputs(layer: nn.Module, norms: list[nn.Module], keep: torch.Tensor) -> None:
+    """Keeps output channels ``keep`` of a Linear/Conv and of the BatchNorms that follow it."""
     layer.weight = nn.Parameter(layer.weight[keep].clone())
     if layer.bias is not None:
         layer.bias = nn.Parameter(layer.bias[keep].clone())
     n = int(keep.sum())
     setattr(layer, "out_features" if isinstance(layer, nn.Linear) else "out_channels", n)
-    if norm is not None:
+    for norm in norms:
         norm.num_features = n
-        norm.weight = nn.Parameter(norm.weight[keep].clone())
-        norm.bias = nn.Parameter(norm.bias[keep].clone())
-        norm.running_mean = norm.running_mean[keep].clone()
-        norm.running_var = norm.running_var[keep].clone()
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            t = getattr(norm, name)
+            if t is not None:  # affine=False / track_running_stats=False leave them None
+                setattr(norm, name, nn.Parameter(t[keep].clone()) if isinstance(t, nn.Parameter) else t[keep].clone())
 
 
-def _slice_inputs(consumer: nn.Module, keep: torch.Tensor) -> None:
+def slice_inputs(consumer: nn.Module, keep: torch.Tensor) -> None:
+    """Keeps input channels ``keep`` of a consumer (after a Flatten, each channel's H*W block)."""
     spatial = consumer.weight.shape[1] // keep.numel()
     cols = keep.repeat_interleave(spatial)
     consumer.weight = nn.Parameter(consumer.weight[:, cols].clone())
@@ -71,9 +73,9 @@ def shrink_model(model: nn.Module) -> nn.Module:
         if bool(keep.all()):
             continue
         layer = out.get_submodule(site.layer)
-        _slice_outputs(layer, out.get_submodule(site.norm) if site.norm else None, keep)
+        slice_outputs(layer, [out.get_submodule(site.norm)] if site.norm else [], keep)
         for name in site.consumers:
-            _slice_inputs(out.get_submodule(name), keep)
+            slice_inputs(out.get_submodule(name), keep)
         for name in site.index_buffers:
             parent, key = _parent(out, name)
             parent.register_buffer(key, keep.nonzero().flatten().to(layer.weight.device))
