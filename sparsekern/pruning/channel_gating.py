@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sparsekern.nn import ChannelGate, GateGenerator
+from sparsekern.pruning.flops import hooked_eval_forward
 
 HC_INIT_MEAN = 3.0  # SPEC 3: independent log_alpha ~ N(3, 0.01); generator biases N(3, 0.01)
 _LAYERS = (nn.Conv2d, nn.Linear)
@@ -134,16 +135,6 @@ def measure_positions(model: nn.Module, example_input) -> None:
     def hook(module, inputs, output):
         seen[module] = output[0].numel() / output.shape[1]
 
-    handles = [g.register_forward_hook(hook) for g in gates]
-    training = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in training.items():
-            m.training = mode
+    hooked_eval_forward(model, example_input, [(g, hook) for g in gates])
     for g in gates:
         g.chain.positions = seen[g]

@@ -30,6 +30,22 @@ def _batch_size(example_input) -> int:
     return first.shape[0]
 
 
+def hooked_eval_forward(model: nn.Module, example_input, hooks) -> None:
+    """One eval-mode, no-grad forward with forward ``hooks`` [(module, hook)]; every training
+    flag is restored and every hook removed afterwards, even on error."""
+    handles = [m.register_forward_hook(h) for m, h in hooks]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*(example_input if isinstance(example_input, (tuple, list)) else (example_input,)))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+
+
 def trace(model: nn.Module, example_input) -> list[TraceEvent]:
     """Events in execution order from an eval-mode, no-grad forward of ``example_input``."""
     batch = _batch_size(example_input)
@@ -46,19 +62,9 @@ def trace(model: nn.Module, example_input) -> list[TraceEvent]:
 
     # A Dep-L0 generator's Linears make gates, not predictions: not layers of the network.
     generator_parts = {id(p) for m in model.modules() if isinstance(m, GateGenerator) for p in m.modules()}
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d, ChannelGate)) and id(m) not in generator_parts]
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            args = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-            model(*args)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes.items():
-            m.training = mode
+    hooks = [(m, hook_for(n)) for n, m in model.named_modules()
+             if isinstance(m, (nn.Linear, nn.Conv2d, ChannelGate)) and id(m) not in generator_parts]
+    hooked_eval_forward(model, example_input, hooks)
     return events
 
 
