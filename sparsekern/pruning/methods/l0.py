@@ -18,6 +18,11 @@ TARGET_LAMBDA_START = 1.0  # --target-flops: initial weight of the expected FLOP
 HC_GATE_LR = 1e-3  # SPEC 3: Adam, lr 1e-3, no decay, for the generator / independent log_alpha
 
 
+
+def _lambda_controller(model, measure, target: float, total_steps: int, start: float) -> TargetLambda:
+    """Adapts lambda so ``measure()`` reaches ``target``, then calibrates the gates onto it."""
+    return TargetLambda(measure, target, total_steps, start, calibrate=lambda: calibrate_gates(model, measure, target))
+
 class L0(Method):
     """L0 of Louizos et al. with ``recipes``' gates (one per input neuron of a Linear, per output
     map of a conv); ``lam`` per open weight / N, or ``target_sparsity`` adapts lambda
@@ -60,8 +65,7 @@ class L0(Method):
         if self.config.target_sparsity is None:
             return None
         measure, target = (lambda: pruning.global_sparsity(model)), self.config.target_sparsity
-        self.target = TargetLambda(measure, target, total_steps, self.lam,
-                                   calibrate=lambda: calibrate_gates(model, measure, target))
+        self.target = _lambda_controller(model, measure, target, total_steps, self.lam)
         return self.target
 
     def penalty(self, model, num_samples):
@@ -114,8 +118,7 @@ class ChannelL0(Method):
         # The controller's lambda weighs the expected FLOPs as a fraction of the dense chain's, so
         # one starting value suits every model and input size.
         self.scale = 1.0 / dense_chain_cost(chained_gates(model), "flops")
-        self.target = TargetLambda(measure, target, total_steps, TARGET_LAMBDA_START,
-                                   calibrate=lambda: calibrate_gates(model, measure, target))
+        self.target = _lambda_controller(model, measure, target, total_steps, TARGET_LAMBDA_START)
         return self.target
 
     def penalty(self, model, num_samples):
