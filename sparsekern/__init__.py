@@ -14,7 +14,8 @@ from sparsekern.ops import (
 __version__ = "0.1.0"
 
 # The model layer is imported on first use, so `import sparsekern` stays light.
-_PRUNING = ("GMP", "L0_DROP_RATE", "L0_GATE_LR", "L0_LAMBDA", "ParameterEMA", "TargetSparsity", "finalize",
+_PRUNING = ("GMP", "L0_DROP_RATE", "L0_GATE_LR", "L0_LAMBDA", "ParameterEMA", "TargetLambda", "TargetSparsity",
+            "calibrate_gates", "finalize",
             "format_report", "global_sparsity", "make_optimizers", "model_widths", "param_groups", "recalibrate_bn",
             "regularization", "shrink_model", "sparse_modules", "sparsify", "sparsity_report")
 _SUBMODULES = ("nn", "pruning", "reference", "backends", "ops", "selftest")

@@ -15,9 +15,10 @@ class GateGenerator(nn.Module):
 
     ``widths``: channel count of each gated layer, in module (forward) order. ``dependency``
     "forward" chains them first to last; "backward" chains the reversed list and reverses
-    the outputs, so ``outputs()[l]`` is always layer l's log_alpha. The buffer ``offset`` (0
-    unless a calibration set it) is added to every output, not fed along the chain. The first input width is
-    the first chained layer's width (SPEC 3: 64 for VGG-16, 16 for ResNet-56).
+    the outputs, so ``outputs()[l]`` is always layer l's log_alpha. The buffer ``offset``, one
+    value per output channel in module order (0 unless a final calibration set it), is added to
+    the outputs, not fed along the chain. The first input width is the first chained layer's
+    width (SPEC 3: 64 for VGG-16, 16 for ResNet-56).
 
     The chain runs once per training step: ``outputs()`` caches its result until a parameter
     changes (an optimizer step) or a backward pass has consumed it, so the step's gates and
@@ -41,8 +42,8 @@ class GateGenerator(nn.Module):
         with torch.no_grad():
             for layer in self.layers:
                 layer.bias.normal_(bias_mean, bias_std)
-        # A common shift of every output; 0 in training, set by a final FLOPs/sparsity calibration.
-        self.register_buffer("offset", torch.zeros((), device=device, dtype=dtype))
+        # A shift per output channel: 0 in training, set by a final FLOPs/sparsity calibration.
+        self.register_buffer("offset", torch.zeros(sum(widths), device=device, dtype=dtype))
         self._cache: tuple | None = None
 
     def forward(self) -> list[Tensor]:
@@ -52,8 +53,16 @@ class GateGenerator(nn.Module):
         out = []
         for layer in self.layers:
             h = LOG_ALPHA_BOUND * torch.tanh(layer(h))
-            out.append(h + self.offset)
-        return out if self.dependency == "forward" else out[::-1]
+            out.append(h)
+        if self.dependency == "backward":
+            out = out[::-1]
+        return [h + offset for h, offset in zip(out, self.offset.split(self.widths))]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "offset"
+        if key in state_dict and state_dict[key].dim() == 0:  # checkpoints before per-channel offsets
+            state_dict[key] = state_dict[key].expand(self.offset.shape).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _key(self) -> tuple:
         tensors = (*self.parameters(), *self.buffers())

@@ -6,10 +6,12 @@ STR, ``GMP`` for the baseline) -> ``sparsity_report`` / ``format_report`` -> ``f
 The training loop and checkpoints live in ``trainer`` / ``checkpoint`` (imported on demand).
 """
 from sparsekern.pruning.batchnorm import recalibrate_bn
+from sparsekern.pruning.calibration import calibrate_gates
 from sparsekern.pruning.ema import ParameterEMA
 from sparsekern.pruning.finalize import finalize
 from sparsekern.pruning.flops import record_flops_per_weight
 from sparsekern.pruning.gmp import GMP
+from sparsekern.pruning.lambda_control import TargetLambda
 from sparsekern.pruning.modules import gate_modules, global_sparsity, sparse_modules
 from sparsekern.pruning.optim import param_groups
 from sparsekern.pruning.recipes import L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA, make_optimizers
@@ -21,7 +23,8 @@ from sparsekern.pruning.shrink import model_widths, shrink_model
 from sparsekern.pruning.target import TargetSparsity
 
 __all__ = [
-    "GMP", "L0_DROP_RATE", "ParameterEMA", "L0_GATE_LR", "L0_LAMBDA", "TargetSparsity", "cubic_sparsity", "finalize",
+    "GMP", "L0_DROP_RATE", "ParameterEMA", "L0_GATE_LR", "L0_LAMBDA", "TargetLambda", "TargetSparsity",
+    "calibrate_gates", "cubic_sparsity", "finalize",
     "format_report", "gate_modules", "global_sparsity", "make_optimizers", "model_widths", "param_groups",
     "recalibrate_bn", "record_flops_per_weight", "regularization", "shrink_model", "sparse_modules", "sparsify",
     "sparsity_report",

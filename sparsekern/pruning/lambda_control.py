@@ -4,8 +4,14 @@ The wanted pruned fraction (1 - FLOPs fraction, or sparsity) follows the cubic s
 GMP from 0 at ``start_frac`` of training to ``target`` at ``ramp_frac``, then holds. After every
 step lambda is multiplied by ``exp(gain * (wanted - measured) / target)``: too little pruned
 raises it, too much lowers it (an integral controller on log lambda, so it holds a steady
-lambda at the target). ``measure()`` is called every ``every`` steps. ``calibrate`` (a callable,
-optional) runs at the last step to land exactly (``pruning.calibration``).
+lambda at the target). ``measure()`` is called every ``every`` steps.
+
+``calibrate(value)`` (optional, ``pruning.calibration``) sets the gates so the measured fraction
+is ``value``. It runs at the last step, to land exactly, and at ``calibrations`` evenly spaced
+steps after ``start_frac`` whenever the measurement lags the schedule (or, once the schedule
+holds, is off it either way) by more than ``tolerance``: the controller acts through the gates' learning, which lags (and a saturated
+Dep-L0 generator hardly moves), so without these the last step could have to close half the
+network at once, with no training left to adapt the weights.
 """
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ from sparsekern.pruning.schedule import check_fraction, check_state, check_steps
 
 class TargetLambda:
     def __init__(self, measure, target: float, total_steps: int, lam: float, *, start_frac: float = 0.0,
-                 ramp_frac: float = 0.5, gain: float = 0.1, every: int = 1, lam_bounds=(1e-12, 1e6), calibrate=None):
+                 ramp_frac: float = 0.5, gain: float = 0.1, every: int = 1, lam_bounds=(1e-12, 1e6), calibrate=None,
+                 calibrations: int = 20, tolerance: float = 0.01):
         name = "TargetLambda"
         self.target = check_fraction(name, "target", target, low_open=True, high_open=True)
         self.total_steps = check_steps(name, total_steps)
@@ -25,7 +32,8 @@ class TargetLambda:
         self.measure, self.lam, self.gain, self.every, self.bounds = measure, float(lam), gain, every, lam_bounds
         self.start_step = round(start_frac * total_steps)
         self.ramp_end = max(self.start_step + 1, round(ramp_frac * total_steps))
-        self.calibrate = calibrate
+        self.calibrate, self.tolerance = calibrate, tolerance
+        self.calibrate_every = max(1, total_steps // calibrations)
         self.step_count = 0
         self.last_measured = 0.0
 
@@ -39,8 +47,15 @@ class TargetLambda:
             self.last_measured = float(self.measure())
             error = (self.scheduled() - self.last_measured) / self.target
             self.lam = min(max(self.lam * math.exp(self.gain * error), self.bounds[0]), self.bounds[1])
-        if self.step_count == self.total_steps and self.calibrate is not None:
-            self.last_measured = float(self.calibrate())
+        if self.calibrate is not None:
+            if self.step_count == self.total_steps:
+                self.last_measured = float(self.calibrate(self.target))
+            elif self.step_count > self.start_step and self.step_count % self.calibrate_every == 0:
+                measured = self.last_measured if self.step_count % self.every == 0 else float(self.measure())
+                wanted = self.scheduled()
+                lag = wanted - measured  # on the ramp only a lag is corrected; the controller undoes a lead
+                if lag > self.tolerance or (self.step_count >= self.ramp_end and -lag > self.tolerance):
+                    self.last_measured = float(self.calibrate(wanted))
         return self.last_measured
 
     def state_dict(self) -> dict:
