@@ -84,3 +84,17 @@ def test_bad_arguments():
         snn.GateGenerator([3], "sideways")
     with pytest.raises(IndexError, match="index"):
         snn.GateGenerator([3]).source(1)
+
+
+@pytest.mark.parametrize("model,dependency,first_in", [
+    ("vgg16", "forward", 64), ("vgg16", "backward", 64),  # the reference VGG feeds ones(64) both ways
+    ("resnet20", "forward", 16), ("resnet20", "backward", 64),  # its ResNets: the chain's first width
+])
+def test_generator_input_width_follows_the_reference(model, dependency, first_in):
+    from sparsekern import pruning
+    from sparsekern.models import build_model
+
+    net = pruning.sparsify(build_model(model, 10, 3, 8), "dep_l0", dependency=dependency)
+    assert net.gate_generator.layers[0].in_features == first_in
+    with pytest.raises(ValueError, match="input_width"):
+        snn.GateGenerator([4], input_width=0)

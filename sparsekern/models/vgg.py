@@ -33,6 +33,9 @@ class VGG(nn.Module):
             layers[f"relu{k}"] = nn.ReLU()
             channels = width
         self.num_convs = k
+        # Dep-L0's generator input, in both directions: the reference code's VGG feeds ones(64),
+        # its first conv's width, also to the backward chain (its ResNets use the chain's first width)
+        self.generator_input_width = convs[0]
         self.features = nn.Sequential(layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes)

@@ -18,15 +18,15 @@ class GateGenerator(nn.Module):
     the outputs, so ``outputs()[l]`` is always layer l's log_alpha. The buffer ``offset``, one
     value per output channel in module order (0 unless a final calibration set it), is added to
     the outputs, not fed along the chain. The first input width is the first chained layer's
-    width (SPEC 3: 64 for VGG-16, 16 for ResNet-56).
+    width (SPEC 3: 64 for VGG-16, 16 for ResNet-56), unless ``input_width`` is given.
 
     The chain runs once per training step: ``outputs()`` caches its result until a parameter
     changes (an optimizer step) or a backward pass has consumed it, so the step's gates and
     its penalty share one graph. ``source(l)`` is the ``log_alpha_source`` for layer l.
     """
 
-    def __init__(self, widths, dependency: str = "forward", *, bias_mean: float = 3.0, bias_std: float = 0.01,
-                 device=None, dtype=None):
+    def __init__(self, widths, dependency: str = "forward", *, input_width: int | None = None, bias_mean: float = 3.0,
+                 bias_std: float = 0.01, device=None, dtype=None):
         super().__init__()
         widths = list(widths) if isinstance(widths, (list, tuple)) else widths
         if not isinstance(widths, list) or not widths or any(
@@ -36,8 +36,11 @@ class GateGenerator(nn.Module):
             raise ValueError(f"GateGenerator: dependency must be one of {DEPENDENCIES}, got {dependency!r}")
         self.widths, self.dependency = widths, dependency
         chain = widths if dependency == "forward" else widths[::-1]
-        self.input_width = chain[0]
-        dims = [chain[0]] + chain
+        if input_width is not None and (isinstance(input_width, bool) or not isinstance(input_width, int)
+                                        or input_width < 1):
+            raise ValueError(f"GateGenerator: input_width must be a positive int, got {input_width!r}")
+        self.input_width = chain[0] if input_width is None else input_width
+        dims = [self.input_width] + chain
         self.layers = nn.ModuleList(nn.Linear(i, o, device=device, dtype=dtype) for i, o in zip(dims, dims[1:]))
         with torch.no_grad():
             for layer in self.layers:

@@ -107,7 +107,8 @@ def gate_channels(model: nn.Module, dependency: str | None = None, *, layers=Non
     ref = modules[places[0][0]].weight
     generator = None
     if dependency is not None:
-        generator = GateGenerator(widths, dependency, bias_mean=HC_INIT_MEAN, device=ref.device, dtype=ref.dtype)
+        generator = GateGenerator(widths, dependency, input_width=getattr(model, "generator_input_width", None),
+                                  bias_mean=HC_INIT_MEAN, device=ref.device, dtype=ref.dtype)
         model.gate_generator = generator
     gates = []
     for i, ((layer, where, is_slot), link, width) in enumerate(zip(places, links, widths)):
