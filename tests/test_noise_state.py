@@ -76,3 +76,48 @@ def test_bad_noise_tensors_are_clear_errors():
         sparsekern.gated_weight(la, la, torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="offset must be left out"):
         sparsekern.gated_activation(la.reshape(1, 4), la, _noise(1, 2), 5)
+
+
+def test_eager_layers_keep_the_stream_without_reading_the_buffer_back():
+    """Eager training keeps a host copy of (seed, offset); whatever else writes the buffer
+    (a state_dict load, a direct write, a move to new tensors, a compiled step) is picked up."""
+    import copy
+    import pickle
+
+    from sparsekern import nn as snn
+
+    torch.manual_seed(0)
+    layer = snn.L0Linear(5, 3, granularity="weight").train()
+    x = torch.randn(2, 5)
+    seed, n = layer.noise_seed, 15
+
+    def offsets(steps):
+        got = []
+        for _ in range(steps):
+            got.append(layer.noise_offset)
+            layer(x)
+        return got
+
+    assert offsets(3) == [0, n, 2 * n]
+    saved = copy.deepcopy(layer.state_dict())
+    offsets(2)
+    layer.load_state_dict(saved)
+    assert offsets(2) == [3 * n, 4 * n]
+    with torch.no_grad():
+        layer.noise_state[1] = 7
+    assert offsets(2) == [7, 7 + n]
+    clone = copy.deepcopy(layer)
+    assert pickle.loads(pickle.dumps(clone)).noise_offset == 7 + 2 * n
+    # a move (new tensors), here with another offset in the new buffer
+    layer._apply(lambda t: torch.tensor([seed, 100]) if t.dtype == torch.int64 else t.clone())
+    assert offsets(2) == [100, 100 + n] and clone.noise_offset == 7 + 2 * n
+    # the sampled noise is the one the stream says: the op's output at that offset
+    with torch.no_grad():
+        out = layer(x)
+        want = torch.nn.functional.linear(
+            x, sparsekern.gated_weight(layer.weight, layer.log_alpha, seed, 100 + 2 * n), layer.bias)
+    torch.testing.assert_close(out, want)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    compiled(x)
+    assert layer.noise_offset == 100 + 4 * n
+    assert offsets(1) == [100 + 4 * n] and layer.noise_offset == 100 + 5 * n

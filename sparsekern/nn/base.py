@@ -1,6 +1,8 @@
 """What every sparse layer shares: the common interface and the gate noise stream."""
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor, nn
 
@@ -96,9 +98,23 @@ class NoiseStream:
         """
         if torch.compiler.is_compiling():
             return (noise_ops.take_noise(self.noise_state, numel),)
-        seed, offset = (_unsigned(v) for v in self.noise_state.tolist())
-        self.noise_state[1] = _signed((offset + numel) % _U64)
+        state = self.noise_state
+        mirror = self.__dict__.get("_noise_mirror")
+        if mirror is not None and mirror[0]() is state and mirror[1] == state._version:
+            seed, offset = mirror[2], mirror[3]
+        else:  # first call, or the buffer was loaded, moved or written: read it (a device sync on GPUs)
+            seed, offset = (_unsigned(v) for v in state.tolist())
+        new_offset = (offset + numel) % _U64
+        state[1] = _signed(new_offset)  # a device write, no sync
+        # The host copy of the state saves reading the buffer back (a host sync per layer and step
+        # on a GPU); the buffer's identity and version tell when something else changed it.
+        self.__dict__["_noise_mirror"] = (weakref.ref(state), state._version, seed, new_offset)
         return seed, offset
+
+    def __getstate__(self):  # pickling: drop the host copy (a weak reference)
+        state = self.__dict__.copy()
+        state.pop("_noise_mirror", None)
+        return state
 
     @property
     def noise_seed(self) -> int:
