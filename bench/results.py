@@ -64,7 +64,9 @@ def _mean_std(values) -> str:
 
 
 def table(case: str, rows: dict) -> list[str]:
-    lines = [f"### {case}", "", "| method | test acc. % (mean ± std) | sparsity % | FLOPs % of dense | "
+    seeds = len(next(iter(rows.values())))
+    lines = [f"### {case} ({f'{seeds} seeds' if seeds > 1 else '1 seed: no spread'})", "",
+             "| method | test acc. % (mean ± std) | sparsity % | FLOPs % of dense | "
              "kept widths (seed 0) | s / epoch |", "|---|---|---|---|---|---|"]
     for label, summaries in rows.items():
         flops = [s["flops"] / s["dense_flops"] for s in summaries]
@@ -96,9 +98,17 @@ def plot(results: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _case(text: str) -> tuple[str, int | None]:
+    case, _, seeds = text.partition(":")
+    if case not in CASES or (seeds and not (seeds.isdigit() and int(seeds) > 0)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CASE or CASE:SEEDS, CASE one of {', '.join(CASES)}")
+    return case, int(seeds) if seeds else None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", nargs="+", default=["lenet300-mnist5k"], choices=sorted(CASES))
+    p.add_argument("--cases", nargs="+", default=["lenet300-mnist5k"], type=_case,
+                   help=f"cases ({', '.join(CASES)}), each optionally CASE:SEEDS to override --seeds")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--runs", default="runs/results")
@@ -107,13 +117,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     results = {}
-    for case in args.cases:
+    for case, seeds in args.cases:
         results[case] = {}
         for label, opts in grid():
             results[case][label] = [run_one(case, label, opts, seed, args.epochs, args.runs)
-                                    for seed in range(args.seeds)]
+                                    for seed in range(seeds or args.seeds)]
             print(case, label, [round(s["accuracy"], 4) for s in results[case][label]], file=sys.stderr, flush=True)
-    lines = [f"Command: `PYTHONPATH=. python bench/results.py --cases {' '.join(args.cases)} --seeds {args.seeds} "
+    cases = " ".join(case + (f":{seeds}" if seeds else "") for case, seeds in args.cases)
+    lines = [f"Command: `PYTHONPATH=. python bench/results.py --cases {cases} --seeds {args.seeds} "
              f"--epochs {args.epochs}`", ""]
     for case, rows in results.items():
         lines += table(case, rows)
