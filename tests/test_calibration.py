@@ -73,6 +73,22 @@ def test_keeps_the_highest_log_alphas():
     assert model.gates[1].kept().tolist() == [True, True, False, False]
 
 
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
+def test_every_layer_closes_the_same_fraction_of_its_open_gates(target):
+    """A layer whose log_alphas all sit lower (a saturated generator's) is not emptied first."""
+    model = Gated([300, 100, 50])
+    with torch.no_grad():
+        model.gates[0].log_alpha.copy_(4.0 + 0.01 * torch.rand(300))
+        model.gates[1].log_alpha.copy_(2.0 + 0.01 * torch.rand(100))
+        model.gates[2].log_alpha.copy_(torch.cat([torch.full((25,), 3.0), torch.full((25,), -4.0)]))  # half open
+    calibrate_gates(model, model.closed_fraction, target)
+    opened_before = [300, 100, 25]
+    closed = 1.0 - target
+    for g, n in zip(model.gates, opened_before):
+        kept = int(g.kept().sum())
+        assert abs(kept / n - (closed * 450 / 425)) <= 0.02 + 1.0 / n, (kept, n)
+
+
 def test_calibrated_generator_state_round_trips_and_old_offsets_load():
     torch.manual_seed(1)
     model = Gated([8, 8], "forward")

@@ -1,11 +1,17 @@
-"""Land a gated model on a target: keep the k best-ranked gates, with k found by bisection.
+"""Land a gated model on a target: keep the k best-placed gates, with k found by bisection.
 
 The lambda controller (``TargetLambda``) steers training towards the target, but gates open
 and close in steps, and a Dep-L0 generator saturates (its outputs sit at +-log 100, where a
-common shift cannot separate them), so the last step can miss by several points. The final
-calibration ranks every gate by its log_alpha, each layer's best gate first (no layer is closed
-entirely), keeps the top k and closes the rest. The measured pruned fraction falls as k grows,
-so bisection finds the k that lands closest to the target, to one gate.
+common shift of log_alpha cannot separate them), so training can miss by several points.
+
+The calibration keeps what training learned: which gates are open, and so how wide each layer
+is. To prune more, every layer closes the same fraction of its open gates, those with the
+lowest log_alpha first; to prune less, every layer reopens the same fraction of its closed
+gates, highest log_alpha first. (Ranking all gates by log_alpha across layers would instead
+empty whole layers whose log_alphas happen to sit lower, e.g. a saturated generator's.) Each
+layer keeps at least its best gate. That order is a ranking of all gates; the measured pruned
+fraction falls as more of it is kept, so bisection finds the count closest to the target, to
+one gate.
 
 Only gates whose decision changes move. A closed gate that is kept gets the log_alpha of eval
 gate 0.5 (a gate just above the threshold would count as FLOPs yet pass almost no signal);
@@ -58,20 +64,31 @@ class _Gates:
             self.offset.copy_(self.offset_before + (new - la))
 
 
+def _placement(log_alpha: Tensor, open_: Tensor) -> Tensor:
+    """Where each gate of a layer stands in the keep order: open gates in (1, 2], closed ones in
+    (0, 1], by their log_alpha's rank among the layer's open (closed) gates as a fraction; the
+    layer's best gate +inf. Across layers, equal fractions interleave."""
+    score = torch.empty_like(log_alpha)
+    for group, base in ((open_, 1.0), (~open_, 0.0)):
+        index = group.nonzero().flatten()
+        if index.numel():
+            order = index[log_alpha[index].argsort(stable=True)]  # lowest first
+            score[order] = base + torch.arange(1, index.numel() + 1, dtype=score.dtype) / index.numel()
+    score[score.argmax()] = math.inf
+    return score
+
+
 @torch.no_grad()
 def calibrate_gates(model: nn.Module, measure, target: float) -> float:
-    """Keep the top-k gates (module docstring) with the k whose ``measure()`` (pruned fraction,
-    falling as k grows) is closest to ``target``. Returns the measured value."""
+    """Keep the first k gates of the keep order (module docstring), with the k whose
+    ``measure()`` (pruned fraction, falling as k grows) is closest to ``target``. Returns the
+    measured value."""
     groups = [_Gates(m) for m in model.modules() if isinstance(m, HardConcreteGates)]
     if not groups:
         raise ValueError("calibrate_gates: the model has no hard-concrete gates")
-    scores = []
-    for g in groups:
-        s = g.log_alpha.float().clone()
-        s[s.argmax()] = math.inf  # each layer's best gate is kept first
-        scores.append(s)
+    scores = [_placement(g.log_alpha.float().cpu(), g.open.cpu()) for g in groups]
     sizes = [s.numel() for s in scores]
-    order = torch.cat([s.cpu() for s in scores]).argsort(descending=True, stable=True)
+    order = torch.cat(scores).argsort(descending=True, stable=True)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel())
     ranks = [r.to(g.log_alpha.device) for g, r in zip(groups, rank.split(sizes))]
