@@ -107,9 +107,18 @@ def _supports(name: str, device: torch.device, dtype: torch.dtype) -> str | None
     return f"it runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device.type}"
 
 
+_RESOLVED: dict[tuple, str] = {}
+
+
 def resolve_name(device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """The concrete backend that runs for a tensor on `device` with `dtype`."""
-    return _resolve(current_backend(), device.type, dtype, triton_interpreted())
+    # Every op call comes here: one dict lookup keyed by the raw selection, without parsing
+    # the environment variable or building device.type (a miss validates; errors are not cached).
+    key = (getattr(_state, "name", None), os.environ.get("SPARSEKERN_BACKEND"), device, dtype, triton_interpreted())
+    name = _RESOLVED.get(key)
+    if name is None:
+        name = _RESOLVED[key] = _resolve(current_backend(), device.type, dtype, triton_interpreted())
+    return name
 
 
 @functools.lru_cache(maxsize=None)
