@@ -7,8 +7,10 @@
 // serves them all: it runs the forward below autograd, saves the inputs (masks and noise are
 // recomputed from them, as in the Python path) and the backward calls `<name>_backward`.
 // The last tensor is the parameter (s, log_alpha): its grad comes back in its own dtype.
+// The Python layer calls these ops directly in eager mode (sparsekern/direct.py).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -112,6 +114,9 @@ TORCH_LIBRARY_IMPL(sparsekern_C, Autograd, m) {
   for (const std::string& n : kOpNames) {
     if (has_backward(n)) {
       m.impl(n.c_str(), torch::CppFunction::makeFromBoxedFunction<&autograd_kernel>());
+      // No double backward: an error when a second-order gradient reaches it, as with the
+      // Python custom ops (the default fallback would only warn and drop the gradient).
+      m.impl((n + kBackwardSuffix).c_str(), torch::autograd::autogradNotImplementedFallback());
     }
   }
 }
