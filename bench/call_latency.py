@@ -1,7 +1,9 @@
 """Per-call latency of every public op at 1K fp32 elements, beside the eager formula it replaces.
 
-    PYTHONPATH=. python bench/call_latency.py [--out bench/results/cpu-2core-call-latency.json]
+    PYTHONPATH=. python bench/call_latency.py [--out run.json]
     (cd /tmp && python /path/to/bench/call_latency.py)    # the installed sparsekern instead
+    python bench/call_latency.py --merge before=a.json,b.json after=c.json,d.json [--out both.json]
+                                                          # medians of runs, side by side
 
 Variants per op and mode (fwd; fwd+bwd = forward + torch.autograd.grad over the float inputs):
   sparsekern  the public op as a user calls it
@@ -21,6 +23,7 @@ import importlib.util
 import json
 import math
 import platform
+import statistics
 import timeit
 
 import torch
@@ -36,11 +39,19 @@ def _inputs() -> dict:
     return {
         "w": torch.randn(1, N, generator=g), "s": torch.full((1,), -3.0),
         "la": torch.randn(1, N, generator=g) * 1.5,
-        "x": torch.randn(16, 64, generator=g), "la_c": torch.randn(64, generator=g) * 1.5,
+        # activations with one gate per (example, channel): a conv's [B, C, H, W] (bench/ops.py's 1K
+        # shape) and a dense layer's [B, C], where every element has its own gate
+        "x": torch.randn(1, 64, 4, 4, generator=g), "x_dense": torch.randn(16, 64, generator=g),
+        "la_c": torch.randn(64, generator=g) * 1.5,
     }
 
 
-def _cases(t: dict) -> dict:
+def _plain_activation(x, la):
+    z = hard_concrete_sample(la.expand(x.shape[0], -1))
+    return x * z.reshape(z.shape + (1,) * (x.dim() - 2))
+
+
+def _cases() -> dict:
     """op -> (float inputs by name, our call, the eager formula); both take those inputs."""
     return {
         "soft_threshold": (("w", "s"), lambda w, s: sk.soft_threshold(w, s), str_weight),
@@ -51,8 +62,9 @@ def _cases(t: dict) -> dict:
                     lambda la: torch.sigmoid(la - BETA * math.log(-GAMMA / ZETA)).sum()),
         "gated_weight": (("w", "la"), lambda w, la: sk.gated_weight(w, la, SEED, 0),
                          lambda w, la: w * hard_concrete_sample(la)),
-        "gated_activation": (("x", "la_c"), lambda x, la: sk.gated_activation(x, la, SEED, 0),
-                             lambda x, la: x * hard_concrete_sample(la.expand(x.shape[0], -1))),
+        "gated_activation": (("x", "la_c"), lambda x, la: sk.gated_activation(x, la, SEED, 0), _plain_activation),
+        "gated_activation dense": (("x_dense", "la_c"), lambda x, la: sk.gated_activation(x, la, SEED, 0),
+                                   _plain_activation),
         "uniform": ((), lambda: sk.uniform(N, SEED, 0), lambda: torch.rand(N)),
     }
 
@@ -78,7 +90,7 @@ def measure(rounds: int, number: int) -> dict:
     t = _inputs()
     # (op, mode, variant) -> (callable, fast path on)
     runs = {}
-    for op, (names, ours, plain) in _cases(t).items():
+    for op, (names, ours, plain) in _cases().items():
         for mode, call in _calls(t, names, ours).items():
             runs[op, mode, "sparsekern"] = (call, True)
             if direct is not None:
@@ -113,12 +125,54 @@ def markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
+def merge(labelled: list[str]) -> dict:
+    """{label: median over its run files} for LABEL=FILE,FILE,... arguments."""
+    out = {}
+    for arg in labelled:
+        label, files = arg.split("=", 1)
+        runs = []
+        for path in files.split(","):
+            with open(path) as f:
+                runs.append(json.load(f)["us_per_call"])
+        table: dict = {}
+        for op, modes in runs[0].items():
+            for mode, row in modes.items():
+                table.setdefault(op, {})[mode] = {
+                    v: round(statistics.median(r[op][mode][v] for r in runs), 2) for v in row}
+        out[label] = {"runs": len(runs), "files": files.split(","), "us_per_call": table}
+    return out
+
+
+def merged_markdown(merged: dict) -> str:
+    """sparsekern µs and sparsekern / eager for each label, eager and custom-op from the last label."""
+    labels = list(merged)
+    last = merged[labels[-1]]["us_per_call"]
+    head = "| op | mode | " + " | ".join(f"{lb} µs | {lb} / eager" for lb in labels) + " | custom-op µs | eager µs |"
+    lines = [head, "|---|---|" + "---|---|" * len(labels) + "---|---|"]
+    for op, modes in last.items():
+        for mode, row in modes.items():
+            cells = []
+            for lb in labels:
+                r = merged[lb]["us_per_call"][op][mode]
+                cells.append(f"{r['sparsekern']} | {r['sparsekern'] / r['eager']:.2f}")
+            lines.append(f"| {op} | {mode} | " + " | ".join(cells) + f" | {row.get('custom-op', '-')} | {row['eager']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--number", type=int, default=200, help="calls per timed batch")
     parser.add_argument("--out", help="write the JSON here too")
+    parser.add_argument("--merge", nargs="+", metavar="LABEL=FILES", help="combine earlier runs instead")
     args = parser.parse_args()
+    if args.merge:
+        merged = merge(args.merge)
+        print(merged_markdown(merged))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(merged, f, indent=1)
+        return
     torch.set_num_threads(1)
     table = measure(args.rounds, args.number)
     result = {"config": {"elements": N, "dtype": "float32", "threads": 1, "rounds": args.rounds,
