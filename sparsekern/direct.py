@@ -23,6 +23,14 @@ if _extension.compiled_available():
     # The overloads themselves: calling them skips the packet's overload lookup.
     OPS = {name: getattr(_lib, name).default for name in (
         "soft_threshold", "hard_concrete", "hard_concrete_eval", "l0_norm", "gated_weight", "gated_activation")}
+    _uniform_out = _lib.uniform.default
+
+
+def uniform(numel: int, seed: int, offset: int, device: torch.device) -> Tensor:
+    """The compiled uniform stream; seed/offset as the int64 bits of their uint64 values."""
+    out = torch.empty(numel, dtype=torch.float32, device=device)
+    _uniform_out(out, seed, offset)
+    return out
 
 
 def eligible(*tensors: Tensor) -> bool:

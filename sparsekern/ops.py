@@ -438,6 +438,8 @@ def uniform(numel: int, seed: int, offset: int = 0, *, device: torch.device | st
         raise ValueError(f"uniform: numel must be a non-negative int, got {numel!r}")
     seed, offset, device = _u64(op, "seed", seed), _u64(op, "offset", offset), torch.device(device)
     if direct.eligible():  # no autograd: any backend's kernel may run without the custom op
+        if backends.resolve_name(device) in direct.BACKENDS:
+            return direct.uniform(numel, seed, offset, device)
         return _uniform_impl(numel, seed, offset, device)
     return _uniform(numel, seed, offset, device)
 

@@ -226,3 +226,11 @@ def test_compile_fullgraph_uses_the_custom_ops():
     want_y = f(w, s, la)
     want = torch.autograd.grad(want_y.sum(), [w, s, la])
     assert torch.equal(y, want_y) and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("seed, offset", [(0, 0), (2**64 - 1, 2**63 + 5), (2**32 + 7, 2**64 - 10)])
+def test_uniform_matches_the_custom_op(seed, offset):
+    fast = sparsekern.uniform(1000, seed, offset)
+    with _fast_path(False):
+        custom = sparsekern.uniform(1000, seed, offset)
+    assert fast.dtype == torch.float32 and torch.equal(fast, custom)
