@@ -130,16 +130,17 @@ def merge(labelled: list[str]) -> dict:
     out = {}
     for arg in labelled:
         label, files = arg.split("=", 1)
-        runs = []
+        results = []
         for path in files.split(","):
             with open(path) as f:
-                runs.append(json.load(f)["us_per_call"])
+                results.append(json.load(f))
+        runs = [r["us_per_call"] for r in results]
         table: dict = {}
         for op, modes in runs[0].items():
             for mode, row in modes.items():
                 table.setdefault(op, {})[mode] = {
                     v: round(statistics.median(r[op][mode][v] for r in runs), 2) for v in row}
-        out[label] = {"runs": len(runs), "files": files.split(","), "us_per_call": table}
+        out[label] = {"config": results[0]["config"], "us_per_call": table, "runs": runs}
     return out
 
 
