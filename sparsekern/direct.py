@@ -2,10 +2,11 @@
 
 The compiled ops carry their own autograd (csrc/autograd.cpp), so in eager mode on the
 ``cpu``/``cuda`` backends one dispatcher call does what the ``sparsekern::<op>`` custom op
-does through its Python dispatch (~15 us per call around a ~2 us kernel). The custom ops stay
-for everything else: ``torch.compile`` tracing, the ``torch`` and ``triton`` backends,
-functorch transforms, dispatch modes (make_fx, FakeTensorMode, FlopCounterMode) and tensor
-subclasses (fake tensors, DTensor, ...), whose handlers know the custom ops. Same kernels, same saved inputs, same backward kernel: the same numbers.
+does through its Python dispatch (~12 us per call around a ~2 us kernel on a 1K tensor).
+The custom ops stay for everything else: ``torch.compile`` tracing, the ``torch`` and
+``triton`` backends, functorch transforms, dispatch modes (make_fx, FakeTensorMode,
+FlopCounterMode) and tensor subclasses (fake tensors, DTensor, ...), whose handlers know the
+custom ops. Same kernels, same saved inputs, same backward kernel: the same numbers.
 """
 from __future__ import annotations
 
