@@ -94,7 +94,7 @@ def _extension(with_cuda: bool):
     # No fast-math: -fno-trapping-math only lets GCC if-convert (vectorize) the branch-free
     # gate math; it changes no result. -ffp-contract=off keeps results identical across builds.
     cxx = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Wall"] + _cpu_arch_flags()
-    sources = _sources("ops.cpp") + _sources("extension.cpp") + _sources("cpu/*.cpp")
+    sources = _sources("ops.cpp") + _sources("autograd.cpp") + _sources("extension.cpp") + _sources("cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if with_cuda:
         nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DSPARSEKERN_WITH_CUDA"]

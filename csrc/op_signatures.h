@@ -4,6 +4,8 @@
 // signature drifts (say `Tensor&` where another backend has `Tensor`) then fails to
 // compile, instead of aborting `import sparsekern` with "Mismatch in kernel C++ signatures".
 // Seeds and offsets travel as the int64 two's complement of their uint64 value.
+// An op `<name>` listed with a `<name>_backward` is differentiable: csrc/autograd.cpp registers
+// its autograd, which calls `<name>_backward(grad, <name>'s arguments)` for one grad per tensor.
 #pragma once
 #include <ATen/core/Tensor.h>
 

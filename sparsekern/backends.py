@@ -24,7 +24,13 @@ _MODULES = {
     "cuda": "sparsekern.compiled",
     "triton": "sparsekern.triton.backend",
 }
-_state = threading.local()
+
+
+class _State(threading.local):
+    name: str | None = None  # a class default: reading it never raises AttributeError (slow)
+
+
+_state = _State()
 
 
 def _check_name(name: str, where: str) -> str:
@@ -39,7 +45,7 @@ def _default() -> str:
 
 def current_backend() -> str:
     """The selected backend name (may be ``auto``)."""
-    return getattr(_state, "name", None) or _default()
+    return _state.name or _default()
 
 
 @functools.lru_cache(maxsize=None)
@@ -84,7 +90,7 @@ def use_backend(name: str):
     _check_name(name, "use_backend")
     if not is_available(name):
         raise ValueError(f"use_backend: backend {name!r} is not available here (available: {available_backends()})")
-    previous = getattr(_state, "name", None)
+    previous = _state.name
     _state.name = name
     try:
         yield name
@@ -107,9 +113,19 @@ def _supports(name: str, device: torch.device, dtype: torch.dtype) -> str | None
     return f"it runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device.type}"
 
 
+_RESOLVED: dict[tuple, str] = {}
+
+
 def resolve_name(device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """The concrete backend that runs for a tensor on `device` with `dtype`."""
-    return _resolve(current_backend(), device.type, dtype, triton_interpreted())
+    # Every op call comes here: one dict lookup keyed by the raw selection, without parsing
+    # the environment variable or building device.type (a miss validates; errors are not cached).
+    selected = _state.name  # the environment variable only counts outside use_backend()
+    key = (selected, None if selected else os.environ.get("SPARSEKERN_BACKEND"), device, dtype, triton_interpreted())
+    name = _RESOLVED.get(key)
+    if name is None:
+        name = _RESOLVED[key] = _resolve(current_backend(), device.type, dtype, triton_interpreted())
+    return name
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,6 +5,8 @@ backend chosen for its inputs (see ``sparsekern.backends``); its backward is a
 second custom op that recomputes masks and gate noise from the saved inputs and
 (seed, offset), so nothing of weight size is kept beyond the inputs.
 Custom ops are opaque to ``torch.compile``: graphs using them have no breaks.
+Eager calls that resolve to the compiled backends skip the custom op and call
+``torch.ops.sparsekern_C`` directly, whose autograd is registered in C++ (``sparsekern.direct``).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from sparsekern import backends
+from sparsekern import backends, direct
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _U64 = 1 << 64
@@ -95,6 +97,11 @@ def _kernels(*tensors: Tensor):
     return backends.module(_backend_name(*tensors))
 
 
+def _fast(*tensors: Tensor) -> bool:
+    """Eager call on a compiled backend: straight to torch.ops.sparsekern_C (see sparsekern.direct)."""
+    return direct.eligible(*tensors) and _backend_name(*tensors) in direct.BACKENDS
+
+
 def _grad_dtype(param: Tensor, grad: Tensor) -> Tensor:
     return grad.to(param.dtype)
 
@@ -145,6 +152,8 @@ def soft_threshold(weight: Tensor, s: Tensor) -> Tensor:
     _check_float(op, "s", s)
     _check_same_device(op, ("weight", weight), ("s", s))
     _check_rows(op, "s", s, "weight", weight)
+    if _fast(weight, s):
+        return direct.OPS[op](weight, s)
     return _soft_threshold(weight, s)
 
 
@@ -205,7 +214,10 @@ def hard_concrete(log_alpha: Tensor, seed: int | Tensor, offset: int = 0, *, bet
     _check_hc(op, beta, gamma, zeta)
     if isinstance(seed, Tensor):
         return noise_ops.OPS[op](log_alpha, _check_noise(op, seed, offset), beta, gamma, zeta)
-    return _hard_concrete(log_alpha, _u64(op, "seed", seed), _u64(op, "offset", offset), beta, gamma, zeta)
+    seed, offset = _u64(op, "seed", seed), _u64(op, "offset", offset)
+    if _fast(log_alpha):
+        return direct.OPS[op](log_alpha, seed, offset, beta, gamma, zeta)
+    return _hard_concrete(log_alpha, seed, offset, beta, gamma, zeta)
 
 
 # ---------------------------------------------------------------- deterministic gate
@@ -243,6 +255,8 @@ def hard_concrete_eval(log_alpha: Tensor, *, gamma: float = GAMMA, zeta: float =
     op = "hard_concrete_eval"
     _check_float(op, "log_alpha", log_alpha)
     _check_hc(op, BETA, gamma, zeta)
+    if _fast(log_alpha):
+        return direct.OPS[op](log_alpha, gamma, zeta)
     return _hard_concrete_eval(log_alpha, gamma, zeta)
 
 
@@ -281,6 +295,8 @@ def l0_norm(log_alpha: Tensor, *, beta: float = BETA, gamma: float = GAMMA, zeta
     op = "l0_norm"
     _check_float(op, "log_alpha", log_alpha)
     _check_hc(op, beta, gamma, zeta)
+    if _fast(log_alpha):
+        return direct.OPS[op](log_alpha, beta, gamma, zeta)
     return _l0_norm(log_alpha, beta, gamma, zeta)
 
 
@@ -334,7 +350,10 @@ def gated_weight(weight: Tensor, log_alpha: Tensor, seed: int | Tensor, offset: 
     _check_hc(op, beta, gamma, zeta)
     if isinstance(seed, Tensor):
         return noise_ops.OPS[op](weight, log_alpha, _check_noise(op, seed, offset), beta, gamma, zeta)
-    return _gated_weight(weight, log_alpha, _u64(op, "seed", seed), _u64(op, "offset", offset), beta, gamma, zeta)
+    seed, offset = _u64(op, "seed", seed), _u64(op, "offset", offset)
+    if _fast(weight, log_alpha):
+        return direct.OPS[op](weight, log_alpha, seed, offset, beta, gamma, zeta)
+    return _gated_weight(weight, log_alpha, seed, offset, beta, gamma, zeta)
 
 
 # ---------------------------------------------------------------- gated activation
@@ -393,13 +412,18 @@ def gated_activation(x: Tensor, log_alpha: Tensor, seed: int | Tensor, offset: i
     _check_hc(op, beta, gamma, zeta)
     if isinstance(seed, Tensor):
         return noise_ops.OPS[op](x, log_alpha, _check_noise(op, seed, offset), beta, gamma, zeta)
-    return _gated_activation(x, log_alpha, _u64(op, "seed", seed), _u64(op, "offset", offset), beta, gamma, zeta)
+    seed, offset = _u64(op, "seed", seed), _u64(op, "offset", offset)
+    if _fast(x, log_alpha):
+        return direct.OPS[op](x, log_alpha, seed, offset, beta, gamma, zeta)
+    return _gated_activation(x, log_alpha, seed, offset, beta, gamma, zeta)
 
 
 # ---------------------------------------------------------------- the random stream
-@torch.library.custom_op("sparsekern::uniform", mutates_args=())
-def _uniform(numel: int, seed: int, offset: int, device: torch.device) -> Tensor:
+def _uniform_impl(numel: int, seed: int, offset: int, device: torch.device) -> Tensor:
     return backends.resolve(device).uniform(numel, _unsigned(seed), _unsigned(offset), device)
+
+
+_uniform = torch.library.custom_op("sparsekern::uniform", _uniform_impl, mutates_args=())
 
 
 @_uniform.register_fake
@@ -412,7 +436,12 @@ def uniform(numel: int, seed: int, offset: int = 0, *, device: torch.device | st
     op = "uniform"
     if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
         raise ValueError(f"uniform: numel must be a non-negative int, got {numel!r}")
-    return _uniform(numel, _u64(op, "seed", seed), _u64(op, "offset", offset), torch.device(device))
+    seed, offset, device = _u64(op, "seed", seed), _u64(op, "offset", offset), torch.device(device)
+    if direct.eligible():  # no autograd: any backend's kernel may run without the custom op
+        if backends.resolve_name(device) in direct.BACKENDS:
+            return direct.uniform(numel, seed, offset, device)
+        return _uniform_impl(numel, seed, offset, device)
+    return _uniform(numel, seed, offset, device)
 
 
 from sparsekern import noise_ops  # noqa: E402  (the tensor-noise variants; it uses the helpers above)
