@@ -63,14 +63,20 @@ def test_lands_on_the_target_to_one_gate(dependency, target, start):
         assert (sparsekern.hard_concrete_eval(la1[changed & ~kept]) == 0).all()
 
 
-def test_keeps_the_highest_log_alphas():
+@pytest.mark.parametrize("order,kept", [
+    ("global", [[True, True, True, False], [True, False, False, False]]),  # the highest log_alphas anywhere
+    ("per_layer", [[True, True, False, False], [True, True, False, False]]),  # half of each layer
+    ("auto", [[True, True, True, False], [True, False, False, False]]),  # independent gates: global
+])
+def test_keep_orders(order, kept):
     model = Gated([4, 4])
     with torch.no_grad():
-        model.gates[0].log_alpha.copy_(torch.tensor([3.0, 2.0, 1.0, 0.5]))
-        model.gates[1].log_alpha.copy_(torch.tensor([2.5, 1.5, 0.7, 0.2]))
-    calibrate_gates(model, model.closed_fraction, 0.5)
-    assert model.gates[0].kept().tolist() == [True, True, False, False]
-    assert model.gates[1].kept().tolist() == [True, True, False, False]
+        model.gates[0].log_alpha.copy_(torch.tensor([3.0, 2.9, 2.8, 2.7]))
+        model.gates[1].log_alpha.copy_(torch.tensor([1.0, 0.9, 0.8, 0.7]))
+    calibrate_gates(model, model.closed_fraction, 0.5, order=order)
+    assert [g.kept().tolist() for g in model.gates] == kept
+    with pytest.raises(ValueError, match="order"):
+        calibrate_gates(model, model.closed_fraction, 0.5, order="random")
 
 
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
@@ -81,7 +87,7 @@ def test_every_layer_closes_the_same_fraction_of_its_open_gates(target):
         model.gates[0].log_alpha.copy_(4.0 + 0.01 * torch.rand(300))
         model.gates[1].log_alpha.copy_(2.0 + 0.01 * torch.rand(100))
         model.gates[2].log_alpha.copy_(torch.cat([torch.full((25,), 3.0), torch.full((25,), -4.0)]))  # half open
-    calibrate_gates(model, model.closed_fraction, target)
+    calibrate_gates(model, model.closed_fraction, target, order="per_layer")
     opened_before = [300, 100, 25]
     closed = 1.0 - target
     for g, n in zip(model.gates, opened_before):
