@@ -12,6 +12,8 @@
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
+#elif defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 #include "sparsekern/macros.h"
@@ -20,7 +22,7 @@
 namespace sparsekern {
 namespace cpu {
 
-// Counters per block; a multiple of every vector width (16 lanes of AVX-512, 8 of AVX2).
+// Counters per block; a multiple of every vector width (16 lanes of AVX-512, 8 of AVX2, 4 of SSE2).
 constexpr int64_t kRandomBlock = 256;
 
 // Vector layout: each 64-bit lane holds one counter, each Philox word in the low half of
@@ -93,6 +95,35 @@ SK_FORCE_INLINE __m256i philox_r0_x8(uint64_t seed, uint64_t counter) {
   const __m256i mixed = _mm256_castps_si256(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)));
   return _mm256_permute4x64_epi64(mixed, _MM_SHUFFLE(3, 1, 2, 0));
 }
+#elif defined(__SSE2__)
+// Every x86-64 CPU (the portable build): philox_r0(seed, counter + lane) in the low halves of 2 64-bit lanes.
+SK_FORCE_INLINE __m128i philox_r0_x2(uint64_t seed, uint64_t counter) {
+  const __m128i ctr = _mm_add_epi64(_mm_set1_epi64x(static_cast<long long>(counter)), _mm_set_epi64x(1, 0));
+  __m128i c0 = ctr, c1 = _mm_srli_epi64(ctr, 32);
+  __m128i c2 = _mm_setzero_si128(), c3 = _mm_setzero_si128();
+  const __m128i ma = _mm_set1_epi64x(kPhiloxRoundA), mb = _mm_set1_epi64x(kPhiloxRoundB);
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    const __m128i pa = _mm_mul_epu32(c0, ma);
+    const __m128i pb = _mm_mul_epu32(c2, mb);
+    const __m128i n0 = _mm_xor_si128(_mm_xor_si128(_mm_srli_epi64(pb, 32), c1), _mm_set1_epi64x(k0));
+    const __m128i n2 = _mm_xor_si128(_mm_xor_si128(_mm_srli_epi64(pa, 32), c3), _mm_set1_epi64x(k1));
+    c1 = pb;
+    c3 = pa;
+    c0 = n0;
+    c2 = n2;
+    k0 += kPhiloxKeyA;
+    k1 += kPhiloxKeyB;
+  }
+  return c0;
+}
+
+// philox_r0(seed, counter + lane) for lanes 0..3 as 32-bit words (the even words of both halves, in order).
+SK_FORCE_INLINE __m128i philox_r0_x4(uint64_t seed, uint64_t counter) {
+  const __m128 lo = _mm_castsi128_ps(philox_r0_x2(seed, counter));
+  const __m128 hi = _mm_castsi128_ps(philox_r0_x2(seed, counter + 2u));
+  return _mm_castps_si128(_mm_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)));
+}
 #endif
 
 // Lanes the block function computes at once (1: the scalar philox_r0).
@@ -100,6 +131,8 @@ SK_FORCE_INLINE __m256i philox_r0_x8(uint64_t seed, uint64_t counter) {
 constexpr int64_t kPhiloxLanes = 16;
 #elif defined(__AVX2__)
 constexpr int64_t kPhiloxLanes = 8;
+#elif defined(__SSE2__)
+constexpr int64_t kPhiloxLanes = 4;
 #else
 constexpr int64_t kPhiloxLanes = 1;
 #endif
@@ -112,6 +145,8 @@ SK_FORCE_INLINE void philox_r0_block(uint64_t seed, uint64_t counter, int64_t n,
     _mm512_storeu_si512(reinterpret_cast<void*>(bits + j), philox_r0_x16(seed, counter + static_cast<uint64_t>(j)));
 #elif defined(__AVX2__)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(bits + j), philox_r0_x8(seed, counter + static_cast<uint64_t>(j)));
+#elif defined(__SSE2__)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(bits + j), philox_r0_x4(seed, counter + static_cast<uint64_t>(j)));
 #else
     bits[j] = philox_r0(seed, counter + static_cast<uint64_t>(j));
 #endif
