@@ -17,12 +17,14 @@ output written once (forward, plus backward for fwd+bwd).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import re
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -159,13 +161,17 @@ class Backend:
             os.environ["SPARSEKERN_BACKEND"] = self.old
 
 
-def time_cpu(fn: Callable, repeat: int, min_time: float) -> float:
-    """Median seconds per call: median over `repeat` blocked_autorange measurements of their medians."""
+def time_cpu(fn: Callable, repeat: int, min_time: float, clock: str = "wall") -> float:
+    """Median seconds per call: median over `repeat` blocked_autorange measurements of their medians.
+
+    clock="cpu" counts this process's CPU time (user + system) instead of wall time: on a
+    machine shared with other jobs it leaves out the time spent waiting for a core."""
     from torch.utils.benchmark import Timer
 
     fn()
     fn()  # warm up (torch.compile, allocator)
-    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    kw = {"timer": time.process_time} if clock == "cpu" else {}
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads(), **kw)
     return statistics.median(timer.blocked_autorange(min_run_time=min_time).median for _ in range(repeat))
 
 
@@ -398,6 +404,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=None,
                    help="comma-separated subset to time (default all; e.g. leave out eager at 16M: its Philox "
                         "reference takes ~30 s per call on CPU)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="CPU timing clock: wall time, or this process's CPU time (use with one thread on a "
+                        "machine shared with other jobs: waiting for a core is not counted)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<device>-ops.json)")
     args = p.parse_args(argv)
 
@@ -414,7 +423,7 @@ def main(argv=None) -> int:
     if not ours:
         print(f"note: no compiled backend for {args.device} is available (have {available}); "
               "timing eager, compile and clone only", file=sys.stderr)
-    timer = time_cuda if args.device == "cuda" else time_cpu
+    timer = time_cuda if args.device == "cuda" else functools.partial(time_cpu, clock=args.clock)
     name = device_name(args.device)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
 
@@ -428,7 +437,14 @@ def main(argv=None) -> int:
                 variants = _variants(b, mode, ours, compile_ok)
                 if args.variants:
                     variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
-                seconds = {v: measure(fn, be, timer, args.repeat, args.min_time) for v, (be, fn) in variants.items()}
+                # CPU: round-robin, one measurement per variant per round, so load that comes and
+                # goes hits all variants alike; GPU timers take their own repeats.
+                rounds, per_call = (args.repeat, 1) if args.device == "cpu" else (1, args.repeat)
+                samples = {v: [] for v in variants}
+                for _ in range(rounds):
+                    for v, (be, fn) in variants.items():
+                        samples[v].append(measure(fn, be, timer, per_call, args.min_time))
+                seconds = {v: statistics.median(ts) for v, ts in samples.items()}
                 numel = b.tensors[b.main].numel()
                 es = b.tensors[b.main].element_size()
                 row = dict(op=op, mode=mode, numel=numel, seconds=seconds, clone_bytes=2 * numel * es,
@@ -442,7 +458,7 @@ def main(argv=None) -> int:
           f"(median seconds shown as ms; x = speedup of our backend; %clone = fraction of clone bandwidth)")
     print_table(rows, ours)
 
-    result = dict(device=name, dtype=args.dtype, threads=torch.get_num_threads(), torch=torch.__version__,
+    result = dict(device=name, dtype=args.dtype, threads=torch.get_num_threads(), torch=torch.__version__, clock=args.clock,
                   backends=available, ours=ours, repeat=args.repeat, rows=rows)
     if args.model if args.model is not None else args.device == "cuda":
         model = bench_model(dtype, args.device, ours, timer, args.repeat, args.min_time)

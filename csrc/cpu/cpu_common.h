@@ -14,7 +14,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "philox_block.h"
 #include "sparsekern/macros.h"
+#include "sparsekern/philox.h"
 
 namespace sparsekern {
 namespace cpu {
@@ -63,16 +65,28 @@ inline void for_each_group_segment(int64_t begin, int64_t end, int64_t group_len
   }
 }
 
-// sum_{i in [begin, end)} term(i) with kLanes interleaved accumulators and a fixed combine.
-// term(i) may also store outputs; it is called exactly once per index, in blocks.
+// sum_{i in [begin, end)} term(i) with kLanes interleaved accumulators and a fixed combine:
+// lane j adds term(begin + j), term(begin + kLanes + j), ... in order, then the tail, then a
+// fixed tree. term(i) may also store outputs; it is called exactly once per index.
+// Terms go through a small buffer first: the term loop and the lane adds are then two
+// plain loops GCC vectorizes (one interleaved loop became permutes and spills).
 template <typename acc_t, typename F>
 SK_FORCE_INLINE acc_t lane_sum(int64_t begin, int64_t end, const F& term) {
+  constexpr int64_t kBuffer = 16 * kLanes;
   acc_t acc[kLanes] = {};
+  alignas(64) acc_t buf[kBuffer];
   int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      acc[j] += term(i + j);
+  while (end - i >= kLanes) {
+    const int64_t len = std::min(kBuffer, (end - i) / kLanes * kLanes);
+    for (int64_t j = 0; j < len; ++j) {
+      buf[j] = term(i + j);
     }
+    for (int64_t j = 0; j < len; j += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        acc[l] += buf[j + l];
+      }
+    }
+    i += len;
   }
   acc_t tail = acc_t(0);
   for (; i < end; ++i) {
@@ -131,6 +145,19 @@ std::vector<acc_t> grouped_sums(int64_t groups, int64_t group_len, const F& rang
 template <typename F>
 inline void parallel_elements(int64_t n, const F& body) {
   at::parallel_for(0, n, kChunk, body);
+}
+
+// fn(i, u_i) for i in [0, n) in parallel, u_i the SPEC 4 uniform of counter base + i.
+// The Philox words come in blocks so the loop over fn holds float math only (vectorizes).
+template <typename F>
+inline void parallel_uniforms(int64_t n, uint64_t seed, uint64_t base, const F& fn) {
+  parallel_elements(n, [&](int64_t begin, int64_t end) {
+    for_each_random_block(seed, base, begin, end, [&](int64_t start, int64_t len, const uint32_t* bits) {
+      for (int64_t j = 0; j < len; ++j) {
+        fn(start + j, uniform_from_bits(bits[j]));
+      }
+    });
+  });
 }
 
 }  // namespace cpu

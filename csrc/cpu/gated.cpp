@@ -34,17 +34,31 @@ void dispatch_pair(const at::Tensor& data, const F& body) {
 template <typename W, typename P>
 using pair_math_t = std::conditional_t<std::is_same<W, double>::value || std::is_same<P, double>::value, double, float>;
 
+// fn(k, c, u_k) for every gate k < count in parallel: c = k % channels indexes log_alpha,
+// u_k is the uniform of counter offset + k. Rows of `channels` gates are cut into Philox
+// blocks, so the loop over fn is contiguous float math (vectorizes).
+template <typename F>
+void parallel_gate_uniforms(int64_t count, int64_t channels, uint64_t seed, uint64_t offset, const F& fn) {
+  parallel_elements(count, [&](int64_t begin, int64_t end) {
+    for_each_group_segment(begin, end, channels, [&](int64_t row, int64_t b, int64_t e) {
+      const int64_t row_start = row * channels;
+      for_each_random_block(seed, offset, b, e, [&](int64_t start, int64_t len, const uint32_t* bits) {
+        for (int64_t j = 0; j < len; ++j) {
+          fn(start + j, start + j - row_start, uniform_from_bits(bits[j]));
+        }
+      });
+    });
+  });
+}
+
 // Gates z_k (and dz_k) for k < count, gate k reading log_alpha[k % channels] and counter offset + k.
 template <typename T, typename P>
 std::vector<Gate<T>> sample_gates(const P* log_alpha, int64_t count, int64_t channels, uint64_t seed,
                                   uint64_t offset, const HardConcreteParams<T>& p) {
   std::vector<Gate<T>> gates(static_cast<size_t>(count));
-  parallel_elements(count, [&](int64_t begin, int64_t end) {
-    int64_t c = begin % channels;  // stepped, not k % channels: no division per gate
-    for (int64_t k = begin; k < end; ++k) {
-      gates[k] = hc_sample(static_cast<T>(log_alpha[c]), sk_uniform(seed, offset + static_cast<uint64_t>(k)), p);
-      c = c + 1 == channels ? 0 : c + 1;
-    }
+  Gate<T>* gp = gates.data();
+  parallel_gate_uniforms(count, channels, seed, offset, [&](int64_t k, int64_t c, float u) SK_LAMBDA_INLINE {
+    gp[k] = hc_sample(static_cast<T>(log_alpha[c]), u, p);
   });
   return gates;
 }
@@ -52,14 +66,6 @@ std::vector<Gate<T>> sample_gates(const P* log_alpha, int64_t count, int64_t cha
 // out[i] = data[i] * z[i / group_len] for precomputed gates.
 template <typename T, typename W>
 void scale_groups(const W* data, W* out, int64_t n, int64_t group_len, const std::vector<Gate<T>>& gates) {
-  if (group_len == 1) {  // a gate per element (activations of a Linear): one flat loop
-    parallel_elements(n, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        out[i] = static_cast<W>(static_cast<T>(data[i]) * gates[i].z);
-      }
-    });
-    return;
-  }
   parallel_elements(n, [&](int64_t begin, int64_t end) {
     for_each_group_segment(begin, end, group_len, [&](int64_t group, int64_t b, int64_t e) {
       const T z = gates[group].z;
@@ -75,17 +81,6 @@ template <typename T, typename W>
 std::vector<T> scale_groups_backward(const W* grad, const W* data, W* grad_data, int64_t n, int64_t group_len,
                                      const std::vector<Gate<T>>& gates) {
   const int64_t groups = static_cast<int64_t>(gates.size());
-  if (group_len == 1) {  // a gate per element: each "sum" is one product, no reduction
-    std::vector<T> sums(static_cast<size_t>(n));
-    parallel_elements(n, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const T g = static_cast<T>(grad[i]);
-        grad_data[i] = static_cast<W>(g * gates[i].z);
-        sums[i] = g * static_cast<T>(data[i]);
-      }
-    });
-    return sums;
-  }
   return grouped_sums<T>(groups, groups > 0 ? n / groups : 0, [&](int64_t begin, int64_t end) {
     const T z = gates[begin / group_len].z;
     return lane_sum<T>(begin, end, [&](int64_t i) SK_LAMBDA_INLINE {
@@ -127,11 +122,8 @@ at::Tensor gated_weight(const at::Tensor& weight_in, const at::Tensor& log_alpha
     const P* lp = log_alpha.data_ptr<P>();
     W* op = out.data_ptr<W>();
     if (gate_count == n) {
-      parallel_elements(n, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const T z = hc_sample(static_cast<T>(lp[i]), sk_uniform(key, base + static_cast<uint64_t>(i)), p).z;
-          op[i] = static_cast<W>(static_cast<T>(wp[i]) * z);
-        }
+      parallel_gate_uniforms(n, n, key, base, [&](int64_t i, int64_t, float u) SK_LAMBDA_INLINE {
+        op[i] = static_cast<W>(static_cast<T>(wp[i]) * hc_sample(static_cast<T>(lp[i]), u, p).z);
       });
     } else {
       const auto gates = sample_gates<T>(lp, gate_count, gate_count, key, base, p);
@@ -168,13 +160,11 @@ std::tuple<at::Tensor, at::Tensor> gated_weight_backward(const at::Tensor& grad_
     W* gwp = grad_w.data_ptr<W>();
     G* glp = grad_la.data_ptr<G>();
     if (gate_count == n) {
-      parallel_elements(n, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const Gate<T> gate = hc_sample(static_cast<T>(lp[i]), sk_uniform(key, base + static_cast<uint64_t>(i)), p);
-          const T g = static_cast<T>(gp[i]);
-          gwp[i] = static_cast<W>(g * gate.z);
-          glp[i] = static_cast<G>(g * static_cast<T>(wp[i]) * gate.dz);
-        }
+      parallel_gate_uniforms(n, n, key, base, [&](int64_t i, int64_t, float u) SK_LAMBDA_INLINE {
+        const Gate<T> gate = hc_sample(static_cast<T>(lp[i]), u, p);
+        const T g = static_cast<T>(gp[i]);
+        gwp[i] = static_cast<W>(g * gate.z);
+        glp[i] = static_cast<G>(g * static_cast<T>(wp[i]) * gate.dz);
       });
     } else {
       const auto gates = sample_gates<T>(lp, gate_count, gate_count, key, base, p);
@@ -212,8 +202,18 @@ at::Tensor gated_activation(const at::Tensor& x_in, const at::Tensor& log_alpha_
     using P = decltype(p_tag);
     using T = pair_math_t<W, P>;
     const HardConcreteParams<T> p = hc_params<T>(beta, gamma, zeta);
-    const auto gates = sample_gates<T>(log_alpha.data_ptr<P>(), gate_count, channels, as_u64(seed), as_u64(offset), p);
-    scale_groups(x.data_ptr<W>(), out.data_ptr<W>(), n, n / gate_count, gates);
+    const P* lp = log_alpha.data_ptr<P>();
+    const W* xp = x.data_ptr<W>();
+    W* op = out.data_ptr<W>();
+    if (n == gate_count) {  // a gate per element ([B, C] activations of a Linear): one fused pass
+      parallel_gate_uniforms(n, channels, as_u64(seed), as_u64(offset), [&](int64_t k, int64_t c, float u)
+                                                                             SK_LAMBDA_INLINE {
+        op[k] = static_cast<W>(static_cast<T>(xp[k]) * hc_sample(static_cast<T>(lp[c]), u, p).z);
+      });
+      return;
+    }
+    const auto gates = sample_gates<T>(lp, gate_count, channels, as_u64(seed), as_u64(offset), p);
+    scale_groups(xp, op, n, n / gate_count, gates);
   });
   return restore(out, x_in.scalar_type());
 }
@@ -241,17 +241,43 @@ std::tuple<at::Tensor, at::Tensor> gated_activation_backward(const at::Tensor& g
       using T = pair_math_t<W, P>;
       using G = math_t<P>;
       const HardConcreteParams<T> p = hc_params<T>(beta, gamma, zeta);
-      const auto gates =
-          sample_gates<T>(log_alpha.data_ptr<P>(), gate_count, channels, as_u64(seed), as_u64(offset), p);
-      const std::vector<T> sums =
-          scale_groups_backward(grad.data_ptr<W>(), x.data_ptr<W>(), grad_x.data_ptr<W>(), n, n / gate_count, gates);
+      const P* lp = log_alpha.data_ptr<P>();
+      const W* xp = x.data_ptr<W>();
+      const W* gp = grad.data_ptr<W>();
+      W* gxp = grad_x.data_ptr<W>();
+      // acc[c] = sum over b = 0, 1, ... in order of grad * x * dz (per element) or of the
+      // per-gate sums times dz: the same order for any thread count.
+      std::vector<T> acc(static_cast<size_t>(channels), T(0));
+      T* ap = acc.data();
+      if (n == gate_count) {  // a gate per element: one fused pass, threads split the channels
+        const uint64_t key = as_u64(seed), base = as_u64(offset);
+        at::parallel_for(0, channels, std::max<int64_t>(1, kChunk / batch), [&](int64_t c_begin, int64_t c_end) {
+          for (int64_t b = 0; b < batch; ++b) {
+            const int64_t row = b * channels;
+            for_each_random_block(key, base, row + c_begin, row + c_end,
+                                  [&](int64_t start, int64_t len, const uint32_t* bits) SK_LAMBDA_INLINE {
+              const int64_t c0 = start - row;
+              for (int64_t j = 0; j < len; ++j) {
+                const Gate<T> gate = hc_sample(static_cast<T>(lp[c0 + j]), uniform_from_bits(bits[j]), p);
+                const T g = static_cast<T>(gp[start + j]);
+                gxp[start + j] = static_cast<W>(g * gate.z);
+                ap[c0 + j] += g * static_cast<T>(xp[start + j]) * gate.dz;
+              }
+            });
+          }
+        });
+      } else {
+        const auto gates = sample_gates<T>(lp, gate_count, channels, as_u64(seed), as_u64(offset), p);
+        const std::vector<T> sums = scale_groups_backward(gp, xp, gxp, n, n / gate_count, gates);
+        for (int64_t b = 0; b < batch; ++b) {
+          for (int64_t c = 0; c < channels; ++c) {
+            ap[c] += sums[b * channels + c] * gates[b * channels + c].dz;
+          }
+        }
+      }
       G* glp = grad_la.data_ptr<G>();
       for (int64_t c = 0; c < channels; ++c) {
-        T acc = T(0);
-        for (int64_t b = 0; b < batch; ++b) {
-          acc += sums[b * channels + c] * gates[b * channels + c].dz;
-        }
-        glp[c] = static_cast<G>(acc);
+        glp[c] = static_cast<G>(ap[c]);
       }
     });
   }

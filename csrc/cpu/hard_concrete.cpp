@@ -62,25 +62,52 @@ at::Tensor map_gate_grad(const char* name, const at::Tensor& grad_in, const at::
   return out;
 }
 
+// Training gates: out[i] = f(u_i, T(log_alpha[i]), T(grad[i])) with u_i the uniform of
+// counter offset + i; in log_alpha's dtype for the gate (no grad), its math dtype for the
+// gradient.
+template <bool kGrad, typename F>
+at::Tensor map_sampled_gate(const char* name, const at::Tensor* grad_in, const at::Tensor& log_alpha_in, int64_t seed,
+                            int64_t offset, const F& f) {
+  check_inputs(name, {&log_alpha_in});
+  const at::Tensor log_alpha = log_alpha_in.contiguous();
+  at::Tensor grad;
+  if (kGrad) {
+    check_inputs(name, {grad_in});
+    TORCH_CHECK(grad_in->sizes() == log_alpha_in.sizes(), name, ": grad and log_alpha shapes differ");
+    grad = as_dense(*grad_in, log_alpha.scalar_type());
+  }
+  at::Tensor out = kGrad ? at::empty(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)))
+                         : at::empty_like(log_alpha);
+  SK_DISPATCH_FLOATS(log_alpha.scalar_type(), "sparsekern_sampled_gate", [&] {
+    using P = scalar_t;
+    using T = math_t<P>;
+    using O = std::conditional_t<kGrad, T, P>;
+    const P* lp = log_alpha.data_ptr<P>();
+    const P* gp = kGrad ? grad.data_ptr<P>() : nullptr;
+    O* op = out.data_ptr<O>();
+    const auto fn = f(T());
+    parallel_uniforms(log_alpha.numel(), as_u64(seed), as_u64(offset), [&](int64_t i, float u) SK_LAMBDA_INLINE {
+      op[i] = static_cast<O>(fn(u, static_cast<T>(lp[i]), kGrad ? static_cast<T>(gp[i]) : T(0)));
+    });
+  });
+  return out;
+}
+
 at::Tensor hard_concrete(const at::Tensor& log_alpha, int64_t seed, int64_t offset, double beta, double gamma,
                          double zeta) {
-  const uint64_t key = as_u64(seed), base = as_u64(offset);
-  return map_gate("hard_concrete", log_alpha, [&](auto zero) {
+  return map_sampled_gate<false>("hard_concrete", nullptr, log_alpha, seed, offset, [&](auto zero) {
     using T = decltype(zero);
     const HardConcreteParams<T> p = hc_params<T>(beta, gamma, zeta);
-    return [=](int64_t i, T la) SK_LAMBDA_INLINE { return hc_sample(la, sk_uniform(key, base + static_cast<uint64_t>(i)), p).z; };
+    return [=](float u, T la, T) SK_LAMBDA_INLINE { return hc_sample(la, u, p).z; };
   });
 }
 
 at::Tensor hard_concrete_backward(const at::Tensor& grad, const at::Tensor& log_alpha, int64_t seed, int64_t offset,
                                   double beta, double gamma, double zeta) {
-  const uint64_t key = as_u64(seed), base = as_u64(offset);
-  return map_gate_grad("hard_concrete_backward", grad, log_alpha, [&](auto zero) {
+  return map_sampled_gate<true>("hard_concrete_backward", &grad, log_alpha, seed, offset, [&](auto zero) {
     using T = decltype(zero);
     const HardConcreteParams<T> p = hc_params<T>(beta, gamma, zeta);
-    return [=](int64_t i, T g, T la) SK_LAMBDA_INLINE {
-      return g * hc_sample(la, sk_uniform(key, base + static_cast<uint64_t>(i)), p).dz;
-    };
+    return [=](float u, T la, T g) SK_LAMBDA_INLINE { return g * hc_sample(la, u, p).dz; };
   });
 }
 

@@ -2,6 +2,7 @@
 #include <torch/library.h>
 
 #include "cpu_common.h"
+#include "philox_block.h"
 #include "sparsekern/philox.h"
 #include "../op_signatures.h"
 
@@ -16,9 +17,11 @@ void uniform(at::Tensor& out, int64_t seed, int64_t offset) {
   const uint64_t key = as_u64(seed), base = as_u64(offset);
   float* op = out.data_ptr<float>();
   parallel_elements(out.numel(), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      op[i] = sk_uniform(key, base + static_cast<uint64_t>(i));
-    }
+    for_each_random_block(key, base, begin, end, [&](int64_t start, int64_t len, const uint32_t* bits) {
+      for (int64_t j = 0; j < len; ++j) {
+        op[start + j] = uniform_from_bits(bits[j]);
+      }
+    });
   });
 }
 
