@@ -85,18 +85,19 @@ def make_step(model_name: str, method: str, mode: str, device: str, amp: bool):
     return step
 
 
-def timed(step, device: str) -> float:
+def timed(step, device: str, clock=time.perf_counter) -> float:
     """Seconds of one step (the GPU synchronized around it)."""
     if device == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     step()
     if device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def bench_model(model_name: str, methods, modes, device: str, rounds: int, amp: bool) -> dict:
+def bench_model(model_name: str, methods, modes, device: str, rounds: int, amp: bool,
+                clock=time.perf_counter) -> dict:
     steps = {}
     for mode in modes:
         for method in methods:
@@ -108,7 +109,7 @@ def bench_model(model_name: str, methods, modes, device: str, rounds: int, amp: 
     samples = {key: [] for key in steps}
     for r in range(rounds):  # round-robin, one step at a time: every variant sees the same machine load
         for key, step in steps.items():
-            samples[key].append(timed(step, device))
+            samples[key].append(timed(step, device, clock))
     print(f"  {model_name}: {rounds} rounds done", file=sys.stderr, flush=True)
     rows = []
     for (method, mode), times in samples.items():
@@ -169,8 +170,14 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=30, help="round-robin steps timed per variant (median taken)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's; 1 is steadier on a shared box)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall time, or (CPU, with --threads 1) this process's CPU time, which other jobs on a "
+                        "shared machine do not inflate")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<device>-train-step.json)")
     args = p.parse_args(argv)
+    if args.clock == "cpu" and args.device != "cpu":
+        p.error("--clock cpu: CPU only (GPU steps are timed by the wall clock around synchronizations)")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -182,13 +189,13 @@ def main(argv=None) -> int:
     results = []
     for name in models:
         amp = name == "resnet50"  # batch 256 in bf16 autocast, as GPU training runs
-        results.append(bench_model(name, methods, modes, args.device, args.rounds, amp))
+        results.append(bench_model(name, methods, modes, args.device, args.rounds, amp, clock))
         print_table(results[-1])
     dev = device_name(args.device)
     out = Path(args.out) if args.out else RESULTS / f"{dev}-train-step.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(device=dev, threads=torch.get_num_threads(), torch=torch.__version__,
-                                   rounds=args.rounds, results=results), indent=1))
+                                   rounds=args.rounds, clock=args.clock, results=results), indent=1))
     png = out.with_suffix(".png")
     plot(results, png)
     print(f"\nwrote {out} and {png}")

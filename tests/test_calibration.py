@@ -95,6 +95,21 @@ def test_every_layer_closes_the_same_fraction_of_its_open_gates(target):
         assert abs(kept / n - (closed * 450 / 425)) <= 0.02 + 1.0 / n, (kept, n)
 
 
+def test_cheap_gates_fill_the_gap_an_expensive_boundary_gate_leaves():
+    """Layer A's gates cost 20% each, B's 1%; keeping whole prefixes of the order lands 9 points off."""
+    model = Gated([4, 20])
+    with torch.no_grad():
+        model.gates[0].log_alpha.copy_(torch.tensor([4.0, 3.0, 2.0, 1.0]))
+        model.gates[1].log_alpha.copy_(torch.linspace(0.9, 0.5, 20))
+    cost = [0.2, 0.01]
+
+    def pruned():
+        return 1.0 - sum(c * int(g.kept().sum()) for c, g in zip(cost, model.gates))
+
+    assert calibrate_gates(model, pruned, 0.5) == pytest.approx(0.5)
+    assert [int(g.kept().sum()) for g in model.gates] == [2, 10]
+
+
 def test_calibrated_generator_state_round_trips_and_old_offsets_load():
     torch.manual_seed(1)
     model = Gated([8, 8], "forward")
@@ -122,13 +137,14 @@ class Plant:
     ``calibrate(value)`` sets it exactly, as ``calibrate_gates`` does on a model."""
 
     def __init__(self, follow=0.05):
-        self.value, self.follow, self.calls = 0.0, follow, []
+        self.value, self.follow, self.calls, self.finals = 0.0, follow, [], []
 
     def advance(self, lam):
         self.value += self.follow * (min(1.0, lam / 10.0) - self.value)
 
-    def calibrate(self, value):
+    def calibrate(self, value, final):
         self.calls.append(value)
+        self.finals.append(final)
         self.value = value
         return value
 
@@ -141,6 +157,7 @@ def test_target_lambda_lands_and_calibrates_only_when_off_schedule(follow):
         plant.advance(control.lam)
         control.step()
     assert plant.calls[-1] == 0.6 and control.last_measured == pytest.approx(0.6)
+    assert plant.finals == [False] * (len(plant.calls) - 1) + [True]  # only the last step fills
     ramp = plant.calls[:-1]
     assert all(0.0 < c <= 0.6 for c in ramp)
     if follow == 0.0:  # nothing moves by itself: the schedule is followed by calibrations alone

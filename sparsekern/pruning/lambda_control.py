@@ -6,8 +6,8 @@ step lambda is multiplied by ``exp(gain * (wanted - measured) / target)``: too l
 raises it, too much lowers it (an integral controller on log lambda, so it holds a steady
 lambda at the target). ``measure()`` is called every ``every`` steps.
 
-``calibrate(value)`` (optional, ``pruning.calibration``) sets the gates so the measured fraction
-is ``value``. It runs at the last step, to land exactly, and at ``calibrations`` evenly spaced
+``calibrate(value, final)`` (optional, ``pruning.calibration``) sets the gates so the measured
+fraction is ``value``. It runs at the last step (``final``), to land exactly, and at ``calibrations`` evenly spaced
 steps after ``start_frac`` whenever the measurement lags the schedule (or, once the schedule
 holds, is off it either way) by more than ``tolerance``: the controller acts through the gates' learning, which lags (and a saturated
 Dep-L0 generator hardly moves), so without these the last step could have to close half the
@@ -49,13 +49,13 @@ class TargetLambda:
             self.lam = min(max(self.lam * math.exp(self.gain * error), self.bounds[0]), self.bounds[1])
         if self.calibrate is not None:
             if self.step_count == self.total_steps:
-                self.last_measured = float(self.calibrate(self.target))
+                self.last_measured = float(self.calibrate(self.target, True))
             elif self.step_count > self.start_step and self.step_count % self.calibrate_every == 0:
                 measured = self.last_measured if self.step_count % self.every == 0 else float(self.measure())
                 wanted = self.scheduled()
                 lag = wanted - measured  # on the ramp only a lag is corrected; the controller undoes a lead
                 if lag > self.tolerance or (self.step_count >= self.ramp_end and -lag > self.tolerance):
-                    self.last_measured = float(self.calibrate(wanted))
+                    self.last_measured = float(self.calibrate(wanted, False))
         return self.last_measured
 
     def state_dict(self) -> dict:

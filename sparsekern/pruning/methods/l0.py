@@ -22,7 +22,7 @@ HC_GATE_LR = 1e-3  # SPEC 3: Adam, lr 1e-3, no decay, for the generator / indepe
 def _lambda_controller(model, measure, target: float, total_steps: int, start: float) -> TargetLambda:
     """Adapts lambda so ``measure()`` follows the schedule to ``target``; calibrations keep it on it."""
     return TargetLambda(measure, target, total_steps, start,
-                        calibrate=lambda value: calibrate_gates(model, measure, value))
+                        calibrate=lambda value, final: calibrate_gates(model, measure, value, fill=final))
 
 class L0(Method):
     """L0 of Louizos et al. with ``recipes``' gates (one per input neuron of a Linear, per output
