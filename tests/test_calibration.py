@@ -108,6 +108,9 @@ def test_cheap_gates_fill_the_gap_an_expensive_boundary_gate_leaves():
 
     assert calibrate_gates(model, pruned, 0.5) == pytest.approx(0.5)
     assert [int(g.kept().sum()) for g in model.gates] == [2, 10]
+    # the boundary gate (20%) lands nearer than the prefix before it, but on the far side:
+    # the fill starts below the target and does not jump over it
+    assert calibrate_gates(model, pruned, 0.47) == pytest.approx(0.47)
 
 
 def test_calibrated_generator_state_round_trips_and_old_offsets_load():

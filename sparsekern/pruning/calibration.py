@@ -138,7 +138,7 @@ def calibrate_gates(model: nn.Module, measure, target: float, *, order: str = "a
         return keep_top(best)
     # One gate at the boundary can cost more than the tolerance (a LeNet-5 conv1 map is ~4% of
     # the FLOPs): from the prefix that prunes too much, also keep later gates, one at a time,
-    # as long as each brings the measured value closer to the target.
+    # while each brings the measured value closer to the target from that side.
     value = keep_top(low)
     keeps = [r < low for r in ranks]
     starts = list(itertools.accumulate(sizes, initial=0))
@@ -149,7 +149,9 @@ def calibrate_gates(model: nn.Module, measure, target: float, *, order: str = "a
         keeps[i][position - starts[i]] = True
         groups[i].set(keeps[i])
         tried = float(measure())
-        if abs(tried - target) < abs(value - target):
+        # closer, and not past the target by more than the tolerance (an expensive gate that
+        # lands on the other side would stop the fill there)
+        if tried >= target - FILL_TOLERANCE and abs(tried - target) < abs(value - target):
             value = tried
         else:
             keeps[i][position - starts[i]] = False
