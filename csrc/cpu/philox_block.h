@@ -29,25 +29,59 @@ constexpr int64_t kRandomBlock = 256;
 // its lane. One vpmuludq then gives the whole 32x32->64 product (high word = product >> 32,
 // low word = the product itself). The upper halves of the state become garbage, but they
 // only meet xors and vpmuludq (which reads low halves), so every low half equals philox_r0.
+// One vector width's operations on 64-bit lanes (Ops::V); philox_r0_lanes runs the rounds.
 #if defined(__AVX512F__)
-// The all-lanes maskz_ forms equal the plain intrinsics; GCC 12's plain ones warn
-// -Wmaybe-uninitialized about their internal undefined pass-through operand.
-constexpr __mmask8 kAll8 = 0xFF;
+struct Lanes8 {
+  // The all-lanes maskz_ forms equal the plain intrinsics; GCC 12's plain ones warn
+  // -Wmaybe-uninitialized about their internal undefined pass-through operand.
+  static constexpr __mmask8 kAll = 0xFF;
+  using V = __m512i;
+  static V set1(uint64_t v) { return _mm512_set1_epi64(static_cast<long long>(v)); }
+  static V iota() { return _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7); }
+  static V zero() { return _mm512_setzero_si512(); }
+  static V add(V a, V b) { return _mm512_add_epi64(a, b); }
+  static V high(V a) { return _mm512_maskz_srli_epi64(kAll, a, 32); }
+  static V mul(V a, V b) { return _mm512_maskz_mul_epu32(kAll, a, b); }
+  static V xor3(V a, V b, V c) { return _mm512_ternarylogic_epi64(a, b, c, 0x96); }  // 0x96: a ^ b ^ c
+};
+#elif defined(__AVX2__)
+struct Lanes4 {
+  using V = __m256i;
+  static V set1(uint64_t v) { return _mm256_set1_epi64x(static_cast<long long>(v)); }
+  static V iota() { return _mm256_setr_epi64x(0, 1, 2, 3); }
+  static V zero() { return _mm256_setzero_si256(); }
+  static V add(V a, V b) { return _mm256_add_epi64(a, b); }
+  static V high(V a) { return _mm256_srli_epi64(a, 32); }
+  static V mul(V a, V b) { return _mm256_mul_epu32(a, b); }
+  static V xor3(V a, V b, V c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
+};
+#elif defined(__SSE2__)
+struct Lanes2 {  // every x86-64 CPU (the portable build)
+  using V = __m128i;
+  static V set1(uint64_t v) { return _mm_set1_epi64x(static_cast<long long>(v)); }
+  static V iota() { return _mm_set_epi64x(1, 0); }
+  static V zero() { return _mm_setzero_si128(); }
+  static V add(V a, V b) { return _mm_add_epi64(a, b); }
+  static V high(V a) { return _mm_srli_epi64(a, 32); }
+  static V mul(V a, V b) { return _mm_mul_epu32(a, b); }
+  static V xor3(V a, V b, V c) { return _mm_xor_si128(_mm_xor_si128(a, b), c); }
+};
+#endif
 
-// philox_r0(seed, counter + lane) in the low halves of 8 64-bit lanes.
-SK_FORCE_INLINE __m512i philox_r0_x8(uint64_t seed, uint64_t counter) {
-  const __m512i ctr = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(counter)),
-                                       _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));  // wraps mod 2**64
-  __m512i c0 = ctr, c1 = _mm512_maskz_srli_epi64(kAll8, ctr, 32);
-  __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
-  const __m512i ma = _mm512_set1_epi64(kPhiloxRoundA), mb = _mm512_set1_epi64(kPhiloxRoundB);
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
+// philox_r0(seed, counter + lane) in the low halves of the 64-bit lanes (counters wrap mod 2**64).
+template <typename Ops>
+SK_FORCE_INLINE typename Ops::V philox_r0_lanes(uint64_t seed, uint64_t counter) {
+  using V = typename Ops::V;
+  const V ctr = Ops::add(Ops::set1(counter), Ops::iota());
+  V c0 = ctr, c1 = Ops::high(ctr), c2 = Ops::zero(), c3 = Ops::zero();
+  const V ma = Ops::set1(kPhiloxRoundA), mb = Ops::set1(kPhiloxRoundB);
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int round = 0; round < kPhiloxRounds; ++round) {
-    const __m512i pa = _mm512_maskz_mul_epu32(kAll8, c0, ma);
-    const __m512i pb = _mm512_maskz_mul_epu32(kAll8, c2, mb);
-    // 0x96: three-way xor
-    const __m512i n0 = _mm512_ternarylogic_epi64(_mm512_maskz_srli_epi64(kAll8, pb, 32), c1, _mm512_set1_epi64(k0), 0x96);
-    const __m512i n2 = _mm512_ternarylogic_epi64(_mm512_maskz_srli_epi64(kAll8, pa, 32), c3, _mm512_set1_epi64(k1), 0x96);
+    const V pa = Ops::mul(c0, ma);
+    const V pb = Ops::mul(c2, mb);
+    const V n0 = Ops::xor3(Ops::high(pb), c1, Ops::set1(k0));
+    const V n2 = Ops::xor3(Ops::high(pa), c3, Ops::set1(k1));
     c1 = pb;
     c3 = pa;
     c0 = n0;
@@ -57,71 +91,27 @@ SK_FORCE_INLINE __m512i philox_r0_x8(uint64_t seed, uint64_t counter) {
   }
   return c0;
 }
+#endif
 
-// philox_r0(seed, counter + lane) for lanes 0..15 as 32-bit words.
+// philox_r0(seed, counter + lane) for one register of 32-bit lanes (two lane calls' low words, in order).
+#if defined(__AVX512F__)
 SK_FORCE_INLINE __m512i philox_r0_x16(uint64_t seed, uint64_t counter) {
   const __m512i even_words = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  return _mm512_permutex2var_epi32(philox_r0_x8(seed, counter), even_words, philox_r0_x8(seed, counter + 8u));
+  return _mm512_permutex2var_epi32(philox_r0_lanes<Lanes8>(seed, counter), even_words,
+                                   philox_r0_lanes<Lanes8>(seed, counter + 8u));
 }
 #elif defined(__AVX2__)
-// philox_r0(seed, counter + lane) in the low halves of 4 64-bit lanes.
-SK_FORCE_INLINE __m256i philox_r0_x4(uint64_t seed, uint64_t counter) {
-  const __m256i ctr = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<long long>(counter)),
-                                       _mm256_setr_epi64x(0, 1, 2, 3));  // wraps mod 2**64
-  __m256i c0 = ctr, c1 = _mm256_srli_epi64(ctr, 32);
-  __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
-  const __m256i ma = _mm256_set1_epi64x(kPhiloxRoundA), mb = _mm256_set1_epi64x(kPhiloxRoundB);
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int round = 0; round < kPhiloxRounds; ++round) {
-    const __m256i pa = _mm256_mul_epu32(c0, ma);
-    const __m256i pb = _mm256_mul_epu32(c2, mb);
-    const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(pb, 32), c1), _mm256_set1_epi64x(k0));
-    const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(pa, 32), c3), _mm256_set1_epi64x(k1));
-    c1 = pb;
-    c3 = pa;
-    c0 = n0;
-    c2 = n2;
-    k0 += kPhiloxKeyA;
-    k1 += kPhiloxKeyB;
-  }
-  return c0;
-}
-
-// philox_r0(seed, counter + lane) for lanes 0..7 as 32-bit words.
 SK_FORCE_INLINE __m256i philox_r0_x8(uint64_t seed, uint64_t counter) {
-  const __m256 lo = _mm256_castsi256_ps(philox_r0_x4(seed, counter));
-  const __m256 hi = _mm256_castsi256_ps(philox_r0_x4(seed, counter + 4u));
+  const __m256 lo = _mm256_castsi256_ps(philox_r0_lanes<Lanes4>(seed, counter));
+  const __m256 hi = _mm256_castsi256_ps(philox_r0_lanes<Lanes4>(seed, counter + 4u));
   // Even words of both (per 128-bit half: lo0 lo1 hi0 hi1 | lo2 lo3 hi2 hi3), then the 64-bit pieces in order.
   const __m256i mixed = _mm256_castps_si256(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)));
   return _mm256_permute4x64_epi64(mixed, _MM_SHUFFLE(3, 1, 2, 0));
 }
 #elif defined(__SSE2__)
-// Every x86-64 CPU (the portable build): philox_r0(seed, counter + lane) in the low halves of 2 64-bit lanes.
-SK_FORCE_INLINE __m128i philox_r0_x2(uint64_t seed, uint64_t counter) {
-  const __m128i ctr = _mm_add_epi64(_mm_set1_epi64x(static_cast<long long>(counter)), _mm_set_epi64x(1, 0));
-  __m128i c0 = ctr, c1 = _mm_srli_epi64(ctr, 32);
-  __m128i c2 = _mm_setzero_si128(), c3 = _mm_setzero_si128();
-  const __m128i ma = _mm_set1_epi64x(kPhiloxRoundA), mb = _mm_set1_epi64x(kPhiloxRoundB);
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int round = 0; round < kPhiloxRounds; ++round) {
-    const __m128i pa = _mm_mul_epu32(c0, ma);
-    const __m128i pb = _mm_mul_epu32(c2, mb);
-    const __m128i n0 = _mm_xor_si128(_mm_xor_si128(_mm_srli_epi64(pb, 32), c1), _mm_set1_epi64x(k0));
-    const __m128i n2 = _mm_xor_si128(_mm_xor_si128(_mm_srli_epi64(pa, 32), c3), _mm_set1_epi64x(k1));
-    c1 = pb;
-    c3 = pa;
-    c0 = n0;
-    c2 = n2;
-    k0 += kPhiloxKeyA;
-    k1 += kPhiloxKeyB;
-  }
-  return c0;
-}
-
-// philox_r0(seed, counter + lane) for lanes 0..3 as 32-bit words (the even words of both halves, in order).
 SK_FORCE_INLINE __m128i philox_r0_x4(uint64_t seed, uint64_t counter) {
-  const __m128 lo = _mm_castsi128_ps(philox_r0_x2(seed, counter));
-  const __m128 hi = _mm_castsi128_ps(philox_r0_x2(seed, counter + 2u));
+  const __m128 lo = _mm_castsi128_ps(philox_r0_lanes<Lanes2>(seed, counter));
+  const __m128 hi = _mm_castsi128_ps(philox_r0_lanes<Lanes2>(seed, counter + 2u));
   return _mm_castps_si128(_mm_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)));
 }
 #endif
