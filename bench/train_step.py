@@ -52,7 +52,8 @@ def build(model_name: str, method: str, device: str) -> tuple[nn.Module, callabl
     args, _ = MODELS[model_name]
     model = build_model(model_name, **args)
     if method in ("str", "l0") + STRUCTURED:
-        sparsify(model, method, **({"s_init": -5.0} if method == "str" else {}))
+        # l0: one gate per weight, as l0-plain has (sparsify's default is the paper's per-neuron gates)
+        sparsify(model, method, **{"str": {"s_init": -5.0}, "l0": {"granularity": "weight"}}.get(method, {}))
     elif method.endswith("-plain"):
         plainify(model, method.split("-")[0])
     model.to(device).train()

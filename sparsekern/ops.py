@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from sparsekern import backends, direct
+from sparsekern import backends, direct, inductor_decomps
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _U64 = 1 << 64
@@ -118,6 +118,7 @@ def _soft_threshold(weight: Tensor, s: Tensor) -> Tensor:
 
 @_soft_threshold.register_fake
 def _(weight, s):
+    inductor_decomps.register()
     return weight.new_empty(weight.shape)
 
 
@@ -228,6 +229,7 @@ def _hard_concrete_eval(log_alpha: Tensor, gamma: float, zeta: float) -> Tensor:
 
 @_hard_concrete_eval.register_fake
 def _(log_alpha, gamma, zeta):
+    inductor_decomps.register()
     return log_alpha.new_empty(log_alpha.shape)
 
 
@@ -268,6 +270,7 @@ def _l0_norm(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tenso
 
 @_l0_norm.register_fake
 def _(log_alpha, beta, gamma, zeta):
+    inductor_decomps.register()
     return log_alpha.new_empty(())
 
 
