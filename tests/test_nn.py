@@ -127,6 +127,30 @@ def test_l0_training_sample_matches_ops_and_advances_offset(kind, granularity, m
     assert layer.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_l0_input_gates_equal_gated_weight_of_the_transpose(kind, dtype):
+    """Per-input gates are a broadcast multiply (no transposed copy): the fused op's numbers."""
+    torch.manual_seed(5)
+    cls = snn.L0Linear if kind == "linear" else snn.L0Conv2d
+    layer = cls.from_dense(_dense(kind), granularity="in", drop_rate=0.3).to(dtype).train()
+    with torch.no_grad():
+        layer.log_alpha.normal_(0, 2)
+    seed, offset = layer.noise_seed, layer.noise_offset
+    sampled, _ = layer._sampled_weight_and_bias()
+    assert layer.noise_offset == offset + layer.log_alpha.numel()
+    weight = layer.weight.detach().requires_grad_()
+    la = layer.log_alpha.detach().requires_grad_()
+    fused = sparsekern.gated_weight(weight.transpose(0, 1), la, seed, offset).transpose(0, 1)
+    assert sampled.dtype == dtype and torch.equal(sampled, fused)
+    probe = torch.randn(sampled.shape)
+    (sampled.float() * probe).sum().backward()
+    (fused.float() * probe).sum().backward()
+    assert torch.equal(layer.weight.grad, weight.grad)
+    # grad_log_alpha sums grad * weight over each column, in another order than the fused kernel.
+    torch.testing.assert_close(layer.log_alpha.grad, la.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_seeds_follow_torch_manual_seed():
     def run(seed):
         torch.manual_seed(seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -65,8 +66,12 @@ class _L0Mixin(HardConcreteGates, SparseModule):
         la = self.gate_log_alpha()
         noise = self.take_noise(la.numel())
         kw = self.hc_kwargs()
-        if self.granularity == "in":  # one gate per column = per row of the transposed weight
-            weight = ops.gated_weight(self.weight.transpose(0, 1), la, *noise, **kw).transpose(0, 1)
+        if self.granularity == "in":
+            # One gate per column. gated_weight on the transposed weight would copy it (and the
+            # gradient, twice) into row order every step; gating a column is one broadcast multiply
+            # by the same sampled gates, kept in float32 (float64) as gated_weight keeps them.
+            z = ops.hard_concrete(la if la.dtype == torch.float64 else la.float(), *noise, **kw)
+            weight = torch.mul(self.weight, self._broadcast(z)).to(self.weight.dtype)
         else:
             weight = ops.gated_weight(self.weight, la, *noise, **kw)
         bias = self.bias
