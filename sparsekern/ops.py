@@ -4,7 +4,8 @@ Each op is a ``sparsekern::<name>`` custom op whose body runs the kernel of the
 backend chosen for its inputs (see ``sparsekern.backends``); its backward is a
 second custom op that recomputes masks and gate noise from the saved inputs and
 (seed, offset), so nothing of weight size is kept beyond the inputs.
-Custom ops are opaque to ``torch.compile``: graphs using them have no breaks.
+Custom ops are opaque to ``torch.compile``: graphs using them have no breaks. Under inductor the
+deterministic ones lower to their formulas instead, which it fuses (``sparsekern.inductor_decomps``).
 Eager calls that resolve to the compiled backends skip the custom op and call
 ``torch.ops.sparsekern_C`` directly, whose autograd is registered in C++ (``sparsekern.direct``).
 """
