@@ -57,7 +57,7 @@ std::vector<Gate<T>> sample_gates(const P* log_alpha, int64_t count, int64_t cha
                                   uint64_t offset, const HardConcreteParams<T>& p) {
   std::vector<Gate<T>> gates(static_cast<size_t>(count));
   Gate<T>* gp = gates.data();
-  parallel_gate_uniforms(count, channels, seed, offset, [&](int64_t k, int64_t c, float u) SK_LAMBDA_INLINE {
+  parallel_gate_uniforms(count, channels, seed, offset, [&, p](int64_t k, int64_t c, float u) SK_LAMBDA_INLINE {
     gp[k] = hc_sample(static_cast<T>(log_alpha[c]), u, p);
   });
   return gates;
@@ -122,7 +122,7 @@ at::Tensor gated_weight(const at::Tensor& weight_in, const at::Tensor& log_alpha
     const P* lp = log_alpha.data_ptr<P>();
     W* op = out.data_ptr<W>();
     if (gate_count == n) {
-      parallel_gate_uniforms(n, n, key, base, [&](int64_t i, int64_t, float u) SK_LAMBDA_INLINE {
+      parallel_gate_uniforms(n, n, key, base, [&, p](int64_t i, int64_t, float u) SK_LAMBDA_INLINE {
         op[i] = static_cast<W>(static_cast<T>(wp[i]) * hc_sample(static_cast<T>(lp[i]), u, p).z);
       });
     } else {
@@ -160,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor> gated_weight_backward(const at::Tensor& grad_
     W* gwp = grad_w.data_ptr<W>();
     G* glp = grad_la.data_ptr<G>();
     if (gate_count == n) {
-      parallel_gate_uniforms(n, n, key, base, [&](int64_t i, int64_t, float u) SK_LAMBDA_INLINE {
+      parallel_gate_uniforms(n, n, key, base, [&, p](int64_t i, int64_t, float u) SK_LAMBDA_INLINE {
         const Gate<T> gate = hc_sample(static_cast<T>(lp[i]), u, p);
         const T g = static_cast<T>(gp[i]);
         gwp[i] = static_cast<W>(g * gate.z);
@@ -206,7 +206,7 @@ at::Tensor gated_activation(const at::Tensor& x_in, const at::Tensor& log_alpha_
     const W* xp = x.data_ptr<W>();
     W* op = out.data_ptr<W>();
     if (n == gate_count) {  // a gate per element ([B, C] activations of a Linear): one fused pass
-      parallel_gate_uniforms(n, channels, as_u64(seed), as_u64(offset), [&](int64_t k, int64_t c, float u)
+      parallel_gate_uniforms(n, channels, as_u64(seed), as_u64(offset), [&, p](int64_t k, int64_t c, float u)
                                                                              SK_LAMBDA_INLINE {
         op[k] = static_cast<W>(static_cast<T>(xp[k]) * hc_sample(static_cast<T>(lp[c]), u, p).z);
       });
