@@ -51,7 +51,9 @@ def register() -> None:
         if _registered:
             return
         try:
-            from torch._inductor import decomposition
+            # Called from a fake kernel: no fake/proxy mode may see the tensors inductor makes at import.
+            with torch.utils._python_dispatch._disable_current_modes():
+                from torch._inductor import decomposition
         except ImportError:  # no inductor in this torch build: nothing to lower to
             _registered = True
             return

@@ -6,6 +6,9 @@ forward and backward, checked against eager and against the generated code.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch._inductor.utils import run_and_get_code
@@ -68,3 +71,25 @@ def test_inductor_lowers_the_formulas(case):
     for what, a, lowp, ex in zip(("loss", "grad w", "grad s", "grad log_alpha"), got, eager, exact):
         assert a.dtype == lowp.dtype, what
         assert_flash_close(a, lowp, ex, dtype=dtype, scale=magnitude(ex), terms=84, what=what)
+
+
+_FRESH = """
+import sys, torch, sparsekern
+assert "torch._inductor.decomposition" not in sys.modules
+w, s = torch.randn(8, 4, requires_grad=True), torch.tensor([-1.0], requires_grad=True)
+f = lambda w, s: sparsekern.soft_threshold(w, s).square().sum()
+torch.compile(f, backend="aot_eager", fullgraph=True)(w, s).backward()  # a fake kernel registers the lowering
+assert "torch._inductor.decomposition" in sys.modules
+torch._dynamo.reset()
+from torch._inductor.utils import run_and_get_code
+with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+    loss, codes = run_and_get_code(lambda: torch.compile(f, fullgraph=True)(w, s))
+assert "sparsekern.soft_threshold" not in "".join(codes)
+torch.testing.assert_close(loss, f(w, s))
+"""
+
+
+def test_lowering_registers_lazily_in_a_fresh_process():
+    """``import sparsekern`` does not import inductor; the first traced op registers the lowering."""
+    done = subprocess.run([sys.executable, "-c", _FRESH], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
