@@ -3,10 +3,11 @@
 // kernel (the Python custom-op path costs ~12 us per call around a ~2 us kernel on a 1K tensor).
 //
 // An op `<name>` is differentiable when op_signatures.h also lists `<name>_backward`, whose
-// schema is (grad, the op's tensors, the op's scalars) -> one grad per tensor. One boxed kernel
-// serves them all: it runs the forward below autograd, saves the inputs (masks and noise are
-// recomputed from them, as in the Python path) and the backward calls `<name>_backward`.
-// The last tensor is the parameter (s, log_alpha): its grad comes back in its own dtype.
+// schema is (grad, the op's arguments) -> one grad per leading tensor; tensors past those (the
+// int64 noise state of the `_at` ops) get none. One boxed kernel serves them all: it runs the
+// forward below autograd, saves the inputs (masks and noise are recomputed from them, as in
+// the Python path) and the backward calls `<name>_backward`. The last differentiable tensor is
+// the parameter (s, log_alpha): its grad comes back in its own dtype.
 // The Python layer calls these ops directly in eager mode (sparsekern/direct.py).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -46,15 +47,17 @@ c10::OperatorHandle find_op(const std::string& name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow((kNamespace + name).c_str(), "");
 }
 
-// `<name>_backward` must take (grad, <name>'s arguments) and return one grad per tensor argument.
+// `<name>_backward` must take (grad, <name>'s arguments) and return a gradient for each of the
+// leading tensor arguments.
 void check_convention(const c10::FunctionSchema& fwd, const c10::FunctionSchema& bwd) {
   const auto& args = fwd.arguments();
   const auto tensors = std::count_if(args.begin(), args.end(), [](const c10::Argument& a) {
     return a.type()->kind() == c10::TypeKind::TensorType;
   });
-  TORCH_CHECK(bwd.arguments().size() == args.size() + 1 && static_cast<int64_t>(bwd.returns().size()) == tensors,
+  const auto grads = static_cast<int64_t>(bwd.returns().size());
+  TORCH_CHECK(bwd.arguments().size() == args.size() + 1 && grads >= 1 && grads <= tensors,
               "sparsekern: ", bwd.name(), " must take (grad, the arguments of ", fwd.name(),
-              ") and return one gradient per tensor argument (csrc/autograd.cpp)");
+              ") and return a gradient for each leading tensor argument (csrc/autograd.cpp)");
 }
 
 // Looked up on first use (not during static init, where the schemas may not be defined yet);
@@ -96,8 +99,8 @@ struct Differentiable : public torch::autograd::Function<Differentiable> {
     backward_op(ctx->saved_data["op"].toStringRef()).callBoxed(&stack);
     variable_list out;
     for (const c10::IValue& v : stack) out.push_back(v.toTensor());
-    out.back() = out.back().to(saved.back().scalar_type());
-    out.resize(out.size() + 3);  // no grads for op, keys, scalars
+    out.back() = out.back().to(saved[out.size() - 1].scalar_type());
+    out.resize(saved.size() + 3);  // none for the noise state, op, keys, scalars
     return out;
   }
 };

@@ -5,7 +5,8 @@
 // compile, instead of aborting `import sparsekern` with "Mismatch in kernel C++ signatures".
 // Seeds and offsets travel as the int64 two's complement of their uint64 value.
 // An op `<name>` listed with a `<name>_backward` is differentiable: csrc/autograd.cpp registers
-// its autograd, which calls `<name>_backward(grad, <name>'s arguments)` for one grad per tensor.
+// its autograd, which calls `<name>_backward(grad, <name>'s arguments)` for one grad per leading
+// tensor (a trailing noise-state tensor gets none).
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -61,7 +62,41 @@
     (const at::Tensor& grad, const at::Tensor& x, const at::Tensor& log_alpha, int64_t seed, int64_t offset,       \
      double beta, double gamma, double zeta))                                                                      \
   X(uniform, "uniform(Tensor(a!) out, int seed, int offset) -> ()", (void),                                          \
-    (at::Tensor & out, int64_t seed, int64_t offset))
+    (at::Tensor & out, int64_t seed, int64_t offset))                                                              \
+  SPARSEKERN_C_NOISE_STATE_OPS(X)
+
+// The gate ops with (seed, offset) in an int64 tensor `noise` = [seed, offset] instead of ints:
+// CPU kernels read it on the host, CUDA kernels in device memory (no host sync, and a captured
+// CUDA graph reads the live counter at every replay). `noise` gets no gradient.
+#define SPARSEKERN_C_NOISE_STATE_OPS(X)                                                                           \
+  X(hard_concrete_at, "hard_concrete_at(Tensor log_alpha, Tensor noise, float beta, float gamma, float zeta) "    \
+    "-> Tensor", (at::Tensor),                                                                                     \
+    (const at::Tensor& log_alpha, const at::Tensor& noise, double beta, double gamma, double zeta))               \
+  X(hard_concrete_at_backward,                                                                                     \
+    "hard_concrete_at_backward(Tensor grad, Tensor log_alpha, Tensor noise, float beta, float gamma, "             \
+    "float zeta) -> Tensor", (at::Tensor),                                                                         \
+    (const at::Tensor& grad, const at::Tensor& log_alpha, const at::Tensor& noise, double beta, double gamma,     \
+     double zeta))                                                                                                 \
+  X(gated_weight_at,                                                                                               \
+    "gated_weight_at(Tensor weight, Tensor log_alpha, Tensor noise, float beta, float gamma, float zeta) "         \
+    "-> Tensor", (at::Tensor),                                                                                     \
+    (const at::Tensor& weight, const at::Tensor& log_alpha, const at::Tensor& noise, double beta, double gamma,   \
+     double zeta))                                                                                                 \
+  X(gated_weight_at_backward,                                                                                      \
+    "gated_weight_at_backward(Tensor grad, Tensor weight, Tensor log_alpha, Tensor noise, float beta, "            \
+    "float gamma, float zeta) -> (Tensor, Tensor)", (std::tuple<at::Tensor, at::Tensor>),                          \
+    (const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& log_alpha, const at::Tensor& noise,       \
+     double beta, double gamma, double zeta))                                                                      \
+  X(gated_activation_at,                                                                                           \
+    "gated_activation_at(Tensor x, Tensor log_alpha, Tensor noise, float beta, float gamma, float zeta) "          \
+    "-> Tensor", (at::Tensor),                                                                                     \
+    (const at::Tensor& x, const at::Tensor& log_alpha, const at::Tensor& noise, double beta, double gamma,        \
+     double zeta))                                                                                                 \
+  X(gated_activation_at_backward,                                                                                  \
+    "gated_activation_at_backward(Tensor grad, Tensor x, Tensor log_alpha, Tensor noise, float beta, "             \
+    "float gamma, float zeta) -> (Tensor, Tensor)", (std::tuple<at::Tensor, at::Tensor>),                          \
+    (const at::Tensor& grad, const at::Tensor& x, const at::Tensor& log_alpha, const at::Tensor& noise,            \
+     double beta, double gamma, double zeta))
 
 namespace sparsekern {
 namespace signature {

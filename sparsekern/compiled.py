@@ -90,21 +90,22 @@ def _register_fakes() -> None:
     ns = "sparsekern_C::"
     reg(ns + "soft_threshold")(lambda weight, s: torch.empty_like(weight))
     reg(ns + "soft_threshold_backward")(lambda grad, weight, s: (torch.empty_like(weight), _param_grad(s)))
-    reg(ns + "hard_concrete")(lambda log_alpha, *args: torch.empty_like(log_alpha))
-    reg(ns + "hard_concrete_backward")(lambda grad, log_alpha, *args: _param_grad(log_alpha))
     reg(ns + "hard_concrete_eval")(lambda log_alpha, *args: torch.empty_like(log_alpha))
     reg(ns + "hard_concrete_eval_backward")(lambda grad, log_alpha, *args: _param_grad(log_alpha))
     reg(ns + "l0_norm")(lambda log_alpha, *args: log_alpha.new_empty(()))
     reg(ns + "l0_norm_backward")(lambda grad, log_alpha, *args: _param_grad(log_alpha))
-    reg(ns + "gated_weight")(lambda weight, log_alpha, *args: torch.empty_like(weight))
-    reg(ns + "gated_weight_backward")(
-        lambda grad, weight, log_alpha, *args: (torch.empty_like(weight), _param_grad(log_alpha))
-    )
-    reg(ns + "gated_activation")(lambda x, log_alpha, *args: torch.empty_like(x))
-    reg(ns + "gated_activation_backward")(
-        lambda grad, x, log_alpha, *args: (torch.empty_like(x), _param_grad(log_alpha))
-    )
     reg(ns + "uniform")(lambda out, seed, offset: None)
+    for gate_op in ("", "_at"):  # int (seed, offset), or the `_at` variant's noise tensor: same outputs
+        reg(ns + "hard_concrete" + gate_op)(lambda log_alpha, *args: torch.empty_like(log_alpha))
+        reg(ns + f"hard_concrete{gate_op}_backward")(lambda grad, log_alpha, *args: _param_grad(log_alpha))
+        reg(ns + "gated_weight" + gate_op)(lambda weight, log_alpha, *args: torch.empty_like(weight))
+        reg(ns + f"gated_weight{gate_op}_backward")(
+            lambda grad, weight, log_alpha, *args: (torch.empty_like(weight), _param_grad(log_alpha))
+        )
+        reg(ns + "gated_activation" + gate_op)(lambda x, log_alpha, *args: torch.empty_like(x))
+        reg(ns + f"gated_activation{gate_op}_backward")(
+            lambda grad, x, log_alpha, *args: (torch.empty_like(x), _param_grad(log_alpha))
+        )
 
 
 if _extension.compiled_available():

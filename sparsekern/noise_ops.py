@@ -5,13 +5,16 @@ offset, ...)`` does (docs/math.md §4) for ``noise = tensor([seed, offset], dtyp
 with the bits of each uint64). A module keeps its noise in such a buffer and advances it
 in place, so under ``torch.compile`` the counter is graph data, not a Python constant that
 dynamo guards on: training steps reuse one graph instead of recompiling every step.
+On the compiled backends the kernels read the tensor themselves (``sparsekern_C::<op>_at``;
+the CUDA ones in device memory, so there is no host sync and CUDA graphs replay the live
+counter); the ``torch`` and ``triton`` backends take the values as ints.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from sparsekern import backends
+from sparsekern import backends, direct
 from sparsekern.ops import _backend_name, _param_grad_dtype, _unsigned
 
 # op name -> its data tensors (log_alpha last), in the order of the int-seeded op
@@ -30,11 +33,12 @@ def _read(noise: Tensor) -> tuple[int, int]:
 
 
 def _seed_offset(noise: Tensor, backend: str) -> tuple[str, tuple]:
-    """(backend, (seed, offset)) for a kernel call.
+    """(backend, (seed, offset)) for a kernel that takes them as ints (``torch``, ``triton``).
 
     While a CUDA graph is being captured the state cannot be read on the host (and a value
     read then would be frozen into every replay), so the reference backend computes the same
     numbers (docs/math.md §4) from the device tensors themselves: each replay reads the live counter.
+    The compiled backends need neither: their ``<op>_at`` kernels read the noise tensor themselves.
     """
     if noise.is_cuda and torch.cuda.is_current_stream_capturing():
         return "torch", (noise[0], noise[1])
@@ -56,16 +60,22 @@ def _define(name: str, arg_names: tuple[str, ...]):
 
     def forward(*args):
         data, (noise, beta, gamma, zeta) = args[:n], args[n:]
-        backend, seed_offset = _seed_offset(noise, _backend_name(*data))
-        kernels = backends.module(backend)
-        return getattr(kernels, name)(*(t.contiguous() for t in data), *seed_offset, beta, gamma, zeta)
+        data = tuple(t.contiguous() for t in data)
+        backend = _backend_name(*data)
+        if backend in direct.BACKENDS:  # the kernel reads the noise tensor itself
+            return getattr(torch.ops.sparsekern_C, name + "_at")(*data, noise.contiguous(), beta, gamma, zeta)
+        backend, seed_offset = _seed_offset(noise, backend)
+        return getattr(backends.module(backend), name)(*data, *seed_offset, beta, gamma, zeta)
 
     def backward(grad, *args):
         data, (noise, beta, gamma, zeta, backend) = args[:n], args[n:]
-        backend, seed_offset = _seed_offset(noise, backend)
-        kernels = backends.module(backend)
-        out = getattr(kernels, name + "_backward")(
-            grad.contiguous(), *(t.contiguous() for t in data), *seed_offset, beta, gamma, zeta)
+        data, grad = tuple(t.contiguous() for t in data), grad.contiguous()
+        if backend in direct.BACKENDS:
+            out = getattr(torch.ops.sparsekern_C, name + "_at_backward")(
+                grad, *data, noise.contiguous(), beta, gamma, zeta)
+        else:
+            backend, seed_offset = _seed_offset(noise, backend)
+            out = getattr(backends.module(backend), name + "_backward")(grad, *data, *seed_offset, beta, gamma, zeta)
         return out if n == 1 else tuple(out)
 
     fwd = torch.library.custom_op(f"sparsekern::{name}_at", forward, mutates_args=(),

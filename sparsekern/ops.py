@@ -72,11 +72,12 @@ def _u64(op: str, name: str, v) -> int:
     return v
 
 
-def _check_noise(op: str, noise: Tensor, offset) -> Tensor:
+def _check_noise(op: str, noise: Tensor, offset, data: tuple[str, Tensor]) -> Tensor:
     """A noise-state tensor passed as ``seed``: int64 ``[seed, offset]`` (see ``sparsekern.noise_ops``)."""
     if noise.dtype != torch.int64 or noise.shape != (2,):
         raise TypeError(f"{op}: seed must be an int, or an int64 noise tensor of shape (2,) holding (seed, offset); "
                         f"got a {noise.dtype} tensor of shape {tuple(noise.shape)}")
+    _check_same_device(op, data, ("the noise tensor (seed)", noise))  # the kernels read it where they run
     if not (isinstance(offset, int) and offset == 0):
         raise ValueError(f"{op}: offset must be left out when seed is a noise tensor (it holds the offset)")
     return noise
@@ -215,7 +216,8 @@ def hard_concrete(log_alpha: Tensor, seed: int | Tensor, offset: int = 0, *, bet
     _check_float(op, "log_alpha", log_alpha)
     _check_hc(op, beta, gamma, zeta)
     if isinstance(seed, Tensor):
-        return noise_ops.OPS[op](log_alpha, _check_noise(op, seed, offset), beta, gamma, zeta)
+        noise = _check_noise(op, seed, offset, ("log_alpha", log_alpha))
+        return noise_ops.OPS[op](log_alpha, noise, beta, gamma, zeta)
     seed, offset = _u64(op, "seed", seed), _u64(op, "offset", offset)
     if _fast(log_alpha):
         return direct.OPS[op](log_alpha, seed, offset, beta, gamma, zeta)
@@ -353,7 +355,8 @@ def gated_weight(weight: Tensor, log_alpha: Tensor, seed: int | Tensor, offset: 
     _check_rows(op, "log_alpha", log_alpha, "weight", weight, allow_full=True)
     _check_hc(op, beta, gamma, zeta)
     if isinstance(seed, Tensor):
-        return noise_ops.OPS[op](weight, log_alpha, _check_noise(op, seed, offset), beta, gamma, zeta)
+        noise = _check_noise(op, seed, offset, ("weight", weight))
+        return noise_ops.OPS[op](weight, log_alpha, noise, beta, gamma, zeta)
     seed, offset = _u64(op, "seed", seed), _u64(op, "offset", offset)
     if _fast(weight, log_alpha):
         return direct.OPS[op](weight, log_alpha, seed, offset, beta, gamma, zeta)
@@ -415,7 +418,8 @@ def gated_activation(x: Tensor, log_alpha: Tensor, seed: int | Tensor, offset: i
         )
     _check_hc(op, beta, gamma, zeta)
     if isinstance(seed, Tensor):
-        return noise_ops.OPS[op](x, log_alpha, _check_noise(op, seed, offset), beta, gamma, zeta)
+        noise = _check_noise(op, seed, offset, ("x", x))
+        return noise_ops.OPS[op](x, log_alpha, noise, beta, gamma, zeta)
     seed, offset = _u64(op, "seed", seed), _u64(op, "offset", offset)
     if _fast(x, log_alpha):
         return direct.OPS[op](x, log_alpha, seed, offset, beta, gamma, zeta)

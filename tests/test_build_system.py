@@ -3,6 +3,7 @@ the child-process load check, and the import-time fallback."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -133,7 +134,9 @@ def test_library_check_accepts_the_built_library_and_names_missing_kernels():
     import sparsekern._C as compiled_module
 
     ok = _run_check("--library", compiled_module.__file__, "--keys", "CPU")
-    assert ok.returncode == 0 and "13 sparsekern_C ops with CPU kernels" in ok.stdout, ok.stderr
+    declared = re.findall(r"^\s*X\((\w+),", open(os.path.join(ROOT, "csrc", "op_signatures.h")).read(), re.M)
+    assert len(declared) == 19  # the list csrc/ops.cpp defines: 13 ops and 6 noise-tensor (`_at`) variants
+    assert ok.returncode == 0 and f"{len(declared)} sparsekern_C ops with CPU kernels" in ok.stdout, ok.stderr
     if not torch.cuda.is_available() and torch.version.cuda is None:
         missing = _run_check("--library", compiled_module.__file__, "--keys", "CPU,CUDA")
         assert missing.returncode == 1 and "sparsekern_C::uniform (CUDA)" in missing.stderr

@@ -220,3 +220,40 @@ def test_indices_past_int32(backend):
     n = 2**31 + 100
     u = mod.uniform(n, 99, 2**64 - 2**31, torch.device("cuda"))
     assert torch.equal(u[-1000:], reference.uniform(1000, 99, (2**64 - 2**31 + n - 1000) % 2**64, torch.device("cuda")))
+
+
+@pytest.mark.parametrize("seed, offset", [(0, 0), (-(2**62), 2**32 - 2), (2**63 - 1, -5)])
+def test_at_ops_read_the_noise_in_device_memory(seed, offset):
+    """sparsekern_C::<op>_at on CUDA: the int-seeded kernels' bits, fwd and bwd, per-weight/row gates."""
+    _need("cuda")
+    ops, hc = torch.ops.sparsekern_C, (HC["beta"], HC["gamma"], HC["zeta"])
+    noise = torch.tensor([seed, offset], dtype=torch.int64, device="cuda")
+    w, la_full, la_rows = (torch.randn(*s, device="cuda") for s in ((64, 96), (64, 96), (64,)))
+    x = torch.randn(8, 64, 5, device="cuda")
+    for name, data in (("hard_concrete", (la_full,)), ("gated_weight", (w, la_full)), ("gated_weight", (w, la_rows)),
+                       ("gated_activation", (x, la_rows))):
+        got = getattr(ops, name + "_at")(*data, noise, *hc)
+        assert torch.equal(got, getattr(ops, name)(*data, seed, offset, *hc)), name
+        grad = torch.randn_like(got)
+        got_b = getattr(ops, name + "_at_backward")(grad, *data, noise, *hc)
+        want_b = getattr(ops, name + "_backward")(grad, *data, seed, offset, *hc)
+        for a, b in zip(*(o if isinstance(o, tuple) else (o,) for o in (got_b, want_b))):
+            assert torch.equal(a, b), name
+
+
+def test_cuda_graph_replays_read_the_live_noise_counter():
+    """A captured gated_weight_at reads (seed, offset) at every replay: advancing the counter in
+    place between replays gives each step's fresh gates, as eager calls do."""
+    _need("cuda")
+    ops, hc = torch.ops.sparsekern_C, (HC["beta"], HC["gamma"], HC["zeta"])
+    w, la = torch.randn(64, 96, device="cuda"), torch.randn(64, 96, device="cuda")
+    state = torch.tensor([7, 100], dtype=torch.int64, device="cuda")
+    ops.gated_weight_at(w, la, state, *hc)  # warm up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ops.gated_weight_at(w, la, state, *hc)
+    for step in range(3):
+        state[1] = 100 + step * w.numel()
+        graph.replay()
+        assert torch.equal(out, ops.gated_weight(w, la, 7, 100 + step * w.numel(), *hc)), step

@@ -78,6 +78,71 @@ def test_bad_noise_tensors_are_clear_errors():
         sparsekern.gated_activation(la.reshape(1, 4), la, _noise(1, 2), 5)
 
 
+def test_noise_tensor_on_another_device_is_a_clear_error():
+    la = torch.randn(4)
+    message = r"hard_concrete: the noise tensor \(seed\) is on meta but log_alpha is on cpu"
+    with pytest.raises(ValueError, match=message):
+        sparsekern.hard_concrete(la, _noise(1, 2).to("meta"))
+
+
+needs_compiled = pytest.mark.skipif("cpu" not in sparsekern.available_backends(), reason="needs the compiled kernels")
+_I64 = [(0, 0), (-(2**62), 2**32 - 2), (2**63 - 1, -5)]  # int64 bits of 64-bit seeds/offsets (the schemas' ints)
+
+
+def _at_cases(dtype):
+    """(name, data tensors) of every `_at` op: per-weight, per-row and per-tensor gates, activations."""
+    gen = generator("at-ops", str(dtype))
+    r = lambda *shape: torch.randn(*shape, generator=gen).to(dtype)  # noqa: E731
+    return [("hard_concrete", (r(5, 7),)), ("gated_weight", (r(5, 7), r(5, 7))), ("gated_weight", (r(5, 3, 2), r(5))),
+            ("gated_weight", (r(5, 7), r(1))), ("gated_activation", (r(3, 4, 2, 2), r(4))),
+            ("gated_activation", (r(3, 4), r(4)))]
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("seed,offset", _I64)
+def test_at_ops_equal_the_int_seeded_kernels(dtype, seed, offset):
+    """sparsekern_C::<op>_at reads (seed, offset) from the tensor: the int-seeded kernel's bits, fwd and bwd."""
+    ops = torch.ops.sparsekern_C
+    noise = torch.tensor([seed, offset], dtype=torch.int64)
+    for name, data in _at_cases(dtype):
+        got = getattr(ops, name + "_at")(*data, noise, *HC.values())
+        want = getattr(ops, name)(*data, seed, offset, *HC.values())
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+        grad = torch.randn(got.shape, generator=generator("at-grad", name)).to(dtype)
+        got_b = getattr(ops, name + "_at_backward")(grad, *data, noise, *HC.values())
+        want_b = getattr(ops, name + "_backward")(grad, *data, seed, offset, *HC.values())
+        for a, b in zip(*(out if isinstance(out, tuple) else (out,) for out in (got_b, want_b))):
+            assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_at_ops_opcheck_and_autograd(dtype):
+    """Schema, fakes and the C++ autograd, whose backward gives the noise tensor no gradient."""
+    ops, noise = torch.ops.sparsekern_C, _noise(2**63 + 5, 11)
+    for name, data in _at_cases(dtype):
+        data = tuple(t.requires_grad_() for t in data)
+        op = getattr(ops, name + "_at")
+        opcheck(op, (*data, noise, *HC.values()))
+        if dtype == torch.float64:
+            assert torch.autograd.gradcheck(lambda *t: op(*t, noise, *HC.values()), data, eps=1e-6, atol=1e-7)
+        out = op(*data, noise, *HC.values())
+        want = getattr(ops, name)(*data, *(v - 2**64 if v >= 2**63 else v for v in (2**63 + 5, 11)), *HC.values())
+        grads = torch.autograd.grad(out.sum(), data)
+        want_grads = torch.autograd.grad(want.sum(), data)
+        assert all(torch.equal(a, b) for a, b in zip(grads, want_grads)), name
+
+
+@needs_compiled
+def test_at_ops_check_the_noise_tensor():
+    la = torch.randn(4)
+    with pytest.raises(RuntimeError, match=r"hard_concrete_at: noise must be an int64 tensor \[seed, offset\]"):
+        torch.ops.sparsekern_C.hard_concrete_at(la, torch.tensor([1, 2], dtype=torch.int32), *HC.values())
+    with pytest.raises(RuntimeError, match=r"gated_weight_at_backward: noise must be an int64 tensor"):
+        torch.ops.sparsekern_C.gated_weight_at_backward(la, la, la, torch.tensor([1, 2, 3]), *HC.values())
+
+
 def test_eager_layers_keep_the_stream_without_reading_the_buffer_back():
     """Eager training keeps a host copy of (seed, offset); whatever else writes the buffer
     (a state_dict load, a direct write, a move to new tensors, a compiled step) is picked up."""

@@ -53,6 +53,20 @@ inline uint64_t as_u64(int64_t v) {
   return static_cast<uint64_t>(v);
 }
 
+// (seed, offset) of an `_at` op's noise state: an int64 CPU tensor [seed, offset], read here.
+struct HostNoise {
+  int64_t seed;
+  int64_t offset;
+};
+
+inline HostNoise host_noise(const char* op, const at::Tensor& noise) {
+  TORCH_CHECK(noise.device().is_cpu(), op, ": noise must be on the CPU like the other inputs, got ", noise.device());
+  TORCH_CHECK(noise.scalar_type() == at::kLong && noise.numel() == 2, op,
+              ": noise must be an int64 tensor [seed, offset], got ", noise.scalar_type(), " of shape ", noise.sizes());
+  const at::Tensor c = noise.contiguous();
+  return {c.data_ptr<int64_t>()[0], c.data_ptr<int64_t>()[1]};
+}
+
 // Split [begin, end) (flat element indices) at boundaries of groups of `group_len`
 // elements and call fn(group, seg_begin, seg_end) for each piece.
 template <typename F>

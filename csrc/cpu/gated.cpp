@@ -284,6 +284,32 @@ std::tuple<at::Tensor, at::Tensor> gated_activation_backward(const at::Tensor& g
   return {restore(grad_x, x_in.scalar_type()), restore(grad_la, math_dtype(log_alpha_in))};
 }
 
+at::Tensor gated_weight_at(const at::Tensor& weight, const at::Tensor& log_alpha, const at::Tensor& noise,
+                           double beta, double gamma, double zeta) {
+  const HostNoise n = host_noise("gated_weight_at", noise);
+  return gated_weight(weight, log_alpha, n.seed, n.offset, beta, gamma, zeta);
+}
+
+std::tuple<at::Tensor, at::Tensor> gated_weight_at_backward(const at::Tensor& grad, const at::Tensor& weight,
+                                                            const at::Tensor& log_alpha, const at::Tensor& noise,
+                                                            double beta, double gamma, double zeta) {
+  const HostNoise n = host_noise("gated_weight_at_backward", noise);
+  return gated_weight_backward(grad, weight, log_alpha, n.seed, n.offset, beta, gamma, zeta);
+}
+
+at::Tensor gated_activation_at(const at::Tensor& x, const at::Tensor& log_alpha, const at::Tensor& noise,
+                               double beta, double gamma, double zeta) {
+  const HostNoise n = host_noise("gated_activation_at", noise);
+  return gated_activation(x, log_alpha, n.seed, n.offset, beta, gamma, zeta);
+}
+
+std::tuple<at::Tensor, at::Tensor> gated_activation_at_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                                const at::Tensor& log_alpha, const at::Tensor& noise,
+                                                                double beta, double gamma, double zeta) {
+  const HostNoise n = host_noise("gated_activation_at_backward", noise);
+  return gated_activation_backward(grad, x, log_alpha, n.seed, n.offset, beta, gamma, zeta);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparsekern_C, CPU, m) {
@@ -291,6 +317,10 @@ TORCH_LIBRARY_IMPL(sparsekern_C, CPU, m) {
   SK_IMPL(m, gated_weight_backward, gated_weight_backward);
   SK_IMPL(m, gated_activation, gated_activation);
   SK_IMPL(m, gated_activation_backward, gated_activation_backward);
+  SK_IMPL(m, gated_weight_at, gated_weight_at);
+  SK_IMPL(m, gated_weight_at_backward, gated_weight_at_backward);
+  SK_IMPL(m, gated_activation_at, gated_activation_at);
+  SK_IMPL(m, gated_activation_at_backward, gated_activation_at_backward);
 }
 
 }  // namespace cpu

@@ -157,12 +157,25 @@ at::Tensor l0_norm_backward(const at::Tensor& grad, const at::Tensor& log_alpha,
     return [=](int64_t, T la) SK_LAMBDA_INLINE { return l0_prob_grad(gt, la, p); };
   });
 }
+at::Tensor hard_concrete_at(const at::Tensor& log_alpha, const at::Tensor& noise, double beta, double gamma,
+                            double zeta) {
+  const HostNoise n = host_noise("hard_concrete_at", noise);
+  return hard_concrete(log_alpha, n.seed, n.offset, beta, gamma, zeta);
+}
+
+at::Tensor hard_concrete_at_backward(const at::Tensor& grad, const at::Tensor& log_alpha, const at::Tensor& noise,
+                                     double beta, double gamma, double zeta) {
+  const HostNoise n = host_noise("hard_concrete_at_backward", noise);
+  return hard_concrete_backward(grad, log_alpha, n.seed, n.offset, beta, gamma, zeta);
+}
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparsekern_C, CPU, m) {
   SK_IMPL(m, hard_concrete, hard_concrete);
   SK_IMPL(m, hard_concrete_backward, hard_concrete_backward);
+  SK_IMPL(m, hard_concrete_at, hard_concrete_at);
+  SK_IMPL(m, hard_concrete_at_backward, hard_concrete_at_backward);
   SK_IMPL(m, hard_concrete_eval, hard_concrete_eval);
   SK_IMPL(m, hard_concrete_eval_backward, hard_concrete_eval_backward);
   SK_IMPL(m, l0_norm, l0_norm);

@@ -117,5 +117,14 @@ inline void dispatch(DType d, F&& f) {
   }
 }
 
+// The (seed, offset) a kernel uses: its arguments, or the noise state in device memory
+// (HcCall::state) when there is one.
+__device__ __forceinline__ void read_noise_state(const int64_t* state, uint64_t& seed, uint64_t& offset) {
+  if (state != nullptr) {
+    seed = static_cast<uint64_t>(state[0]);
+    offset = static_cast<uint64_t>(state[1]);
+  }
+}
+
 }  // namespace cuda
 }  // namespace sparsekern

@@ -26,8 +26,9 @@ unsigned flat_grid(int64_t n) { return grid_for((n + kTile - 1) / kTile); }
 // Forward: out (L) = z. Backward: out (float) = grad * dz/dlog_alpha.
 template <typename L, bool kEval, bool kBackward>
 __global__ void __launch_bounds__(kThreads) hard_concrete_kernel(const L* la, const L* grad, void* out, int64_t n,
-                                                                 uint64_t seed, uint64_t offset, Params p,
-                                                                 bool aligned) {
+                                                                 uint64_t seed, uint64_t offset,
+                                                                 const int64_t* state, Params p, bool aligned) {
+  read_noise_state(state, seed, offset);
   for_each_chunk(n, aligned, [&](int64_t i, bool vec) {
     float a[kChunk], g[kChunk], r[kChunk];
     load_chunk(la, i, n, vec, a);
@@ -84,7 +85,9 @@ __global__ void __launch_bounds__(kThreads) l0_backward_kernel(const L* la, cons
 template <typename W, typename L, bool kBackward>
 __global__ void __launch_bounds__(kThreads) gated_weight_kernel(const W* w, const L* la, const W* grad, W* out,
                                                                 float* grad_la, int64_t n, uint64_t seed,
-                                                                uint64_t offset, Params p, bool aligned) {
+                                                                uint64_t offset, const int64_t* state, Params p,
+                                                                bool aligned) {
+  read_noise_state(state, seed, offset);
   for_each_chunk(n, aligned, [&](int64_t i, bool vec) {
     float a[kChunk], x[kChunk], g[kChunk], r[kChunk], rl[kChunk];
     load_chunk(la, i, n, vec, a);
@@ -128,7 +131,8 @@ void hard_concrete(DType la_type, const void* log_alpha, const void* grad, void*
     const auto* la = static_cast<const L*>(log_alpha);
     const auto* g = static_cast<const L*>(grad);
     auto launch = [&](auto kernel) {
-      kernel<<<flat_grid(n), kThreads, 0, stream>>>(la, g, out, n, hc.seed, hc.offset, params_of(hc), aligned);
+      kernel<<<flat_grid(n), kThreads, 0, stream>>>(la, g, out, n, hc.seed, hc.offset, hc.state, params_of(hc),
+                                                    aligned);
     };
     if (eval_gate) {
       grad ? launch(hard_concrete_kernel<L, true, true>) : launch(hard_concrete_kernel<L, true, false>);
@@ -176,7 +180,7 @@ void gated_weight_full(DType w_type, DType la_type, const void* w, const void* l
       auto launch = [&](auto kernel) {
         kernel<<<flat_grid(n), kThreads, 0, stream>>>(static_cast<const W*>(w), static_cast<const L*>(log_alpha),
                                                       static_cast<const W*>(grad), static_cast<W*>(out), grad_la, n,
-                                                      hc.seed, hc.offset, params_of(hc), aligned);
+                                                      hc.seed, hc.offset, hc.state, params_of(hc), aligned);
       };
       grad ? launch(gated_weight_kernel<W, L, true>) : launch(gated_weight_kernel<W, L, false>);
     });

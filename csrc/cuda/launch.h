@@ -11,13 +11,16 @@ namespace cuda {
 
 enum class DType : int { kFloat = 0, kHalf = 1, kBFloat16 = 2 };
 
-// Hard-concrete call parameters; seed/offset are the SPEC's uint64 values.
+// Hard-concrete call parameters; seed/offset are the SPEC's uint64 values. With `state`
+// (device memory holding int64 [seed, offset]) the kernel reads them there instead: no host
+// sync, and a captured CUDA graph reads the live counter at every replay.
 struct HcCall {
   uint64_t seed;
   uint64_t offset;
   double beta;
   double gamma;
   double zeta;
+  const int64_t* state = nullptr;
 };
 
 // ---------------------------------------------------------------- row kernels

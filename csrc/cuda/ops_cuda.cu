@@ -35,6 +35,18 @@ HcCall hc_call(int64_t seed, int64_t offset, double beta, double gamma, double z
   return {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), beta, gamma, zeta};
 }
 
+// An `_at` op's call: the kernel reads (seed, offset) from `noise` (int64 [seed, offset]) on the device.
+HcCall hc_call_at(const char* op, const Tensor& noise, const Tensor& data, double beta, double gamma, double zeta) {
+  TORCH_CHECK(noise.device() == data.device(), op, ": noise must be on ", data.device(), " like the other inputs, got ",
+              noise.device());
+  TORCH_CHECK(noise.scalar_type() == at::kLong && noise.numel() == 2 && noise.is_contiguous(), op,
+              ": noise must be a contiguous int64 tensor [seed, offset], got ", noise.scalar_type(), " of shape ",
+              noise.sizes());
+  HcCall hc = hc_call(0, 0, beta, gamma, zeta);
+  hc.state = noise.data_ptr<int64_t>();
+  return hc;
+}
+
 // The upstream gradient in the dtype of the output it belongs to, contiguous.
 Tensor grad_like(const Tensor& grad, const Tensor& like) { return grad.to(like.scalar_type()).contiguous(); }
 
@@ -188,6 +200,38 @@ std::tuple<Tensor, Tensor> gated_activation_bwd(const Tensor& grad, const Tensor
   return gated_activation_impl(&grad, x, la, hc_call(seed, offset, beta, gamma, zeta));
 }
 
+// ---------------------------------------------------------------- noise state in device memory
+Tensor hard_concrete_at_fwd(const Tensor& la, const Tensor& noise, double beta, double gamma, double zeta) {
+  return gates(nullptr, la, hc_call_at("hard_concrete_at", noise, la, beta, gamma, zeta), false);
+}
+
+Tensor hard_concrete_at_bwd(const Tensor& grad, const Tensor& la, const Tensor& noise, double beta, double gamma,
+                            double zeta) {
+  return gates(&grad, la, hc_call_at("hard_concrete_at_backward", noise, la, beta, gamma, zeta), false);
+}
+
+Tensor gated_weight_at_fwd(const Tensor& w, const Tensor& la, const Tensor& noise, double beta, double gamma,
+                           double zeta) {
+  return std::get<0>(gated_weight_impl(nullptr, w, la, hc_call_at("gated_weight_at", noise, w, beta, gamma, zeta)));
+}
+
+std::tuple<Tensor, Tensor> gated_weight_at_bwd(const Tensor& grad, const Tensor& w, const Tensor& la,
+                                               const Tensor& noise, double beta, double gamma, double zeta) {
+  return gated_weight_impl(&grad, w, la, hc_call_at("gated_weight_at_backward", noise, w, beta, gamma, zeta));
+}
+
+Tensor gated_activation_at_fwd(const Tensor& x, const Tensor& la, const Tensor& noise, double beta, double gamma,
+                               double zeta) {
+  return std::get<0>(
+      gated_activation_impl(nullptr, x, la, hc_call_at("gated_activation_at", noise, x, beta, gamma, zeta)));
+}
+
+std::tuple<Tensor, Tensor> gated_activation_at_bwd(const Tensor& grad, const Tensor& x, const Tensor& la,
+                                                   const Tensor& noise, double beta, double gamma, double zeta) {
+  return gated_activation_impl(&grad, x, la,
+                               hc_call_at("gated_activation_at_backward", noise, x, beta, gamma, zeta));
+}
+
 // ---------------------------------------------------------------- the random stream
 void uniform_out(Tensor& out, int64_t seed, int64_t offset) {
   const c10::cuda::CUDAGuard guard(out.device());
@@ -216,4 +260,10 @@ TORCH_LIBRARY_IMPL(sparsekern_C, CUDA, m) {
   SK_IMPL(m, gated_activation, k::gated_activation_fwd);
   SK_IMPL(m, gated_activation_backward, k::gated_activation_bwd);
   SK_IMPL(m, uniform, k::uniform_out);
+  SK_IMPL(m, hard_concrete_at, k::hard_concrete_at_fwd);
+  SK_IMPL(m, hard_concrete_at_backward, k::hard_concrete_at_bwd);
+  SK_IMPL(m, gated_weight_at, k::gated_weight_at_fwd);
+  SK_IMPL(m, gated_weight_at_backward, k::gated_weight_at_bwd);
+  SK_IMPL(m, gated_activation_at, k::gated_activation_at_fwd);
+  SK_IMPL(m, gated_activation_at_backward, k::gated_activation_at_bwd);
 }

@@ -55,12 +55,15 @@ struct SoftThresholdOp {
 
 struct GateOp {
   uint64_t seed, offset;
+  const int64_t* state;  // HcCall::state
   HardConcreteParams<float> p;
   struct Row {
     float z, dz;
   };
   __device__ Row row(float la, int64_t r) const {
-    const Gate<float> g = hc_sample(la, sk_uniform(seed, offset + static_cast<uint64_t>(r)), p);
+    uint64_t key = seed, base = offset;
+    read_noise_state(state, key, base);
+    const Gate<float> g = hc_sample(la, sk_uniform(key, base + static_cast<uint64_t>(r)), p);
     return {g.z, g.dz};
   }
   __device__ float forward(float x, Row r) const { return x * r.z; }
@@ -154,7 +157,7 @@ void soft_threshold_rows(DType x_type, DType s_type, const void* x, const void* 
 void gated_rows(DType x_type, DType la_type, const void* x, const void* log_alpha, const void* grad, void* out,
                 float* partial, int64_t rows, int64_t inner, int64_t channels, const HcCall& hc,
                 cudaStream_t stream) {
-  const GateOp op{hc.seed, hc.offset, hc_params<float>(hc.beta, hc.gamma, hc.zeta)};
+  const GateOp op{hc.seed, hc.offset, hc.state, hc_params<float>(hc.beta, hc.gamma, hc.zeta)};
   launch_rows(x_type, la_type, x, log_alpha, grad, out, partial, row_shape(rows, inner, channels), op, stream);
 }
 
