@@ -104,6 +104,18 @@ def _fast(*tensors: Tensor) -> bool:
     return direct.eligible(*tensors) and _backend_name(*tensors) in direct.BACKENDS
 
 
+def _dispatch_sample(op: str, custom_op, tensors: tuple[Tensor, ...], first: str, seed, offset, hc: tuple) -> Tensor:
+    """The sampling ops after their checks: a noise tensor goes to the ``<op>_at`` op, int (seed,
+    offset) to the eager fast path or the custom op. ``tensors``: the data (log_alpha last), the
+    first of them named ``first`` in errors."""
+    if isinstance(seed, Tensor):
+        return noise_ops.OPS[op](*tensors, _check_noise(op, seed, offset, (first, tensors[0])), *hc)
+    seed, offset = _u64(op, "seed", seed), _u64(op, "offset", offset)
+    if _fast(*tensors):
+        return direct.OPS[op](*tensors, seed, offset, *hc)
+    return custom_op(*tensors, seed, offset, *hc)
+
+
 def _grad_dtype(param: Tensor, grad: Tensor) -> Tensor:
     return grad.to(param.dtype)
 
@@ -215,13 +227,7 @@ def hard_concrete(log_alpha: Tensor, seed: int | Tensor, offset: int = 0, *, bet
     op = "hard_concrete"
     _check_float(op, "log_alpha", log_alpha)
     _check_hc(op, beta, gamma, zeta)
-    if isinstance(seed, Tensor):
-        noise = _check_noise(op, seed, offset, ("log_alpha", log_alpha))
-        return noise_ops.OPS[op](log_alpha, noise, beta, gamma, zeta)
-    seed, offset = _u64(op, "seed", seed), _u64(op, "offset", offset)
-    if _fast(log_alpha):
-        return direct.OPS[op](log_alpha, seed, offset, beta, gamma, zeta)
-    return _hard_concrete(log_alpha, seed, offset, beta, gamma, zeta)
+    return _dispatch_sample(op, _hard_concrete, (log_alpha,), "log_alpha", seed, offset, (beta, gamma, zeta))
 
 
 # ---------------------------------------------------------------- deterministic gate
@@ -354,13 +360,7 @@ def gated_weight(weight: Tensor, log_alpha: Tensor, seed: int | Tensor, offset: 
     _check_same_device(op, ("weight", weight), ("log_alpha", log_alpha))
     _check_rows(op, "log_alpha", log_alpha, "weight", weight, allow_full=True)
     _check_hc(op, beta, gamma, zeta)
-    if isinstance(seed, Tensor):
-        noise = _check_noise(op, seed, offset, ("weight", weight))
-        return noise_ops.OPS[op](weight, log_alpha, noise, beta, gamma, zeta)
-    seed, offset = _u64(op, "seed", seed), _u64(op, "offset", offset)
-    if _fast(weight, log_alpha):
-        return direct.OPS[op](weight, log_alpha, seed, offset, beta, gamma, zeta)
-    return _gated_weight(weight, log_alpha, seed, offset, beta, gamma, zeta)
+    return _dispatch_sample(op, _gated_weight, (weight, log_alpha), "weight", seed, offset, (beta, gamma, zeta))
 
 
 # ---------------------------------------------------------------- gated activation
@@ -417,13 +417,7 @@ def gated_activation(x: Tensor, log_alpha: Tensor, seed: int | Tensor, offset: i
             f"{tuple(log_alpha.shape)}"
         )
     _check_hc(op, beta, gamma, zeta)
-    if isinstance(seed, Tensor):
-        noise = _check_noise(op, seed, offset, ("x", x))
-        return noise_ops.OPS[op](x, log_alpha, noise, beta, gamma, zeta)
-    seed, offset = _u64(op, "seed", seed), _u64(op, "offset", offset)
-    if _fast(x, log_alpha):
-        return direct.OPS[op](x, log_alpha, seed, offset, beta, gamma, zeta)
-    return _gated_activation(x, log_alpha, seed, offset, beta, gamma, zeta)
+    return _dispatch_sample(op, _gated_activation, (x, log_alpha), "x", seed, offset, (beta, gamma, zeta))
 
 
 # ---------------------------------------------------------------- the random stream

@@ -157,6 +157,7 @@ at::Tensor l0_norm_backward(const at::Tensor& grad, const at::Tensor& log_alpha,
     return [=](int64_t, T la) SK_LAMBDA_INLINE { return l0_prob_grad(gt, la, p); };
   });
 }
+
 at::Tensor hard_concrete_at(const at::Tensor& log_alpha, const at::Tensor& noise, double beta, double gamma,
                             double zeta) {
   const HostNoise n = host_noise("hard_concrete_at", noise);

@@ -2,8 +2,6 @@
 #include <torch/library.h>
 
 #include "cpu_common.h"
-#include "philox_block.h"
-#include "sparsekern/philox.h"
 #include "../op_signatures.h"
 
 namespace sparsekern {
@@ -16,13 +14,7 @@ void uniform(at::Tensor& out, int64_t seed, int64_t offset) {
   TORCH_CHECK(out.is_contiguous(), "uniform: out must be contiguous");
   const uint64_t key = as_u64(seed), base = as_u64(offset);
   float* op = out.data_ptr<float>();
-  parallel_elements(out.numel(), [&](int64_t begin, int64_t end) {
-    for_each_random_block(key, base, begin, end, [&](int64_t start, int64_t len, const uint32_t* bits) {
-      for (int64_t j = 0; j < len; ++j) {
-        op[start + j] = uniform_from_bits(bits[j]);
-      }
-    });
-  });
+  parallel_uniforms(out.numel(), key, base, [&](int64_t i, float u) SK_LAMBDA_INLINE { op[i] = u; });
 }
 
 }  // namespace
