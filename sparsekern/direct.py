@@ -25,10 +25,13 @@ if _extension.compiled_available():
     OPS = {name: getattr(_lib, name).default for name in (
         "soft_threshold", "hard_concrete", "hard_concrete_eval", "l0_norm", "gated_weight", "gated_activation")}
     _uniform_out = _lib.uniform.default
+    from sparsekern._C import uniform_cpu as _uniform_cpu  # a plain binding: no dispatcher, no Python allocation
 
 
 def uniform(numel: int, seed: int, offset: int, device: torch.device) -> Tensor:
     """The compiled uniform stream; seed/offset as the int64 bits of their uint64 values."""
+    if device.type == "cpu":
+        return _uniform_cpu(numel, seed, offset)
     out = torch.empty(numel, dtype=torch.float32, device=device)
     _uniform_out(out, seed, offset)
     return out

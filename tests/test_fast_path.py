@@ -93,6 +93,19 @@ def test_fast_path_only_in_eager_on_the_compiled_backend():
     assert targets == [torch.ops.sparsekern.soft_threshold.default]
 
 
+def test_environment_selection_applies_to_the_next_call(monkeypatch):
+    # The backend resolution caches by the raw SPARSEKERN_BACKEND value: a change must show at once.
+    w, s, _ = _leaves()
+    sparsekern.soft_threshold(w, s)
+    monkeypatch.setenv("SPARSEKERN_BACKEND", "torch")
+    assert type(sparsekern.soft_threshold(w, s).grad_fn).__name__ != FAST_NODE
+    monkeypatch.setenv("SPARSEKERN_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="SPARSEKERN_BACKEND: unknown backend 'bogus'"):
+        sparsekern.soft_threshold(w, s)
+    monkeypatch.delenv("SPARSEKERN_BACKEND")
+    assert type(sparsekern.soft_threshold(w, s).grad_fn).__name__ == FAST_NODE
+
+
 def test_no_grad_and_inference_mode():
     w, s, la = _leaves()
     with torch.no_grad():
@@ -228,9 +241,13 @@ def test_compile_fullgraph_uses_the_custom_ops():
     assert torch.equal(y, want_y) and all(torch.equal(a, b) for a, b in zip(got, want))
 
 
+@pytest.mark.parametrize("numel", [0, 1, 1000, 40_000])
 @pytest.mark.parametrize("seed, offset", [(0, 0), (2**64 - 1, 2**63 + 5), (2**32 + 7, 2**64 - 10)])
-def test_uniform_matches_the_custom_op(seed, offset):
-    fast = sparsekern.uniform(1000, seed, offset)
+def test_uniform_matches_the_custom_op(seed, offset, numel):
+    # On CPU the fast path is the module's direct binding (sparsekern._C.uniform_cpu), not the op.
+    fast = sparsekern.uniform(numel, seed, offset)
     with _fast_path(False):
-        custom = sparsekern.uniform(1000, seed, offset)
-    assert fast.dtype == torch.float32 and torch.equal(fast, custom)
+        custom = sparsekern.uniform(numel, seed, offset)
+    assert fast.shape == (numel,) and fast.dtype == torch.float32 and torch.equal(fast, custom)
+    with sparsekern.use_backend("torch"):
+        assert torch.equal(fast, sparsekern.uniform(numel, seed, offset))
