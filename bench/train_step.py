@@ -10,10 +10,12 @@ threshold; one hard-concrete gate per weight with the ``regularization`` penalty
 ``sign(w)*relu(abs(w)-sigmoid(s))``, AMLab-style ``torch.rand`` gates, see plain_layers.py).
 Each runs eager and under ``torch.compile(model, fullgraph=True)`` (the model; loss,
 backward and optimizer outside, as users write it). All variants of a model are timed
-round-robin one step at a time, side by side, ``--rounds`` times; the median is reported. Overhead = ms / dense
-ms of the same mode - 1; ``sk vs plain`` = plain ms / sparsekern ms (> 1: sparsekern faster).
-``l0_hc`` / ``dep_l0``: channel gates placed as Dep-L0 places them, independent or from the gate
-generator; ``generator`` = dep_l0 ms / l0_hc ms - 1, the generator's cost per step.
+round-robin one step at a time, side by side, ``--rounds`` times; ms/step is the median. The ratios
+are paired: per round, one variant's step over the other's, then the median over rounds (and, for
+``sk vs plain``, its quartiles). Overhead = ms / dense ms of the same mode - 1; ``sk vs plain`` =
+plain ms / sparsekern ms (> 1: sparsekern faster). ``l0_hc`` / ``dep_l0``: channel gates placed as
+Dep-L0 places them, independent or from the gate generator; ``generator`` = dep_l0 ms / l0_hc ms - 1,
+the generator's cost per step.
 """
 from __future__ import annotations
 
@@ -101,6 +103,15 @@ def timed(step, device: str, clock=time.perf_counter) -> float:
     return clock() - start
 
 
+def paired(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Median, first and third quartile of a[i] / b[i] (step times of one round)."""
+    ratios = [x / y for x, y in zip(a, b)]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return median, q1, q3
+
+
 def bench_model(model_name: str, methods, modes, device: str, rounds: int, amp: bool,
                 clock=time.perf_counter) -> dict:
     steps = {}
@@ -120,27 +131,34 @@ def bench_model(model_name: str, methods, modes, device: str, rounds: int, amp: 
     for (method, mode), times in samples.items():
         ms = statistics.median(times) * 1e3
         rows.append(dict(model=model_name, method=method, mode=mode, ms=ms, samples_ms=[t * 1e3 for t in times]))
-    by = {(r["method"], r["mode"]): r["ms"] for r in rows}
+    by = {(r["method"], r["mode"]): r["samples_ms"] for r in rows}
     for r in rows:
+        # Ratios of steps timed in the same round (next to each other), then their median and
+        # quartiles: load that drifts over the run cancels, which it does not in a ratio of medians.
         dense = by.get(("dense", r["mode"]))
-        r["overhead_vs_dense"] = r["ms"] / dense - 1 if dense else None
+        r["overhead_vs_dense"] = paired(r["samples_ms"], dense)[0] - 1 if dense else None
         plain = by.get((r["method"] + "-plain", r["mode"]))
-        r["sk_vs_plain"] = plain / r["ms"] if plain and r["method"] in ("str", "l0") else None
+        if plain and r["method"] in ("str", "l0"):
+            ratio, q1, q3 = paired(plain, r["samples_ms"])
+            r["sk_vs_plain"], r["sk_vs_plain_quartiles"] = ratio, [q1, q3]
+        else:
+            r["sk_vs_plain"] = None
         # Dep-L0's extra cost: the gate generator (one pass per step) over independent L0-HC gates.
         hc = by.get(("l0_hc", r["mode"]))
-        r["generator_cost_vs_l0_hc"] = r["ms"] / hc - 1 if hc and r["method"] == "dep_l0" else None
+        r["generator_cost_vs_l0_hc"] = paired(r["samples_ms"], hc)[0] - 1 if hc and r["method"] == "dep_l0" else None
     return dict(model=model_name, batch=MODELS[model_name][1], rows=rows)
 
 
 def print_table(result: dict) -> None:
     print(f"\n{result['model']} (batch {result['batch']})")
-    print(f"{'method':<11}{'mode':<9}{'ms/step':>10}{'vs dense':>10}{'sk vs plain':>13}{'generator':>11}")
+    print(f"{'method':<11}{'mode':<9}{'ms/step':>10}{'vs dense':>10}{'sk vs plain [quartiles]':>25}{'generator':>11}")
     for r in result["rows"]:
         over = f"{r['overhead_vs_dense'] * 100:+.0f}%" if r["overhead_vs_dense"] is not None else "-"
-        vs = f"{r['sk_vs_plain']:.2f}x" if r["sk_vs_plain"] is not None else ""
+        vs = f"{r['sk_vs_plain']:.2f}x [{r['sk_vs_plain_quartiles'][0]:.2f}-{r['sk_vs_plain_quartiles'][1]:.2f}]" \
+            if r["sk_vs_plain"] is not None else ""
         gen = r.get("generator_cost_vs_l0_hc")
         gen = f"{gen * 100:+.0f}%" if gen is not None else ""
-        print(f"{r['method']:<11}{r['mode']:<9}{r['ms']:>10.2f}{over:>10}{vs:>13}{gen:>11}")
+        print(f"{r['method']:<11}{r['mode']:<9}{r['ms']:>10.2f}{over:>10}{vs:>25}{gen:>11}")
 
 
 def plot(results: list[dict], path: Path) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparsekern import backends, direct
+from sparsekern import backends, direct, inductor_decomps
 from sparsekern.ops import _backend_name, _param_grad_dtype, _unsigned
 
 # op name -> its data tensors (log_alpha last), in the order of the int-seeded op
@@ -78,12 +78,24 @@ def _define(name: str, arg_names: tuple[str, ...]):
             out = getattr(backends.module(backend), name + "_backward")(grad, *data, *seed_offset, beta, gamma, zeta)
         return out if n == 1 else tuple(out)
 
-    fwd = torch.library.custom_op(f"sparsekern::{name}_at", forward, mutates_args=(),
-                                  schema=f"({tensors}, Tensor noise, {_HC}) -> Tensor")
-    bwd = torch.library.custom_op(f"sparsekern::{name}_at_backward", backward, mutates_args=(),
-                                  schema=f"(Tensor grad, {tensors}, Tensor noise, {_HC}, str backend) -> {grads_out}")
-    fwd.register_fake(lambda *args: args[0].new_empty(args[0].shape))
-    bwd.register_fake(lambda grad, *args: _grad_fakes(args[:n]))
+    fwd_schema = f"({tensors}, Tensor noise, {_HC}) -> Tensor"
+    bwd_schema = f"(Tensor grad, {tensors}, Tensor noise, {_HC}, str backend) -> {grads_out}"
+
+    def fwd_fake(*args):
+        inductor_decomps.register()
+        return args[0].new_empty(args[0].shape)
+
+    def define(op_name: str, fn, schema: str, fake):
+        op = torch.library.custom_op(f"sparsekern::{op_name}", fn, mutates_args=(), schema=schema)
+        op.register_fake(fake)
+        return op
+
+    fwd = define(f"{name}_at", forward, fwd_schema, fwd_fake)
+    bwd = define(f"{name}_at_backward", backward, bwd_schema, lambda grad, *args: _grad_fakes(args[:n]))
+    # The same two ops again, which inductor leaves in its graphs: sparsekern.inductor_decomps sends
+    # the ones above to sparsekern_C::<op>_at when the backend is a compiled one, and here otherwise.
+    define(f"{name}_at_any", forward, fwd_schema, fwd_fake)
+    define(f"{name}_at_backward_any", backward, bwd_schema, lambda grad, *args: _grad_fakes(args[:n]))
 
     def setup_context(ctx, inputs, output):
         data, noise = inputs[:n], inputs[n]

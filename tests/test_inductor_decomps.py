@@ -1,5 +1,6 @@
 """Under inductor, soft_threshold, hard_concrete_eval and l0_norm lower to their formulas
 (inductor fuses them), whichever backend is selected; the result is eager's within fp32 rounding.
+The gate-sampling ops call the compiled kernels directly on a compiled backend (eager's bits).
 
 Each case is one real inductor compile (slow on 2 cores): a function using all three ops,
 forward and backward, checked against eager and against the generated code.
@@ -71,6 +72,57 @@ def test_inductor_lowers_the_formulas(case):
     for what, a, lowp, ex in zip(("loss", "grad w", "grad s", "grad log_alpha"), got, eager, exact):
         assert a.dtype == lowp.dtype, what
         assert_flash_close(a, lowp, ex, dtype=dtype, scale=magnitude(ex), terms=84, what=what)
+
+
+def _gates(t):
+    """Every gate-sampling op with a noise tensor, as compiled models call them (sparsekern.noise_ops)."""
+    z = sparsekern.hard_concrete(t["la_z"], t["noise"])
+    gw = sparsekern.gated_weight(t["w"], t["la"], t["noise"])
+    ga = sparsekern.gated_activation(t["x"], t["la_c"], t["noise"])
+    return (z * t["c1"]).sum() + (gw * t["c2"]).sum() + (ga * t["c3"]).sum()
+
+
+def _gate_inputs(dtype, device):
+    gen = generator("inductor-gates", str(dtype))
+    # every leaf used once: a sum of grads may round once in inductor (fp32) and twice in eager (bf16)
+    leaves = dict(w=torch.randn(12, 7, generator=gen), la=torch.randn(12, 7, generator=gen) * 2,
+                  la_z=torch.randn(12, 7, generator=gen) * 2,
+                  x=torch.randn(3, 5, 4, 4, generator=gen), la_c=torch.randn(5, generator=gen) * 2)
+    t = {k: v.to(device, dtype).requires_grad_() for k, v in leaves.items()}
+    # fixed cotangents: the grads that reach the ops are these values exactly, in any fusion
+    cotangents = dict(c1=torch.randn(12, 7, generator=gen), c2=torch.randn(12, 7, generator=gen),
+                      c3=torch.randn(3, 5, 4, 4, generator=gen))
+    t.update({k: v.to(device, dtype) for k, v in cotangents.items()})
+    t["noise"] = torch.tensor([-(2**62) - 9, 40], device=device)  # the int64 bits of a uint64 seed > 2**63
+    return t
+
+
+_NEEDS_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("backend, dtype", [("cpu", torch.float32), ("cpu", torch.bfloat16), ("torch", torch.float32),
+                                            pytest.param("cuda", torch.float32, marks=_NEEDS_GPU),
+                                            pytest.param("cuda", torch.bfloat16, marks=_NEEDS_GPU)])
+def test_inductor_calls_the_compiled_gate_kernels(backend, dtype):
+    if backend not in sparsekern.available_backends():
+        pytest.skip(f"backend {backend!r} is not available here")
+    t = _gate_inputs(dtype, "cuda" if backend == "cuda" else "cpu")
+    leaves = [t[k] for k in ("w", "la", "la_z", "x", "la_c")]
+    with sparsekern.use_backend(backend):
+        want = torch.autograd.grad(_gates(t), leaves)
+        torch._dynamo.reset()
+        compiled = torch.compile(_gates, fullgraph=True)
+        with torch._inductor.config.patch(fx_graph_cache=False), \
+                torch._functorch.config.patch(enable_autograd_cache=False):
+            got, codes = run_and_get_code(lambda: torch.autograd.grad(compiled(t), leaves))
+    code = "\n".join(codes)
+    for name in ("hard_concrete", "gated_weight", "gated_activation"):
+        for op in (name + "_at", name + "_at_backward"):
+            direct = f"torch.ops.sparsekern_C.{op}.default("
+            any_backend = f"torch.ops.sparsekern.{op}_any.default("
+            assert (direct in code, any_backend in code) == ((backend != "torch"), (backend == "torch")), op
+    for a, b in zip(got, want):  # the same kernels on the same inputs and cotangents: the same bits
+        assert a.dtype == b.dtype and torch.equal(a, b), (a.float() - b.float()).abs().max()
 
 
 _FRESH = """
