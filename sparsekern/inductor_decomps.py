@@ -14,10 +14,10 @@ directly: the same kernels, so the same bits. Other backends get ``<op>_at_any``
 the custom op that inductor leaves alone. The backend of these calls is the one selected when
 the graph is compiled.
 
-Whatever backend is selected: inside an inductor graph these ops are inductor's kernels (the
-same formulas; ``use_backend`` still picks the kernels of eager calls and of the random ops).
-Other compilers (``aot_eager``, ``eager``, user backends) keep the custom ops. Graphs that
-inductor cached before this lowering existed keep their custom-op calls: same results.
+Whatever backend is selected, inside an inductor graph the deterministic ops are inductor's
+kernels (the same formulas; ``use_backend`` still picks the kernels of eager calls). Other
+compilers (``aot_eager``, ``eager``, user backends) keep the custom ops. Graphs that inductor
+cached before this lowering existed keep their custom-op calls: same results.
 
 Registered lazily by the forward ops' fake kernels, which run only while a graph is traced:
 importing inductor costs ~2 s, which ``import sparsekern`` should not pay.

@@ -20,6 +20,7 @@ from sparsekern import backends, direct, inductor_decomps
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _U64 = 1 << 64
+_I64_END = 1 << 63
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1
 
 
@@ -63,12 +64,14 @@ def _check_hc(op: str, beta: float, gamma: float, zeta: float) -> None:
 
 def _u64(op: str, name: str, v) -> int:
     """Validate a 64-bit unsigned seed/offset and map it to int64 for the op schema."""
+    if type(v) is int and 0 <= v < _I64_END:  # the common case first: every op call comes here
+        return v
     if isinstance(v, bool) or not isinstance(v, (int, torch.SymInt)):
         raise TypeError(f"{op}: {name} must be an int, got {type(v).__name__}")
     if isinstance(v, int):
         if not 0 <= v < _U64:
             raise ValueError(f"{op}: {name} must be in [0, 2**64), got {v}")
-        return v - _U64 if v >= (1 << 63) else v
+        return v - _U64 if v >= _I64_END else v
     return v
 
 
@@ -438,7 +441,8 @@ def uniform(numel: int, seed: int, offset: int = 0, *, device: torch.device | st
     op = "uniform"
     if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
         raise ValueError(f"uniform: numel must be a non-negative int, got {numel!r}")
-    seed, offset, device = _u64(op, "seed", seed), _u64(op, "offset", offset), torch.device(device)
+    seed, offset = _u64(op, "seed", seed), _u64(op, "offset", offset)
+    device = device if type(device) is torch.device else torch.device(device)
     if direct.eligible():  # no autograd: any backend's kernel may run without the custom op
         if backends.resolve_name(device) in direct.BACKENDS:
             return direct.uniform(numel, seed, offset, device)
