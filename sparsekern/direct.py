@@ -25,13 +25,13 @@ if _extension.compiled_available():
     OPS = {name: getattr(_lib, name).default for name in (
         "soft_threshold", "hard_concrete", "hard_concrete_eval", "l0_norm", "gated_weight", "gated_activation")}
     _uniform_out = _lib.uniform.default
-    from sparsekern._C import uniform_cpu as _uniform_cpu  # a plain binding: no dispatcher, no Python allocation
+    # The CPU uniform stream as a plain binding: no dispatcher, no Python-side allocation.
+    from sparsekern._C import uniform_cpu
 
 
 def uniform(numel: int, seed: int, offset: int, device: torch.device) -> Tensor:
-    """The compiled uniform stream; seed/offset as the int64 bits of their uint64 values."""
-    if device.type == "cpu":
-        return _uniform_cpu(numel, seed, offset)
+    """The compiled uniform stream; seed/offset as the int64 bits of their uint64 values
+    (on CPU, ``uniform_cpu`` does the same without the dispatcher)."""
     out = torch.empty(numel, dtype=torch.float32, device=device)
     _uniform_out(out, seed, offset)
     return out

@@ -444,7 +444,10 @@ def uniform(numel: int, seed: int, offset: int = 0, *, device: torch.device | st
     seed, offset = _u64(op, "seed", seed), _u64(op, "offset", offset)
     device = device if type(device) is torch.device else torch.device(device)
     if direct.eligible():  # no autograd: any backend's kernel may run without the custom op
-        if backends.resolve_name(device) in direct.BACKENDS:
+        backend = backends.resolve_name(device)
+        if backend == "cpu":
+            return direct.uniform_cpu(numel, seed, offset)
+        if backend in direct.BACKENDS:
             return direct.uniform(numel, seed, offset, device)
         return _uniform_impl(numel, seed, offset, device)
     return _uniform(numel, seed, offset, device)
