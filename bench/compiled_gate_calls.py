@@ -1,10 +1,12 @@
 """What the direct gate calls save in a compiled training step (issue 8).
 
-Under inductor, sparsekern.inductor_decomps sends ``sparsekern::<op>_at`` and its backward to
-``sparsekern_C::<op>_at`` on the compiled backends. ``custom-op`` undoes that (the graph calls
-the ``<op>_at_any`` copies, i.e. the custom op's Python dispatch around the same kernel, as
-before). A small model makes the per-call cost visible: 10 L0 Linear(64, 64) layers with a gate
-per weight, batch 8, ``torch.compile(fullgraph=True)``, SGD.
+A compiled L0 model calls, per gated layer and step, ``take_noise`` and the gate op forward and
+backward. ``direct``: the C++ ops (``sparsekern_C::take_noise``, and ``sparsekern_C::<op>_at``
+and its backward, to which sparsekern.inductor_decomps sends ``sparsekern::<op>_at`` under
+inductor on the compiled backends). ``custom-op``: the Python custom ops around the same kernels,
+as before (``sparsekern::take_noise`` and the ``<op>_at_any`` copies). A small model makes the
+per-call cost visible: 10 L0 Linear(64, 64) layers with a gate per weight, batch 8,
+``torch.compile(fullgraph=True)``, SGD.
 
     OMP_NUM_THREADS=1 python bench/compiled_gate_calls.py [--pairs 4]
 
@@ -28,7 +30,7 @@ def _measure(variant: str) -> tuple[float, float]:
     import torch
 
     import sparsekern  # noqa: F401
-    from sparsekern import inductor_decomps
+    from sparsekern import inductor_decomps, noise_ops
     from sparsekern.pruning import sparsify
 
     torch.set_num_threads(1)
@@ -37,6 +39,7 @@ def _measure(variant: str) -> tuple[float, float]:
             op = getattr(torch.ops.sparsekern, f"{name}{'_at_backward' if backward else '_at'}_any").default
             return lambda *args: op(*args)
         inductor_decomps._gate_call = through_custom_op
+        noise_ops._COMPILED_TAKE_NOISE.clear()
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(10)])
     sparsify(model, "l0", granularity="weight")

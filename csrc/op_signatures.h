@@ -63,6 +63,8 @@
      double beta, double gamma, double zeta))                                                                      \
   X(uniform, "uniform(Tensor(a!) out, int seed, int offset) -> ()", (void),                                          \
     (at::Tensor & out, int64_t seed, int64_t offset))                                                              \
+  X(take_noise, "take_noise(Tensor(a!) state, int numel) -> Tensor", (at::Tensor),                                \
+    (at::Tensor & state, int64_t numel))                                                                           \
   SPARSEKERN_C_NOISE_STATE_OPS(X)
 
 // The gate ops with (seed, offset) in an int64 tensor `noise` = [seed, offset] instead of ints:

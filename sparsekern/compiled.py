@@ -95,6 +95,7 @@ def _register_fakes() -> None:
     reg(ns + "l0_norm")(lambda log_alpha, *args: log_alpha.new_empty(()))
     reg(ns + "l0_norm_backward")(lambda grad, log_alpha, *args: _param_grad(log_alpha))
     reg(ns + "uniform")(lambda out, seed, offset: None)
+    reg(ns + "take_noise")(lambda state, numel: torch.empty_like(state))
     for gate_op in ("", "_at"):  # int (seed, offset), or the `_at` variant's noise tensor: same outputs
         reg(ns + "hard_concrete" + gate_op)(lambda log_alpha, *args: torch.empty_like(log_alpha))
         reg(ns + f"hard_concrete{gate_op}_backward")(lambda grad, log_alpha, *args: _param_grad(log_alpha))

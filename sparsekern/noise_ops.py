@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparsekern import backends, direct, inductor_decomps
+from sparsekern import _extension, backends, direct, inductor_decomps
 from sparsekern.ops import _backend_name, _param_grad_dtype, _unsigned
 
 # op name -> its data tensors (log_alpha last), in the order of the int-seeded op
@@ -119,17 +119,29 @@ OPS = {name: _define(name, args) for name, args in DATA_ARGS.items()}
 
 
 @torch.library.custom_op("sparsekern::take_noise", mutates_args=("state",))
-def take_noise(state: Tensor, numel: int) -> Tensor:
-    """A copy of ``state = [seed, offset]``, then ``offset += numel`` in place (int64 wrap-around).
-
-    One opaque op, not ``clone`` + ``add_``: inductor's partitioner may recompute a plain clone of
-    the buffer in the backward, after the in-place advance, and so read the next step's offset.
-    """
+def _take_noise(state: Tensor, numel: int) -> Tensor:
     noise = state.clone()
     state[1:].add_(numel)
     return noise
 
 
-@take_noise.register_fake
+@_take_noise.register_fake
 def _(state, numel):
     return torch.empty_like(state)
+
+
+# Devices whose compiled extension has the C++ take_noise (no Python dispatch in compiled graphs).
+_COMPILED_TAKE_NOISE = {"cpu": _extension.compiled_has("CPU"), "cuda": _extension.compiled_has("CUDA")}
+
+
+def take_noise(state: Tensor, numel: int) -> Tensor:
+    """A copy of ``state = [seed, offset]``, then ``offset += numel`` in place (int64 wrap-around).
+
+    One opaque op, not ``clone`` + ``add_``: inductor's partitioner may recompute a plain clone of
+    the buffer in the backward, after the in-place advance, and so read the next step's offset.
+    ``sparsekern_C::take_noise`` where the extension is built for the state's device (a C++ op,
+    ~3 us), else the ``sparsekern::take_noise`` custom op (~20 us of Python dispatch).
+    """
+    if _COMPILED_TAKE_NOISE.get(state.device.type, False):
+        return torch.ops.sparsekern_C.take_noise.default(state, numel)
+    return _take_noise(state, numel)

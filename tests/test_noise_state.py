@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.fx.experimental.proxy_tensor import make_fx
 from torch.library import opcheck
 
 import sparsekern
-from sparsekern import noise_ops, reference
+from sparsekern import _extension, noise_ops, reference
 from helpers import HC, cpu_backends, generator
 
 SEED_OFFSETS = [(0, 0), (2**63 + 5, 2**64 - 3), (2**32 + 7, 2**32 - 2)]
@@ -54,18 +55,45 @@ def test_reference_reads_seed_offset_from_tensors(seed, offset):
         assert torch.equal(a, b)
 
 
-def test_take_noise_advances_in_place_with_wraparound():
+TAKE_NOISE = {"custom-op": torch.ops.sparsekern.take_noise.default, "public": noise_ops.take_noise}
+if _extension.compiled_available():
+    TAKE_NOISE["compiled"] = torch.ops.sparsekern_C.take_noise.default
+
+
+@pytest.mark.parametrize("impl", list(TAKE_NOISE))
+def test_take_noise_advances_in_place_with_wraparound(impl):
     state = _noise(9, 2**64 - 2)
-    noise = noise_ops.take_noise(state, 5)
+    version = state._version
+    noise = TAKE_NOISE[impl](state, 5)
     assert noise.tolist() == _noise(9, 2**64 - 2).tolist()
     assert state.tolist() == [9, 3]  # (2**64 - 2 + 5) mod 2**64
+    assert state._version > version  # eager layers' host copy of the counter sees the change
+
+
+def test_take_noise_uses_the_compiled_op_where_built():
+    if not _extension.compiled_available():
+        pytest.skip("no compiled extension")
+    traced = make_fx(noise_ops.take_noise)(_noise(1, 2), 3)
+    assert [n.target for n in traced.graph.nodes if n.op == "call_function"] == [torch.ops.sparsekern_C.take_noise.default]
+
+
+@pytest.mark.parametrize("impl", [name for name in TAKE_NOISE if name == "compiled"])
+def test_take_noise_bad_state_is_a_clear_error(impl):
+    with pytest.raises(RuntimeError, match=r"take_noise: state must be an int64 tensor \[seed, offset\]"):
+        TAKE_NOISE[impl](torch.zeros(2), 1)
+    with pytest.raises(RuntimeError, match=r"take_noise: state must be an int64 tensor"):
+        TAKE_NOISE[impl](torch.zeros(3, dtype=torch.int64), 1)
+    with pytest.raises(RuntimeError, match="take_noise: numel must be non-negative"):
+        TAKE_NOISE[impl](_noise(1, 2), -1)
 
 
 def test_opcheck_tensor_noise_ops():
     noise = _noise(2**63 + 5, 11)
     for name, data in _inputs(("opcheck",)).items():
         opcheck(noise_ops.OPS[name], (*data, noise, *HC.values()))
-    opcheck(torch.ops.sparsekern.take_noise.default, (_noise(3, 4), 7))
+    for take_noise in TAKE_NOISE.values():
+        if isinstance(take_noise, torch._ops.OpOverload):
+            opcheck(take_noise, (_noise(3, 4), 7))
 
 
 def test_bad_noise_tensors_are_clear_errors():

@@ -10,6 +10,7 @@
 
 #include "launch.h"
 #include "../op_signatures.h"
+#include "../take_noise.h"
 
 namespace sparsekern {
 namespace cuda {
@@ -260,6 +261,7 @@ TORCH_LIBRARY_IMPL(sparsekern_C, CUDA, m) {
   SK_IMPL(m, gated_activation, k::gated_activation_fwd);
   SK_IMPL(m, gated_activation_backward, k::gated_activation_bwd);
   SK_IMPL(m, uniform, k::uniform_out);
+  SK_IMPL(m, take_noise, ::sparsekern::take_noise);
   SK_IMPL(m, hard_concrete_at, k::hard_concrete_at_fwd);
   SK_IMPL(m, hard_concrete_at_backward, k::hard_concrete_at_bwd);
   SK_IMPL(m, gated_weight_at, k::gated_weight_at_fwd);
