@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../noise_state.h"
 #include "philox_block.h"
 #include "sparsekern/macros.h"
 #include "sparsekern/philox.h"
@@ -61,8 +62,7 @@ struct HostNoise {
 
 inline HostNoise host_noise(const char* op, const at::Tensor& noise) {
   TORCH_CHECK(noise.device().is_cpu(), op, ": noise must be on the CPU like the other inputs, got ", noise.device());
-  TORCH_CHECK(noise.scalar_type() == at::kLong && noise.numel() == 2, op,
-              ": noise must be an int64 tensor [seed, offset], got ", noise.scalar_type(), " of shape ", noise.sizes());
+  check_noise_state(op, "noise", noise);
   const at::Tensor c = noise.contiguous();
   return {c.data_ptr<int64_t>()[0], c.data_ptr<int64_t>()[1]};
 }

@@ -1,8 +1,8 @@
-// take_noise on CPU (the one definition is csrc/take_noise.h, shared with CUDA).
+// take_noise on CPU (the one definition is csrc/noise_state.h, shared with CUDA).
 #include <torch/library.h>
 
 #include "../op_signatures.h"
-#include "../take_noise.h"
+#include "../noise_state.h"
 
 namespace sparsekern {
 namespace cpu {

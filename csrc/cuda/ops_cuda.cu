@@ -10,7 +10,7 @@
 
 #include "launch.h"
 #include "../op_signatures.h"
-#include "../take_noise.h"
+#include "../noise_state.h"
 
 namespace sparsekern {
 namespace cuda {
@@ -40,9 +40,8 @@ HcCall hc_call(int64_t seed, int64_t offset, double beta, double gamma, double z
 HcCall hc_call_at(const char* op, const Tensor& noise, const Tensor& data, double beta, double gamma, double zeta) {
   TORCH_CHECK(noise.device() == data.device(), op, ": noise must be on ", data.device(), " like the other inputs, got ",
               noise.device());
-  TORCH_CHECK(noise.scalar_type() == at::kLong && noise.numel() == 2 && noise.is_contiguous(), op,
-              ": noise must be a contiguous int64 tensor [seed, offset], got ", noise.scalar_type(), " of shape ",
-              noise.sizes());
+  check_noise_state(op, "noise", noise);
+  TORCH_CHECK(noise.is_contiguous(), op, ": noise must be contiguous (the kernels read it in device memory)");
   HcCall hc = hc_call(0, 0, beta, gamma, zeta);
   hc.state = noise.data_ptr<int64_t>();
   return hc;
