@@ -76,7 +76,7 @@ PATH="$CUDA_ROOT/bin:$PATH" PYTHON="$PY" bash .ci/nvcc_check.sh --binding
 
 step "Triton AOT compile"
 # A fresh cache: a cached cubin would skip the compile this step exists to run.
-(cd "$WORK" && env -u TRITON_INTERPRET TRITON_CACHE_DIR="$WORK/triton-cache" "$PY" -m sparsekern.triton.aot_check --arch 80,90,100)
+(cd "$WORK" && env -u TRITON_INTERPRET TRITON_CACHE_DIR="$WORK/triton-cache" "$PY" -m sparsekern.backends.triton.aot_check --arch 80,90,100)
 
 step "CMake CUDA build (cmake $CMAKE_PIN), loaded with torch.ops.load_library"
 NVRTC=$(ls "$("$PY" -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))')"/nvidia/cu*/lib/libnvrtc.so.* \

@@ -7,9 +7,9 @@
 
 Variants per op and mode (fwd; fwd+bwd = forward + torch.autograd.grad over the float inputs):
   sparsekern  the public op as a user calls it
-  custom-op   the same op with the eager fast path off (sparsekern.direct.ENABLED = False): every
+  custom-op   the same op with the eager fast path off (sparsekern.ops.fast_path.ENABLED = False): every
               call through its torch.library custom op, the path before issue 8 item 2 (only for
-              a sparsekern that has sparsekern.direct)
+              a sparsekern that has sparsekern.ops.fast_path)
   eager       the torch ops a user would write instead (bench/plain_layers.py: STR's
               sign(w)*relu(abs(w)-sigmoid(s)), gates from torch.rand), with autograd
 ratio = sparsekern / eager (<= 1: at or below the eager ops). Timing: one torch thread; all
@@ -81,8 +81,8 @@ def _calls(t: dict, names: tuple, fn) -> dict:
 
 
 def _fast_path_switch():
-    """sparsekern.direct if this sparsekern has the eager fast path, else None."""
-    return importlib.import_module("sparsekern.direct") if importlib.util.find_spec("sparsekern.direct") else None
+    """sparsekern.ops.fast_path if this sparsekern has the eager fast path, else None."""
+    return importlib.import_module("sparsekern.ops.fast_path") if importlib.util.find_spec("sparsekern.ops.fast_path") else None
 
 
 def measure(rounds: int, number: int) -> dict:

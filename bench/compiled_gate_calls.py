@@ -2,7 +2,7 @@
 
 A compiled L0 model calls, per gated layer and step, ``take_noise`` and the gate op forward and
 backward. ``direct``: the C++ ops (``sparsekern_C::take_noise``, and ``sparsekern_C::<op>_at``
-and its backward, to which sparsekern.inductor_decomps sends ``sparsekern::<op>_at`` under
+and its backward, to which sparsekern.ops.inductor sends ``sparsekern::<op>_at`` under
 inductor on the compiled backends). ``custom-op``: the Python custom ops around the same kernels,
 as before (``sparsekern::take_noise`` and the ``<op>_at_any`` copies). A small model makes the
 per-call cost visible: 10 L0 Linear(64, 64) layers with a gate per weight, batch 8,
@@ -30,7 +30,8 @@ def _measure(variant: str) -> tuple[float, float]:
     import torch
 
     import sparsekern  # noqa: F401
-    from sparsekern import inductor_decomps, noise_ops
+    from sparsekern.ops import inductor as inductor_decomps
+    from sparsekern.ops import noise as noise_ops
     from sparsekern.pruning import sparsify
 
     torch.set_num_threads(1)

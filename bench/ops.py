@@ -6,7 +6,7 @@
 
 Variants: `cpu` (on CPU) or `cuda`/`triton` (on GPU), each if available: the
 public op run on that backend; `eager`: the public op on the `torch` backend;
-`compile`: torch.compile of the sparsekern.reference functions (forward; and for
+`compile`: torch.compile of the sparsekern.backends.reference functions (forward; and for
 fwd+bwd one function calling the reference forward and backward kernels);
 `plain` / `plain-compile`: the formula a user would write instead, in eager torch ops
 (autograd for the backward; gates drawn with torch.rand), and torch.compile of it;
@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import sparsekern  # noqa: E402
-from sparsekern import reference  # noqa: E402
+from sparsekern.backends import reference  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_layers import hard_concrete_sample, str_weight  # noqa: E402
@@ -52,8 +52,8 @@ class OpBench:
     tensors: dict  # name -> tensor (floating ones get gradients)
     grad: torch.Tensor | None  # upstream gradient for fwd+bwd (None: no backward)
     public: Callable  # (**tensors) -> output, through sparsekern's public op
-    ref_fwd: Callable  # (**tensors) -> output, sparsekern.reference
-    ref_bwd: Callable | None  # (grad, **tensors) -> grads, sparsekern.reference
+    ref_fwd: Callable  # (**tensors) -> output, sparsekern.backends.reference
+    ref_bwd: Callable | None  # (grad, **tensors) -> grads, sparsekern.backends.reference
     bytes_fwd: int
     bytes_bwd: int
     main: str  # the tensor whose clone is the bandwidth floor

@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from sparsekern.pruning.trainer import PruneConfig, run_prune
+from sparsekern.pruning.train.loop import PruneConfig, run_prune
 
 CASES = {"lenet300-mnist5k": ("lenet300", "mnist5k"), "lenet5-mnist5k": ("lenet5", "mnist5k"),
          "resnet20-digits": ("resnet20", "digits"), "vgg16-digits": ("vgg16", "digits")}

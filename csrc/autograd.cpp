@@ -8,7 +8,7 @@
 // forward below autograd, saves the inputs (masks and noise are recomputed from them, as in
 // the Python path) and the backward calls `<name>_backward`. The last differentiable tensor is
 // the parameter (s, log_alpha): its grad comes back in its own dtype.
-// The Python layer calls these ops directly in eager mode (sparsekern/direct.py).
+// The Python layer calls these ops directly in eager mode (sparsekern/ops/fast_path.py).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>

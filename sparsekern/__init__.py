@@ -1,6 +1,6 @@
 """sparsekern: fused kernels and PyTorch ops for learnable network sparsification."""
-from sparsekern import _extension  # noqa: F401  (loads compiled kernels, warns if missing)
-from sparsekern.backends import available_backends, current_backend, use_backend
+from sparsekern import _moved
+from sparsekern.backends import available_backends, current_backend, use_backend  # loads the compiled kernels
 from sparsekern.ops import (
     gated_activation,
     gated_weight,
@@ -12,6 +12,7 @@ from sparsekern.ops import (
 )
 
 __version__ = "0.1.0"
+_moved.install()  # the module paths of earlier releases still import
 
 # The model layer is imported on first use, so `import sparsekern` stays light.
 _PRUNING = ("GMP", "L0_DROP_RATE", "L0_GATE_LR", "L0_LAMBDA", "ParameterEMA", "TargetLambda", "TargetSparsity",

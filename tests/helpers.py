@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import sparsekern
-from sparsekern import backends, reference
+from sparsekern import backends
+from sparsekern.backends import reference
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LOW_PRECISION = (torch.float32, torch.bfloat16, torch.float16)

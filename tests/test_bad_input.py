@@ -236,14 +236,14 @@ def test_unavailable_backend():
 
 def test_backend_that_cannot_run_the_tensor():
     """cuda on a CPU tensor (when the compiled cuda backend exists) or triton without a GPU/interpreter."""
-    from sparsekern import backends
+    from sparsekern.backends import registry
 
     with pytest.raises(ValueError, match="cannot run this op"):
-        backends._state.name = "cuda"  # bypass use_backend's availability check: the op must still refuse
+        registry._state.name = "cuda"  # bypass use_backend's availability check: the op must still refuse
         try:
             sparsekern.soft_threshold(torch.ones(2), torch.zeros(1))
         finally:
-            backends._state.name = None
+            registry._state.name = None
 
 
 def _run_with_env(value: str, code: str) -> subprocess.CompletedProcess:

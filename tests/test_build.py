@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import sparsekern
-import sparsekern.compiled  # noqa: F401  (registers the fake kernels of sparsekern_C)
-from sparsekern import _extension
+import sparsekern.backends.compiled  # noqa: F401  (registers the fake kernels of sparsekern_C)
+from sparsekern.backends import extension as _extension
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HC = (2.0 / 3.0, -0.1, 1.1)

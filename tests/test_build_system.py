@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.utils.cpp_extension as cpp_extension
 
-from sparsekern import _extension
+from sparsekern.backends import extension as _extension
 from sparsekern._build import cuda_toolkit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

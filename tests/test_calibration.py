@@ -5,8 +5,8 @@ from torch import nn
 
 import sparsekern
 from sparsekern import nn as snn
-from sparsekern.pruning.calibration import calibrate_gates
-from sparsekern.pruning.lambda_control import TargetLambda
+from sparsekern.pruning.control.calibration import calibrate_gates
+from sparsekern.pruning.control.lambda_control import TargetLambda
 
 
 class Gated(nn.Module):

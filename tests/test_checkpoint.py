@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from sparsekern.pruning import checkpoint as ck
-from sparsekern.pruning.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from sparsekern.pruning.trainer import PruneConfig, run_prune
+from sparsekern.pruning.train import checkpoint as ck
+from sparsekern.pruning.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sparsekern.pruning.train.loop import PruneConfig, run_prune
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from helpers import HC, FLOAT_DTYPES, assert_clear_gates_exact, dtype_id, expanded_gates, generator, hc_sbar64
-from sparsekern import _extension, backends, reference
+from sparsekern import backends
+from sparsekern.backends import extension as _extension
+from sparsekern.backends import reference
 from test_rng import numpy_uniform
 
 pytestmark = pytest.mark.skipif(not _extension.compiled_available(), reason="compiled CPU kernels not built")

@@ -25,7 +25,8 @@ from helpers import (
     public_outputs,
     terms_per_output,
 )
-from sparsekern import backends, reference
+from sparsekern import backends
+from sparsekern.backends import reference
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -180,7 +181,7 @@ def test_auto_picks_cuda_when_compiled():
 def test_torch_compile_traces_triton_ops():
     """torch.ops.sparsekern_triton.* (triton_op) compile with fullgraph and match eager bit for bit."""
     _need("triton")
-    from sparsekern.triton import ops as tops
+    from sparsekern.backends.triton import ops as tops
 
     if not tops.HAS_TRITON_OP:
         pytest.skip("torch.library.triton_op needs torch >= 2.6")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from sparsekern.pruning.trainer import PruneConfig, run_prune
+from sparsekern.pruning.train.loop import PruneConfig, run_prune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = dict(method="str", model="lenet300", data="digits", epochs=6, target_sparsity=0.9, seed=5,

@@ -1,4 +1,4 @@
-"""The eager fast path (sparsekern.direct, csrc/autograd.cpp): public ops on the compiled backend
+"""The eager fast path (sparsekern.ops.fast_path, csrc/autograd.cpp): public ops on the compiled backend
 call torch.ops.sparsekern_C, whose autograd is registered in C++, instead of the custom ops.
 
 It must give the custom-op path's values and gradients bit for bit (same kernels, same saved
@@ -18,7 +18,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import sparsekern
 from helpers import CASES, HC, dtype_id, generator, make_inputs, public_outputs
-from sparsekern import _extension, direct
+from sparsekern.backends import extension as _extension
+from sparsekern.ops import fast_path as direct
 
 pytestmark = pytest.mark.skipif(not _extension.compiled_available(), reason="sparsekern._C is not built")
 FAST_NODE = "CppFunction"  # the grad_fn type of torch::autograd::Function nodes

@@ -75,7 +75,7 @@ def test_inductor_lowers_the_formulas(case):
 
 
 def _gates(t):
-    """Every gate-sampling op with a noise tensor, as compiled models call them (sparsekern.noise_ops)."""
+    """Every gate-sampling op with a noise tensor, as compiled models call them (sparsekern.ops.noise)."""
     z = sparsekern.hard_concrete(t["la_z"], t["noise"])
     gw = sparsekern.gated_weight(t["w"], t["la"], t["noise"])
     ga = sparsekern.gated_activation(t["x"], t["la_c"], t["noise"])

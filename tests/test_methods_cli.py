@@ -10,7 +10,7 @@ import torch
 from sparsekern.cli import main
 from sparsekern.cli.export import finalized_architecture
 from sparsekern.data import load_dataset
-from sparsekern.pruning.trainer import PruneConfig, run_prune
+from sparsekern.pruning.train.loop import PruneConfig, run_prune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,9 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.library import opcheck
 
 import sparsekern
-from sparsekern import _extension, noise_ops, reference
+from sparsekern.backends import extension as _extension
+from sparsekern.ops import noise as noise_ops
+from sparsekern.backends import reference
 from helpers import HC, cpu_backends, generator
 
 SEED_OFFSETS = [(0, 0), (2**63 + 5, 2**64 - 3), (2**32 + 7, 2**32 - 2)]

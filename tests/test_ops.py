@@ -30,7 +30,8 @@ from helpers import (
     skip_unsupported,
     terms_per_output,
 )
-from sparsekern import backends, reference
+from sparsekern import backends
+from sparsekern.backends import reference
 
 DTYPES = pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
 CASE = pytest.mark.parametrize("case", CASES, ids=str)
@@ -225,7 +226,7 @@ def test_backward_runs_on_the_forward_backend(monkeypatch):
     """Backward uses the forward's backend even outside its use_backend block or on another thread."""
     import threading
 
-    from sparsekern import reference
+    from sparsekern.backends import reference
 
     calls = []
     original = reference.soft_threshold_backward

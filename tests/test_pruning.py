@@ -247,7 +247,7 @@ def test_target_sparsity_tracks_the_schedule_and_caps_layers():
 
 
 def _run(tmp_path, **kw):
-    from sparsekern.pruning.trainer import PruneConfig, run_prune
+    from sparsekern.pruning.train.loop import PruneConfig, run_prune
     return run_prune(PruneConfig(data="digits", seed=0, out=str(tmp_path / "run"), progress=False, **kw))
 
 

@@ -11,11 +11,11 @@ from sparsekern import pruning
 from sparsekern.cli import main
 from sparsekern.models import build_model
 from sparsekern.nn import L0Conv2d, L0Linear, STRLinear
-from sparsekern.pruning import recipes
-from sparsekern.pruning.checkpoint import load_checkpoint
-from sparsekern.pruning.ema import ParameterEMA
+from sparsekern.pruning.methods import recipes
+from sparsekern.pruning.train.checkpoint import load_checkpoint
+from sparsekern.pruning.train.ema import ParameterEMA
 from sparsekern.pruning.methods import METHODS
-from sparsekern.pruning.trainer import PruneConfig
+from sparsekern.pruning.train.loop import PruneConfig
 
 
 def _setup_method(model, cfg, total_steps):

@@ -8,7 +8,7 @@ from torch import nn
 import sparsekern
 from sparsekern import nn as snn
 from sparsekern.models import build_model
-from sparsekern.pruning.channel_gating import GatedModule, chained_gates
+from sparsekern.pruning.surgery.channel_gating import GatedModule, chained_gates
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from sparsekern.cli import main
-from sparsekern.pruning import trainer
-from sparsekern.pruning.checkpoint import load_checkpoint
-from sparsekern.pruning.trainer import PruneConfig, _scheduler, run_prune
+from sparsekern.pruning.train import loop as trainer
+from sparsekern.pruning.train.checkpoint import load_checkpoint
+from sparsekern.pruning.train.config import PruneConfig
+from sparsekern.pruning.train.loop import run_prune
+from sparsekern.pruning.train.lr_schedule import lr_scheduler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,7 +77,7 @@ def test_lr_schedules_with_warmup():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
 
     def lrs(**kw):
-        sched = _scheduler(opt, PruneConfig(epochs=4, **kw), steps_per_epoch=10)
+        sched = lr_scheduler(opt, PruneConfig(epochs=4, **kw), steps_per_epoch=10)
         out = []
         for _ in range(40):
             out.append(opt.param_groups[0]["lr"])
@@ -178,7 +180,7 @@ class _OnDisk(torch.utils.data.Dataset):
 
 
 def test_dataloader_path_serves_the_same_batches_as_memory():
-    from sparsekern.pruning.batches import BatchSource, epoch_plan
+    from sparsekern.pruning.train.batches import BatchSource, epoch_plan
 
     ds = torch.utils.data.TensorDataset(torch.randn(50, 1, 4, 4), torch.arange(50))
     plan = epoch_plan(50, 8, seed=3, epoch=1, rank=1, world=2)

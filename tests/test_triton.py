@@ -33,13 +33,14 @@ from helpers import (
     public_outputs,
     terms_per_output,
 )
-from sparsekern import backends, reference
+from sparsekern import backends
+from sparsekern.backends import reference
 
 pytest.importorskip("triton")
 if not backends.is_available("triton"):
     pytest.skip("Triton needs a GPU or TRITON_INTERPRET=1 (set before triton is imported)", allow_module_level=True)
 
-from sparsekern.triton import backend as tb  # noqa: E402
+from sparsekern.backends.triton import backend as tb  # noqa: E402
 
 DEVICE = "cpu" if backends.triton_interpreted() else "cuda"
 DTYPES = pytest.mark.parametrize("dtype", LOW_PRECISION, ids=dtype_id)
@@ -165,7 +166,7 @@ def test_empty_tensors():
 
 
 def test_backend_implements_the_kernel_contract():
-    """Every kernel function of sparsekern.reference, with the same parameters."""
+    """Every kernel function of sparsekern.backends.reference, with the same parameters."""
     import inspect
 
     for name in CONTRACT:
@@ -209,7 +210,7 @@ def test_opcheck(name):
 def test_kernels_compile_for_sm90():
     """The real Triton compiler (not the interpreter) builds every kernel for sm_90, no GPU needed."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-m", "sparsekern.triton.aot_check", "--dtypes", "bf16"], env=env,
+    done = subprocess.run([sys.executable, "-m", "sparsekern.backends.triton.aot_check", "--dtypes", "bf16"], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "compiled to cubin for sm_90" in done.stdout

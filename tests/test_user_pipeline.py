@@ -16,9 +16,9 @@ from torch import nn
 import sparsekern as sk
 from helpers import cli_error
 from sparsekern.cli import main
-from sparsekern.pruning import trainer
-from sparsekern.pruning.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint
-from sparsekern.pruning.runlock import LOCK_NAME
+from sparsekern.pruning.train import loop as trainer
+from sparsekern.pruning.train.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint
+from sparsekern.pruning.train.runlock import LOCK_NAME
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,7 +21,8 @@ with warnings.catch_warnings(record=True) as caught:
     import sparsekern
 assert [str(w.message) for w in caught if "compiled kernels unavailable" in str(w.message)], caught
 import torch
-from sparsekern import _extension, noise_ops
+from sparsekern.backends import extension as _extension
+from sparsekern.ops import noise as noise_ops
 from sparsekern.pruning import sparsify
 assert not _extension.compiled_available() and sparsekern.available_backends() == ["torch"]
 assert not any(noise_ops._COMPILED_TAKE_NOISE.values())

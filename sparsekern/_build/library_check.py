@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         what = args.library
     else:
         import sparsekern
-        from sparsekern import _extension
+        from sparsekern.backends import extension as _extension
 
         if _extension.LOAD_ERROR is not None:
             print(f"library check FAILED: sparsekern._C did not load: {_extension.LOAD_ERROR}", file=sys.stderr)

@@ -32,7 +32,7 @@ def build_parser() -> common.Parser:
     for command, help_text in COMMANDS.items():
         p = sub.add_parser(command, help=help_text, description=help_text)
         if command == "selftest":
-            p.add_argument("rest", nargs="*", help="arguments passed to sparsekern.selftest")
+            p.add_argument("rest", nargs="*", help="arguments passed to sparsekern.cli.selftest")
         else:
             _module(command).add_arguments(p)
     return parser
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] == ["selftest"]:  # selftest owns its own arguments
-            from sparsekern import selftest
+            from sparsekern.cli import selftest
             return selftest.main(argv[1:])
         args = build_parser().parse_args(argv)
         return _module(args.command).run(args)

@@ -9,8 +9,8 @@ import shutil
 import time
 
 from sparsekern.cli.common import CLIError, format_table, say
-from sparsekern.pruning.runlock import LOCK_NAME, RunLock
-from sparsekern.pruning.trainer import PruneConfig, run_prune
+from sparsekern.pruning.train.runlock import LOCK_NAME, RunLock
+from sparsekern.pruning.train.loop import PruneConfig, run_prune
 
 RUN_FILES = {"config.json", "checkpoint.pt", "log.csv", "log.jsonl", "summary.json", "model.pt",
              "sparsity_budget.png", "curves.png", LOCK_NAME}

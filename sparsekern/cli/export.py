@@ -5,7 +5,7 @@ import os
 
 from sparsekern.cli.common import CLIError, read_json, require_run_dir, say
 from sparsekern.models import build_model
-from sparsekern.pruning.checkpoint import atomic_torch_save, load_state_dict_file
+from sparsekern.pruning.train.checkpoint import atomic_torch_save, load_state_dict_file
 
 
 def add_arguments(p) -> None:

@@ -8,13 +8,11 @@ import sys
 from sparsekern.backends import NAMES as BACKENDS
 from sparsekern.cli.common import say, small_model_threads
 from sparsekern.models import MODELS
-from sparsekern.pruning.recipes import (
-    L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA, L0_PAPER_EMA, L0_PAPER_LR, RECIPES, STR_PAPER_S_INIT,
-)
-from sparsekern.pruning.methods.l0 import (
-    HC_GATE_LR, HC_LAMBDA,
-)
-from sparsekern.pruning.trainer import AMP_MODES, METHODS, SCHEDULES, PruneConfig, run_prune
+from sparsekern.pruning.defaults import L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA
+from sparsekern.pruning.methods.l0 import HC_GATE_LR, HC_LAMBDA
+from sparsekern.pruning.methods.recipes import L0_PAPER_EMA, L0_PAPER_LR, RECIPES, STR_PAPER_S_INIT
+from sparsekern.pruning.train.config import AMP_MODES, METHODS, SCHEDULES, PruneConfig
+from sparsekern.pruning.train.loop import run_prune
 
 
 def add_arguments(p) -> None:

@@ -6,8 +6,8 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-from sparsekern import noise_ops
-from sparsekern.ops import _unsigned
+from sparsekern.ops import noise
+from sparsekern.ops.checks import unsigned
 
 _U64 = 1 << 64
 
@@ -97,13 +97,13 @@ class NoiseStream:
         graph op. Eager: ``(seed, offset)`` ints, the cheapest per-call path (the int ops).
         """
         if torch.compiler.is_compiling():
-            return (noise_ops.take_noise(self.noise_state, numel),)
+            return (noise.take_noise(self.noise_state, numel),)
         state = self.noise_state
         mirror = self.__dict__.get("_noise_mirror")
         if mirror is not None and mirror[0]() is state and mirror[1] == state._version:
             seed, offset = mirror[2], mirror[3]
         else:  # first call, or the buffer was loaded, moved or written: read it (a device sync on GPUs)
-            seed, offset = (_unsigned(v) for v in state.tolist())
+            seed, offset = (unsigned(v) for v in state.tolist())
         new_offset = (offset + numel) % _U64
         state[1] = _signed(new_offset)  # a device write, no sync
         # The host copy of the state saves reading the buffer back (a host sync per layer and step
@@ -118,11 +118,11 @@ class NoiseStream:
 
     @property
     def noise_seed(self) -> int:
-        return _unsigned(int(self.noise_state[0]))
+        return unsigned(int(self.noise_state[0]))
 
     @property
     def noise_offset(self) -> int:
-        return _unsigned(int(self.noise_state[1]))
+        return unsigned(int(self.noise_state[1]))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

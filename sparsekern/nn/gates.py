@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from sparsekern import ops
 from sparsekern.nn.base import NoiseStream
+from sparsekern.ops.checks import check_hc
 
 BETA, GAMMA, ZETA = ops.BETA, ops.GAMMA, ops.ZETA
 # The L0 reference code (AMLab-Amsterdam/L0_regularization) keeps log_alpha in [log 0.01, log 100]
@@ -41,7 +42,7 @@ class HardConcreteGates(NoiseStream):
 
     def _init_gates(self, shape: tuple[int, ...], drop_rate: float, beta: float, gamma: float, zeta: float,
                     log_alpha_source: Callable[[], Tensor] | None, factory: dict) -> None:
-        ops._check_hc(type(self).__name__, beta, gamma, zeta)
+        check_hc(type(self).__name__, beta, gamma, zeta)
         self.beta, self.gamma, self.zeta = float(beta), float(gamma), float(zeta)
         self.gate_shape = tuple(shape)
         mean = log_alpha_init(drop_rate)

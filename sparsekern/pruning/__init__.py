@@ -5,22 +5,22 @@ STR, ``GMP`` for the baseline) -> ``sparsity_report`` / ``format_report`` -> ``f
 (``shrink_model`` for gated built-in models). ``pruning.methods`` bundles each method's pieces.
 The training loop and checkpoints live in ``trainer`` / ``checkpoint`` (imported on demand).
 """
-from sparsekern.pruning.batchnorm import recalibrate_bn
-from sparsekern.pruning.calibration import calibrate_gates
-from sparsekern.pruning.ema import ParameterEMA
-from sparsekern.pruning.finalize import finalize
-from sparsekern.pruning.flops import record_flops_per_weight
-from sparsekern.pruning.gmp import GMP
-from sparsekern.pruning.lambda_control import TargetLambda
-from sparsekern.pruning.modules import gate_modules, global_sparsity, sparse_modules
-from sparsekern.pruning.optim import param_groups
-from sparsekern.pruning.recipes import L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA, make_optimizers
-from sparsekern.pruning.regularization import regularization
-from sparsekern.pruning.report import format_report, sparsity_report
-from sparsekern.pruning.schedule import cubic_sparsity
-from sparsekern.pruning.sparsify import sparsify
-from sparsekern.pruning.shrink import model_widths, shrink_model
-from sparsekern.pruning.target import TargetSparsity
+from sparsekern.pruning.train.batchnorm import recalibrate_bn
+from sparsekern.pruning.control.calibration import calibrate_gates
+from sparsekern.pruning.train.ema import ParameterEMA
+from sparsekern.pruning.surgery.finalize import finalize
+from sparsekern.pruning.surgery.flops import record_flops_per_weight
+from sparsekern.pruning.control.gmp import GMP
+from sparsekern.pruning.control.lambda_control import TargetLambda
+from sparsekern.pruning.surgery.modules import gate_modules, global_sparsity, sparse_modules
+from sparsekern.pruning.methods.optim import param_groups
+from sparsekern.pruning.defaults import L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA, make_optimizers
+from sparsekern.pruning.control.regularization import regularization
+from sparsekern.pruning.surgery.report import format_report, sparsity_report
+from sparsekern.pruning.control.schedule import cubic_sparsity
+from sparsekern.pruning.surgery.sparsify import sparsify
+from sparsekern.pruning.surgery.shrink import model_widths, shrink_model
+from sparsekern.pruning.control.target import TargetSparsity
 
 __all__ = [
     "GMP", "L0_DROP_RATE", "ParameterEMA", "L0_GATE_LR", "L0_LAMBDA", "TargetLambda", "TargetSparsity",

@@ -1,6 +1,6 @@
 // Per-element math of SPEC sections 1-2 (STR and hard-concrete gates), written once
 // for the CPU and CUDA kernels. T is float (for fp32/fp16/bf16 data) or double.
-// The operation order follows sparsekern/reference.py so results agree to rounding;
+// The operation order follows sparsekern/backends/reference.py so results agree to rounding;
 // NaN inputs give NaN outputs like the reference. No torch headers.
 #pragma once
 #include <cstdint>

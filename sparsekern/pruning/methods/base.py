@@ -4,9 +4,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sparsekern import pruning
-from sparsekern.pruning import recipes
 from sparsekern.nn import GateGenerator, HardConcreteGates
+from sparsekern.pruning import defaults
+from sparsekern.pruning.methods.optim import param_groups
+from sparsekern.pruning.surgery.finalize import finalize
+from sparsekern.pruning.surgery.modules import global_sparsity, sparse_modules
+from sparsekern.pruning.surgery.report import sparsity_report
 
 
 class Method:
@@ -39,17 +42,17 @@ class Method:
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        return pruning.param_groups(model, self.config.lr, self.config.weight_decay)
+        return param_groups(model, self.config.lr, self.config.weight_decay)
 
     def gate_lr(self) -> float:
         if self.config.gate_lr is not None:
             return self.config.gate_lr
-        return self.gate_lr_default if self.gate_lr_default is not None else recipes.L0_GATE_LR
+        return self.gate_lr_default if self.gate_lr_default is not None else defaults.L0_GATE_LR
 
     def optimizers(self, groups: list[dict]):
-        """(SGD over the weights, Adam over the "gates" group or None): ``recipes.make_optimizers``."""
+        """(SGD over the weights, Adam over the "gates" group or None): ``defaults.make_optimizers``."""
         c = self.config
-        return recipes.make_optimizers(groups, lr=c.lr, momentum=c.momentum, gate_lr=self.gate_lr())
+        return defaults.make_optimizers(groups, lr=c.lr, momentum=c.momentum, gate_lr=self.gate_lr())
 
     def after_step(self, model: nn.Module) -> None:
         """Called after every optimizer step (e.g. the L0 paper's log_alpha clamp)."""
@@ -61,11 +64,11 @@ class Method:
         return None
 
     def sparsity(self, model: nn.Module) -> float:
-        return float(pruning.global_sparsity(model))
+        return float(global_sparsity(model))
 
     def final_sparsity(self, model: nn.Module, report: dict, exported: nn.Module) -> float:
         """Fraction of zero weights over the sparsified layers (``report``: ``sparsity_report(model)``)."""
-        names = {name for name, _ in pruning.sparse_modules(model)}
+        names = {name for name, _ in sparse_modules(model)}
         rows = [r for r in report["layers"] if r["name"] in names]
         return 1.0 - sum(r["nonzeros"] for r in rows) / sum(r["params"] for r in rows) if rows else 0.0
 
@@ -74,7 +77,7 @@ class Method:
         return True
 
     def export(self, model: nn.Module) -> nn.Module:
-        return pruning.finalize(model, shrink=False).eval()
+        return finalize(model, shrink=False).eval()
 
     def widths(self, exported: nn.Module) -> list[int] | None:
         """Kept channels per gate site of an exported shrunk model (``build_model(widths=)``), or None."""
@@ -103,5 +106,5 @@ def has_batchnorm(model: nn.Module) -> bool:
 @torch.no_grad()
 def flops_fraction(model: nn.Module, example: Tensor) -> float:
     """Effective / dense FLOPs of the eval-mode model (``sparsity_report``'s numbers)."""
-    total = pruning.sparsity_report(model, example)["total"]
+    total = sparsity_report(model, example)["total"]
     return total["effective_flops"] / total["dense_flops"]

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import torch
 
-from sparsekern import pruning
-from sparsekern.pruning import recipes
-from sparsekern.pruning.calibration import calibrate_gates
-from sparsekern.pruning.channel_gating import chained_gates, measure_positions
-from sparsekern.pruning.lambda_control import TargetLambda
-from sparsekern.pruning.regularization import dense_chain_cost
+from sparsekern.pruning import defaults
+from sparsekern.pruning.control.calibration import calibrate_gates
+from sparsekern.pruning.control.lambda_control import TargetLambda
+from sparsekern.pruning.control.regularization import dense_chain_cost, regularization
+from sparsekern.pruning.methods import recipes
 from sparsekern.pruning.methods.base import Method, flops_fraction
+from sparsekern.pruning.surgery.channel_gating import chained_gates, measure_positions
+from sparsekern.pruning.surgery.finalize import finalize
+from sparsekern.pruning.surgery.modules import global_sparsity
+from sparsekern.pruning.surgery.shrink import model_widths, shrink_model
+from sparsekern.pruning.surgery.sparsify import sparsify
 
 # Structured gates (SPEC 3): the coupled penalty undivided by N; lambda per (k^2 C_in C_out) weight
 # (cost="weights") or per multiply-accumulate (cost="flops", what the FLOPs target controls).
@@ -31,7 +35,7 @@ class L0(Method):
     L2 inside the penalty, log_alpha clamped after each step)."""
     name = "l0"
     takes = ("lam", "gate_lr", "target_sparsity")
-    gate_lr_default = recipes.L0_GATE_LR
+    gate_lr_default = defaults.L0_GATE_LR
 
     @classmethod
     def check(cls, config) -> None:
@@ -41,12 +45,12 @@ class L0(Method):
 
     def __init__(self, config):
         super().__init__(config)
-        self.lam = recipes.L0_LAMBDA if config.lam is None else config.lam
+        self.lam = defaults.L0_LAMBDA if config.lam is None else config.lam
         self.paper = config.recipe == "paper"
         self.target = None
 
     def sparsify(self, model):
-        return recipes.sparsify_l0_paper(model) if self.paper else pruning.sparsify(model, "l0")
+        return recipes.sparsify_l0_paper(model) if self.paper else sparsify(model, "l0")
 
     def param_groups(self, model):
         if self.paper:  # one Adam over everything, no optimizer decay (the L2 is in the penalty)
@@ -65,7 +69,7 @@ class L0(Method):
     def controller(self, model, total_steps, example):
         if self.config.target_sparsity is None:
             return None
-        measure, target = (lambda: pruning.global_sparsity(model)), self.config.target_sparsity
+        measure, target = (lambda: global_sparsity(model)), self.config.target_sparsity
         self.target = _lambda_controller(model, measure, target, total_steps, self.lam)
         return self.target
 
@@ -74,9 +78,9 @@ class L0(Method):
             return None
         lam = self.lam if self.target is None else self.target.lam
         if self.paper:
-            return pruning.regularization(model, lam=lam, num_samples=num_samples, reference_terms=True,
+            return regularization(model, lam=lam, num_samples=num_samples, reference_terms=True,
                                           prior_prec=num_samples * self.config.weight_decay)
-        return pruning.regularization(model, lam=lam, num_samples=num_samples)
+        return regularization(model, lam=lam, num_samples=num_samples)
 
 
 class ChannelL0(Method):
@@ -97,7 +101,7 @@ class ChannelL0(Method):
 
     def sparsify(self, model):
         dependency = getattr(self.config, "dependency", None) or self.dependency_default
-        return pruning.sparsify(model, self.name, **({"dependency": dependency} if dependency else {}))
+        return sparsify(model, self.name, **({"dependency": dependency} if dependency else {}))
 
     def sparsity(self, model) -> float:
         """Fraction of channels closed (the structured progress number)."""
@@ -126,15 +130,15 @@ class ChannelL0(Method):
         if self.frozen:
             return None
         lam = self.lam if self.target is None else self.target.lam * self.scale
-        return pruning.regularization(model, num_samples=1, lam=lam, cost=self.cost, clamp=True)
+        return regularization(model, num_samples=1, lam=lam, cost=self.cost, clamp=True)
 
     def widths(self, exported):
-        return pruning.model_widths(exported) if hasattr(exported, "gate_sites") else None
+        return model_widths(exported) if hasattr(exported, "gate_sites") else None
 
     def export(self, model):
         if hasattr(model, "gate_sites"):
-            return pruning.shrink_model(model)
-        return pruning.finalize(model, shrink=False).eval()
+            return shrink_model(model)
+        return finalize(model, shrink=False).eval()
 
 
 class DepL0(ChannelL0):

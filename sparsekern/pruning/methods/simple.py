@@ -1,8 +1,11 @@
 """Dense training, STR and GMP."""
 from __future__ import annotations
 
-from sparsekern import pruning
+from sparsekern.pruning.control import gmp
+from sparsekern.pruning.control.target import TargetSparsity
 from sparsekern.pruning.methods.base import Method
+from sparsekern.pruning.methods.optim import param_groups
+from sparsekern.pruning.surgery.sparsify import sparsify
 
 
 class Dense(Method):
@@ -37,18 +40,18 @@ class STR(Method):
 
     def sparsify(self, model):
         opts = {"s_init": self.config.s_init} if self.config.s_init is not None else {}
-        return pruning.sparsify(model, "str", **opts)
+        return sparsify(model, "str", **opts)
 
     def param_groups(self, model):
         c = self.config
         decay = c.lam if c.lam is not None else (0.0 if c.target_sparsity is not None else None)
-        return pruning.param_groups(model, c.lr, c.weight_decay, threshold_weight_decay=decay,
+        return param_groups(model, c.lr, c.weight_decay, threshold_weight_decay=decay,
                                     no_decay_norm_and_bias=c.recipe != "paper")  # the STR code decays them all
 
     def controller(self, model, total_steps, example):
         if self.config.target_sparsity is None:
             return None
-        return pruning.TargetSparsity(model, self.config.target_sparsity, total_steps)
+        return TargetSparsity(model, self.config.target_sparsity, total_steps)
 
 
 class GMP(Method):
@@ -63,10 +66,10 @@ class GMP(Method):
             raise ValueError("method 'gmp' needs target_sparsity (and no lambda)")
 
     def sparsify(self, model):
-        return pruning.sparsify(model, "gmp")
+        return sparsify(model, "gmp")
 
     def has_gates_or_thresholds(self) -> bool:
         return False
 
     def controller(self, model, total_steps, example):
-        return pruning.GMP(model, self.config.target_sparsity, total_steps)
+        return gmp.GMP(model, self.config.target_sparsity, total_steps)

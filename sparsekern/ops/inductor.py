@@ -1,0 +1,100 @@
+"""Under inductor, the deterministic ops lower to their formulas, so inductor fuses them, and
+the gate-sampling ops call the compiled kernels without the Python dispatch around them.
+
+``soft_threshold``, ``hard_concrete_eval`` and ``l0_norm`` (and their backward ops) are
+elementwise math and a reduction. As opaque custom ops in a compiled graph each costs a Python
+dispatch (~15-25 us on CPU) and a separate pass over memory; as their reference formulas
+(``sparsekern.backends.reference``, SPEC 1-2) inductor generates one kernel for each and fuses it with its
+neighbours, which is what ``torch.compile`` of a hand-written STR layer gets. The random ops
+keep our kernels: their noise follows SPEC 4's Philox contract, which inductor's RNG does not.
+In a compiled graph they appear as ``sparsekern::<op>_at`` (noise in a tensor, see
+``sparsekern.ops.noise``), whose custom-op dispatch costs ~12 us per call around the kernel; on
+the ``cpu``/``cuda`` backends the graph calls ``sparsekern_C::<op>_at`` (and its backward)
+directly: the same kernels, so the same bits. Other backends get ``<op>_at_any``, a copy of
+the custom op that inductor leaves alone. The backend of these calls is the one selected when
+the graph is compiled.
+
+Whatever backend is selected, inside an inductor graph the deterministic ops are inductor's
+kernels (the same formulas; ``use_backend`` still picks the kernels of eager calls). Other
+compilers (``aot_eager``, ``eager``, user backends) keep the custom ops. Graphs that inductor
+cached before this lowering existed keep their custom-op calls: same results.
+
+Registered lazily by the forward ops' fake kernels, which run only while a graph is traced:
+importing inductor costs ~2 s, which ``import sparsekern`` should not pay.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from sparsekern.backends import extension, reference
+from sparsekern.ops import fast_path
+from sparsekern.ops.dispatch import GATE_DATA_ARGS, backend_name
+
+# custom op name -> reference function; backward ops drop their trailing ``backend`` argument
+_FORMULAS = {
+    "soft_threshold": (reference.soft_threshold, False),
+    "soft_threshold_backward": (reference.soft_threshold_backward, True),
+    "hard_concrete_eval": (reference.hard_concrete_eval, False),
+    "hard_concrete_eval_backward": (reference.hard_concrete_eval_backward, True),
+    "l0_norm": (reference.l0_norm, False),
+    "l0_norm_backward": (reference.l0_norm_backward, True),
+}
+_lock = threading.Lock()
+_registered = False
+
+
+def _decomposition(formula, drops_backend: bool):
+    def decompose(*args):
+        return formula(*(args[:-1] if drops_backend else args))
+    return decompose
+
+
+def _gate_call(name: str, n: int, backward: bool):
+    """``sparsekern::<name>_at[_backward]`` (``n`` data tensors): the compiled op on a compiled
+    backend, else the ``_any`` copy of the custom op."""
+    suffix = "_at_backward" if backward else "_at"
+    any_backend = getattr(torch.ops.sparsekern, f"{name}{suffix}_any").default
+    compiled = getattr(torch.ops.sparsekern_C, name + suffix).default if extension.compiled_available() else None
+
+    def decompose(*args):
+        if backward:  # (grad, *data, noise, *hc, backend): the forward's backend, fixed at trace time
+            lead, data, (noise, *hc), backend = args[:1], args[1:1 + n], args[1 + n:-1], args[-1]
+        else:
+            lead, data, (noise, *hc) = (), args[:n], args[n:]
+            backend = backend_name(*data)
+        if compiled is None or backend not in fast_path.BACKENDS:
+            return any_backend(*args)
+        # contiguous, as the custom op passes them: the compiled op's outputs are contiguous
+        return compiled(*(t.contiguous() for t in lead + data), noise.contiguous(), *hc)
+    return decompose
+
+
+def register() -> None:
+    """Add the formulas and the gate calls to inductor's decomposition table (once per process)."""
+    global _registered
+    if _registered:
+        return
+    with _lock:
+        if _registered:
+            return
+        try:
+            # Called from a fake kernel: no fake/proxy mode may see the tensors inductor makes at import.
+            with torch.utils._python_dispatch._disable_current_modes():
+                from torch._inductor import decomposition
+        except ImportError:  # no inductor in this torch build: nothing to lower to
+            _registered = True
+            return
+        table = decomposition.decompositions
+        for name, (formula, drops_backend) in _FORMULAS.items():
+            table[getattr(torch.ops.sparsekern, name).default] = _decomposition(formula, drops_backend)
+        for name, data in GATE_DATA_ARGS.items():
+            for backward in (False, True):
+                op = getattr(torch.ops.sparsekern, name + ("_at_backward" if backward else "_at")).default
+                table[op] = _gate_call(name, len(data), backward)
+        # inductor caches its table (with the random-op decompositions) on first use
+        cached = getattr(decomposition, "fast_random_decomps", None)
+        if cached is not None and hasattr(cached, "cache_clear"):
+            cached.cache_clear()
+        _registered = True

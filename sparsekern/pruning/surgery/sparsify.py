@@ -1,0 +1,101 @@
+"""``sparsify``: swap a model's nn.Linear / nn.Conv2d layers for sparse ones, in place."""
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Iterable
+
+from torch import nn
+
+from sparsekern.pruning.surgery.channel_gating import gate_channels
+from sparsekern.nn import L0Conv2d, L0Linear, MaskedConv2d, MaskedLinear, STRConv2d, STRLinear
+from sparsekern.pruning import defaults
+
+LAYER_TYPES = {
+    "str": {nn.Linear: STRLinear, nn.Conv2d: STRConv2d},
+    "l0": {nn.Linear: L0Linear, nn.Conv2d: L0Conv2d},
+    "gmp": {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d},
+}
+
+
+def _patterns(arg, name: str) -> list[str]:
+    if arg is None:
+        return []
+    if isinstance(arg, str):
+        return [arg]
+    if isinstance(arg, Iterable) and all(isinstance(p, str) for p in arg):
+        return list(arg)
+    raise TypeError(f"sparsify: {name} must be a pattern string or a list of them, got {arg!r}")
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """fnmatch on the qualified layer name; a pattern starting with ``re:`` is a regex (re.fullmatch)."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+STRUCTURED = {"l0_hc": None, "dep_l0": "forward"}  # channel gates: independent, or from a generator
+
+
+def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False, keep_last: bool = False,
+             include=None, exclude=None, **layer_opts) -> nn.Module:
+    """Replace every plain nn.Linear / nn.Conv2d of ``model`` by its sparse version, in place.
+
+    method: ``"str"`` (STRLinear/STRConv2d), ``"l0"`` (L0Linear/L0Conv2d) or ``"gmp"``
+    (MaskedLinear/MaskedConv2d). Weights and biases are kept (``from_dense``);
+    ``layer_opts`` go to every new layer (e.g. ``s_init``, ``per_channel``, ``granularity``).
+    keep_first / keep_last: leave the first / last candidate layer dense, in registration
+    order (``model.named_modules()``, which for usual models is the forward order).
+    include / exclude: a pattern or list of patterns on the qualified name (``"features.0"``):
+    shell-style ``fnmatch`` (``"features.*"``), or a regex when prefixed with ``"re:"``
+    (``"re:layer[12]\\..*"``, full match). A layer is swapped if it matches some include
+    pattern (all layers when include is None) and no exclude pattern. Layers already sparse
+    are left alone. Returns ``model``, or the new sparse layer when ``model`` itself is a plain
+    nn.Linear / nn.Conv2d (its name is ``""``; a module cannot replace itself in place).
+    For ``"l0"`` the default gates are the L0 paper's (see ``sparsekern.pruning.defaults``):
+    one per input neuron of a Linear, one per output feature map of a conv, initial drop rate
+    ``L0_DROP_RATE``; ``granularity=`` / ``drop_rate=`` override them for every layer.
+
+    ``"l0_hc"`` / ``"dep_l0"``: structured channel gates instead (``channel_gating.gate_channels``):
+    independent ones, or Dep-L0's generator with ``dependency="forward"`` (default) or
+    ``"backward"``; ``layers=[names]`` picks the gated layers of a user model (default: the
+    built-in placement, else the Conv2d -> BatchNorm2d pairs torch.fx finds).
+    """
+    if method not in LAYER_TYPES and method not in STRUCTURED:
+        raise ValueError(f"sparsify: method must be one of {sorted(LAYER_TYPES) + sorted(STRUCTURED)}, got {method!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"sparsify: model must be an nn.Module, got {type(model).__name__}")
+    if method in STRUCTURED:
+        return _gate(model, method, **layer_opts)
+    includes, excludes = _patterns(include, "include"), _patterns(exclude, "exclude")
+    types = LAYER_TYPES[method]
+    candidates = [(n, m) for n, m in model.named_modules() if type(m) in types]
+    if keep_first:
+        candidates = candidates[1:]
+    if keep_last:
+        candidates = candidates[:-1]
+    for name, layer in candidates:
+        if includes and not any(_matches(name, p) for p in includes):
+            continue
+        if any(_matches(name, p) for p in excludes):
+            continue
+        opts = {**defaults.default_layer_options(method, type(layer)), **layer_opts}
+        new = types[type(layer)].from_dense(layer, **opts)
+        if not name:
+            return new
+        _set_module(model, name, new)
+    return model
+
+
+def _gate(model: nn.Module, method: str, *, dependency: str | None = None, layers=None) -> nn.Module:
+    if method == "l0_hc" and dependency is not None:
+        raise ValueError("sparsify: dependency applies to method 'dep_l0' only")
+    gate_channels(model, dependency or STRUCTURED[method], layers=layers)
+    return model

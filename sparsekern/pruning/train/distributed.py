@@ -1,0 +1,67 @@
+"""The process group and device of a run: one process, or one rank of ``torchrun`` (DDP)."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class Distributed:
+    """Rank/world of this process; initialises a process group under torchrun."""
+
+    def __init__(self, device_type: str):
+        self.owns_group = False
+        if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+            self.owns_group = True
+        self.on = dist.is_initialized()
+        self.rank = dist.get_rank() if self.on else 0
+        self.world = dist.get_world_size() if self.on else 1
+
+    def sum(self, values: list[float], device) -> list[float]:
+        if not self.on:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def check_agree(self, model: nn.Module, sparsity: float, device) -> None:
+        """Raise if the ranks ended with different weights or pruning decisions (they must not)."""
+        if not self.on:
+            return
+        with torch.no_grad():
+            mine = torch.stack([torch.tensor(sparsity, dtype=torch.float64, device=device)] +
+                               [p.detach().double().sum() for p in model.parameters()])
+        low, high = mine.clone(), mine.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        if not torch.equal(low, high):
+            raise RuntimeError("distributed ranks disagree on the trained weights or sparsity")
+
+    def barrier(self) -> None:
+        if self.on:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {name!r}: not a device (use cpu, cuda, cuda:N or auto)") from e
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: sparsekern trains on cpu or cuda (cuda:N), not {device.type}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available here")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device

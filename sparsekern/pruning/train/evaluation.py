@@ -1,0 +1,49 @@
+"""Evaluation as the trainer does it: test accuracy (under the run's autocast, summed over ranks),
+BatchNorm statistics recalibrated for the eval network first, with the EMA parameters if any."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from sparsekern.pruning.methods.base import has_batchnorm
+from sparsekern.pruning.train.batches import BatchSource
+from sparsekern.pruning.train.batchnorm import recalibrate_bn
+from sparsekern.pruning.train.config import PruneConfig
+from sparsekern.pruning.train.distributed import Distributed
+
+RECALIBRATION_BATCHES = 20
+
+
+def recalibrate(model: nn.Module, method, train_ds, config: PruneConfig, device) -> None:
+    """BatchNorm statistics of the eval network (see ``batchnorm``), from the first training
+    batches in a fixed order (no RNG drawn, so resumed runs stay identical)."""
+    if not (method.has_gates_or_thresholds() and has_batchnorm(model)):
+        return
+    data = (train_ds.tensors[0] if hasattr(train_ds, "tensors")
+            else torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size))
+    recalibrate_bn(model, data, RECALIBRATION_BATCHES, batch_size=config.batch_size)
+
+
+def evaluated(ema):
+    """Evaluate with the EMA parameters when there is one."""
+    return ema.applied() if ema is not None else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, ds, source: BatchSource, d: Distributed, config: PruneConfig) -> float:
+    model.eval()
+    correct = seen = 0
+    for x, y in source.evaluate(ds, d.rank, d.world):
+        with autocast(config, x.device):
+            correct += int((model(x).argmax(1) == y).sum())
+        seen += len(y)
+    total_correct, total = d.sum([float(correct), float(seen)], source.device)
+    return total_correct / total
+
+
+def autocast(config: PruneConfig, device: torch.device):
+    if config.amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)

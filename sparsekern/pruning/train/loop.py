@@ -1,0 +1,274 @@
+"""The training loop behind ``sparsekern prune``: ``run_prune(PruneConfig(...)) -> summary``.
+
+Run directory (written by rank 0 only): ``config.json``, ``checkpoint.pt``
+(atomic, every epoch), ``log.csv`` and ``log.jsonl`` (one row per epoch),
+and at the end ``summary.json`` and ``model.pt`` (the finalized state_dict).
+
+Reproducibility: the batch order of epoch ``e`` is a permutation seeded by
+(seed, e), and a checkpoint holds model (with the sparse layers' RNG offset
+buffers), optimizer(s), scheduler, pruning controller, RNG states and counters,
+so a killed run resumed with ``resume=True`` ends with the same weights as an
+uninterrupted one. Under ``torchrun`` the model is wrapped in DDP (gloo on CPU);
+each global batch is split across ranks and the loss is scaled so the averaged
+gradient equals the single-process one; controllers act on the synchronized
+parameters, so every rank takes the same pruning decisions.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsekern.backends import use_backend
+from sparsekern.data import load_dataset
+from sparsekern.models import build_model, check_model_name
+from sparsekern.pruning.defaults import L0_GATE_LR, L0_LAMBDA  # noqa: F401  (the defaults a run uses)
+from sparsekern.pruning.methods import METHODS as METHOD_CLASSES
+from sparsekern.pruning.surgery.report import sparsity_report
+from sparsekern.pruning.train.batches import BatchSource, epoch_plan
+from sparsekern.pruning.train.batches import steps_per_epoch as _steps_per_epoch
+from sparsekern.pruning.train.checkpoint import (
+    CheckpointError, atomic_torch_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+)
+from sparsekern.pruning.train.config import PruneConfig
+from sparsekern.pruning.train.distributed import Distributed, resolve_device
+from sparsekern.pruning.train.ema import ParameterEMA
+from sparsekern.pruning.train.evaluation import accuracy, autocast, evaluated, recalibrate
+from sparsekern.pruning.train.health import check_finite
+from sparsekern.pruning.train.lr_schedule import lr_scheduler
+from sparsekern.pruning.train.run_dir import (
+    check_resumable, finished_summary, prepare_out, write_json, write_logs,
+)
+from sparsekern.pruning.train.runlock import RunLock
+
+
+def _backward_and_step(loss, optimizers: list, scaler) -> None:
+    """backward and every optimizer's step; fp16: through the GradScaler (it skips steps with inf/NaN grads)."""
+    if scaler is None:
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        return
+    scaler.scale(loss).backward()
+    for opt in optimizers:
+        scaler.step(opt)
+    scaler.update()
+
+
+def run_prune(config: PruneConfig, *, on_epoch_end=None) -> dict:
+    """Train (and prune) as configured; returns the summary also written to ``out/summary.json``.
+
+    ``on_epoch_end(epoch, history_row)`` is called after each epoch's checkpoint is written.
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    with use_backend(config.backend), contextlib.ExitStack() as cleanup:
+        d = Distributed(device.type)
+        cleanup.callback(d.close)
+        return _run(config, device, d, on_epoch_end, cleanup)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: contextlib.ExitStack) -> dict:
+    train_ds, test_ds, info = load_dataset(config.data)  # first: a bad --data must not leave a run dir
+    check_model_name(config.model)  # likewise a bad --model
+    ckpt_path = prepare_out(config, d)
+    if d.rank == 0:  # one run per directory: a second one is refused while this one holds it
+        cleanup.enter_context(RunLock(config.out))
+    state = load_checkpoint(ckpt_path) if ckpt_path else None
+    if state is not None:
+        if not isinstance(state.get("config"), dict):
+            raise CheckpointError(f"checkpoint {ckpt_path!r} is not a training checkpoint (no config)")
+        check_resumable(state["config"], config, ckpt_path)
+
+    _seed_everything(config.seed)
+    n_train = len(train_ds)
+    steps_per_epoch = _steps_per_epoch(n_train, config.batch_size, d.world)
+    total_steps = steps_per_epoch * config.epochs  # the pruning phase; fine-tuning comes after
+    all_epochs = config.epochs + config.finetune_epochs
+    method = METHOD_CLASSES[config.method](config)
+    model = build_model(config.model, info["num_classes"], info["in_channels"], info["image_size"])
+    model = method.sparsify(model).to(device)
+    example = test_ds[0][0].unsqueeze(0).to(device)
+    controller = method.controller(model, total_steps, example)
+    optimizer, gate_optimizer = method.optimizers(method.param_groups(model))
+    scheduler = lr_scheduler(optimizer, config, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    source = BatchSource(device, workers=config.workers, channels_last=config.channels_last, seed=config.seed)
+    ema = ParameterEMA(model, config.ema) if config.ema else None
+
+    epoch, step, history, position = 0, 0, [], {}
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if gate_optimizer is not None:
+                gate_optimizer.load_state_dict(state["gate_optimizer"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+            scheduler.load_state_dict(state["scheduler"])
+            if controller is not None:
+                controller.load_state_dict(state["controller"])
+            if scaler is not None:
+                scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            epoch, step, history = int(state["epoch"]), int(state["step"]), list(state["history"])
+            position = dict(state.get("position", {}))  # within the epoch, if saved mid-epoch
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {ckpt_path!r} does not match this run "
+                                  f"({' '.join(str(e).split())[:300]})") from e
+    finished = finished_summary(config, state) if state is not None else None
+    if finished is not None:
+        return finished
+    config_record = {**dataclasses.asdict(config), "dataset": info}
+    if d.rank == 0:
+        write_json(os.path.join(config.out, "config.json"), config_record)
+        if history:
+            write_logs(config.out, history)
+
+    net = model
+    if d.on:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    show = config.progress and d.rank == 0
+
+    def save(extra: dict) -> None:
+        save_checkpoint(os.path.join(config.out, "checkpoint.pt"), {
+            "config": dataclasses.asdict(config), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "gate_optimizer": gate_optimizer.state_dict() if gate_optimizer is not None else {},
+            "controller": controller.state_dict() if controller is not None else {},
+            "rng": rng_state(), "epoch": epoch, "step": step, "history": history,
+            "ema": ema.state_dict() if ema is not None else {},
+            "scaler": scaler.state_dict() if scaler is not None else {}, **extra,
+        })
+
+    optimizers = [opt for opt in (optimizer, gate_optimizer) if opt is not None]
+    while epoch < all_epochs:
+        first = int(position.get("batch", 0))  # > 0: resuming in the middle of this epoch
+        # Sums so far (all ranks' from a mid-epoch checkpoint, held by rank 0 only).
+        loss_sum, correct, seen = position.get("sums", [0.0, 0.0, 0.0]) if d.rank == 0 else [0.0, 0.0, 0.0]
+        started = time.time() - float(position.get("seconds", 0.0))
+        position = {}
+        if epoch >= config.epochs:
+            method.freeze(model)
+        net.train()
+        method.set_gate_modes(model)
+        bar = _progress(show, steps_per_epoch, f"epoch {epoch + 1}/{all_epochs}")
+        if bar is not None:
+            bar.update(first)
+        plan = epoch_plan(n_train, config.batch_size, config.seed, epoch, d.rank, d.world)
+        for i, (x, y, global_batch) in enumerate(source.train(train_ds, plan, epoch, first), start=first):
+            with autocast(config, device):
+                logits = net(x)
+            # Sum over this rank's share, divided by the global batch, times world (DDP averages):
+            # the gradient is exactly that of the global-batch mean.
+            ce = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=config.label_smoothing)
+            loss = ce * (d.world / global_batch)
+            penalty = method.penalty(model, n_train)
+            if penalty is not None:
+                loss = loss + penalty
+            if not d.on:  # stop at the first bad step (under DDP the ranks agree once per epoch, below)
+                check_finite(float(loss.detach()), epoch, step, config)
+            optimizer.zero_grad(set_to_none=True)
+            if gate_optimizer is not None:
+                gate_optimizer.zero_grad(set_to_none=True)
+            _backward_and_step(loss, optimizers, scaler)
+            scheduler.step()
+            if controller is not None and not method.frozen:
+                controller.step()
+            method.after_step(model)
+            if ema is not None:
+                ema.update()
+            step += 1
+            loss_sum += float(ce.detach())
+            correct += float((logits.argmax(1) == y).sum())
+            seen += len(y)
+            if bar is not None:
+                bar.update(1)
+                if i % 10 == 0 or i == steps_per_epoch - 1:
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                                    sparsity=f"{method.sparsity(model):.3f}")
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and i + 1 < len(plan):
+                sums = d.sum([loss_sum, correct, seen], device)  # every rank reaches this step
+                if d.rank == 0:
+                    save({"position": {"batch": i + 1, "sums": sums, "seconds": time.time() - started}})
+        loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
+        check_finite(loss_sum, epoch, step - 1, config)
+        recalibrate(model, method, train_ds, config, device)
+        with evaluated(ema):
+            test_acc = accuracy(model, test_ds, source, d, config)
+        epoch += 1
+        row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+               "test_acc": test_acc, "sparsity": method.sparsity(model),
+               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 3)}
+        history.append(row)
+        if bar is not None:
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}",
+                            test=f"{test_acc:.3f}", sparsity=f"{row['sparsity']:.3f}")
+            bar.close()
+        if d.rank == 0:
+            save({})
+            write_logs(config.out, history)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+
+    d.check_agree(model, method.sparsity(model), device)
+    with evaluated(ema):
+        final = method.export(model)
+        summary = _summarize(final, model, config, info, method, example, test_ds, source, d, history,
+                             getattr(controller, "lam", None))
+    if d.rank == 0:
+        atomic_torch_save({k: v.detach().cpu() for k, v in final.state_dict().items()},
+                          os.path.join(config.out, "model.pt"))
+        write_json(os.path.join(config.out, "summary.json"), summary)
+    d.barrier()
+    return summary
+
+
+def _progress(show: bool, total: int, desc: str):
+    if not show:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
+
+
+def _summarize(final, model, config, info, method, example, test_ds, source, d, history,
+               controller_lambda=None) -> dict:
+    # FLOPs of the sparse model: its dense FLOPs are the original architecture's, and
+    # channels closed by structured gates count as removed (see pruning.report).
+    report = sparsity_report(model, example)
+    sparsity = method.final_sparsity(model, report, final)
+    widths = method.widths(final)
+    return {
+        "method": config.method, "model": config.model, "data": info["name"], "epochs": config.epochs,
+        "seed": config.seed, "world_size": d.world,
+        "accuracy": accuracy(final, test_ds, source, d, config),
+        "sparsity": sparsity,
+        "params": sum(p.numel() for p in final.parameters()),
+        "nonzero_params": int(sum(int(torch.count_nonzero(p)) for p in final.parameters())),
+        "flops": int(round(report["total"]["effective_flops"])),
+        "dense_flops": int(round(report["total"]["dense_flops"])),
+        "layers": report["layers"],
+        "total": report["total"],
+        "train_seconds": round(sum(r["seconds"] for r in history), 3),
+        "finetune_epochs": config.finetune_epochs,
+        **({"widths": widths} if widths is not None else {}),
+        **({"final_lambda": controller_lambda} if controller_lambda is not None else {}),
+    }

@@ -1,0 +1,67 @@
+"""The run directory: ``config.json``, ``log.csv``/``log.jsonl`` and ``summary.json`` (each written
+atomically), the check that refuses to overwrite a run, and the checks before resuming one."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+
+from sparsekern.pruning.train.config import RESUME_FREE, PruneConfig
+from sparsekern.pruning.train.distributed import Distributed
+
+LOG_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_acc", "sparsity", "lr", "seconds")
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_logs(out: str, history: list[dict]) -> None:
+    """Rewrite log.csv and log.jsonl from the history (so a resumed run never duplicates rows)."""
+    with open(os.path.join(out, "log.csv.tmp"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(history)
+    with open(os.path.join(out, "log.jsonl.tmp"), "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in history)
+    for name in ("log.csv", "log.jsonl"):
+        os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+
+
+def prepare_out(config: PruneConfig, d: Distributed) -> str | None:
+    """The checkpoint to resume from (or None); refuses to overwrite a run unless resuming."""
+    out = config.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"out {out!r} exists and is not a directory")
+    ckpt = os.path.join(out, "checkpoint.pt")
+    if os.path.exists(ckpt):
+        if not config.resume:
+            raise ValueError(f"run directory {out!r} already holds a run; pass --resume or choose another --out")
+        return ckpt
+    d.barrier()  # every rank has looked before rank 0 creates the directory
+    if d.rank == 0:
+        os.makedirs(out, exist_ok=True)
+    return None
+
+
+def check_resumable(saved: dict, config: PruneConfig, ckpt: str) -> None:
+    now = dataclasses.asdict(config)
+    diff = [f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in now  # a missing key: saved before it existed
+            if k not in RESUME_FREE and saved.get(k, now[k]) != now[k]]
+    if diff:
+        raise ValueError(f"cannot resume {ckpt!r}: it was started with different settings: {', '.join(diff)}")
+
+
+def finished_summary(config: PruneConfig, state: dict) -> dict | None:
+    """A resumed run that already trained all its epochs: its summary, marked ``already_finished``
+    (nothing is retrained or rewritten); None if it still has work to do."""
+    path = os.path.join(config.out, "summary.json")
+    if int(state.get("epoch", 0)) < config.epochs + config.finetune_epochs or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return {**json.load(f), "already_finished": True}
