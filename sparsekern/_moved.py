@@ -7,7 +7,8 @@ import importlib.abc
 import importlib.util
 import sys
 
-# old path -> new path
+# old path -> new path. Not here: sparsekern.pruning.{sparsify,finalize,regularization}, whose names
+# are the functions sparsekern.pruning exports (importing an alias would rebind them to modules).
 MOVED = {
     "sparsekern._extension": "sparsekern.backends.extension",
     "sparsekern.compiled": "sparsekern.backends.compiled",
@@ -24,10 +25,7 @@ MOVED = {
     "sparsekern.pruning.lambda_control": "sparsekern.pruning.control.lambda_control",
     "sparsekern.pruning.calibration": "sparsekern.pruning.control.calibration",
     "sparsekern.pruning.gmp": "sparsekern.pruning.control.gmp",
-    "sparsekern.pruning.regularization": "sparsekern.pruning.control.regularization",
-    "sparsekern.pruning.sparsify": "sparsekern.pruning.surgery.sparsify",
     "sparsekern.pruning.channel_gating": "sparsekern.pruning.surgery.channel_gating",
-    "sparsekern.pruning.finalize": "sparsekern.pruning.surgery.finalize",
     "sparsekern.pruning.shrink": "sparsekern.pruning.surgery.shrink",
     "sparsekern.pruning.modules": "sparsekern.pruning.surgery.modules",
     "sparsekern.pruning.flops": "sparsekern.pruning.surgery.flops",

@@ -133,6 +133,13 @@ def test_moved_module_paths_still_import(old):
     assert importlib.import_module(old) is importlib.import_module(MOVED[old])
 
 
+def test_moved_paths_do_not_shadow_public_names():
+    """Importing an old path binds it on its parent package: it must not replace a public name there."""
+    for old in MOVED:
+        parent, _, name = old.rpartition(".")
+        assert name not in getattr(importlib.import_module(parent), "__all__", ()), old
+
+
 def test_moved_paths_are_not_also_files():
     """An old path is only an alias: no second copy of a module lives there."""
     for old in MOVED:
