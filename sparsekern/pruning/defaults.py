@@ -20,7 +20,7 @@ from torch import nn
 L0_LAMBDA = 0.1  # penalty per open weight, divided by the training-set size
 L0_GATE_LR = 0.05  # Adam learning rate of the gates' log_alpha
 L0_DROP_RATE = 0.1  # initial drop rate of every gate
-L0_GRANULARITY = {nn.Linear: "in", nn.Conv2d: "out"}
+L0_GRANULARITY = {nn.Linear: "weight", nn.Conv2d: "weight"}
 
 
 def default_layer_options(method: str, dense_type: type) -> dict:
