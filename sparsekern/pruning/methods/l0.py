@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from sparsekern.pruning import defaults
+from sparsekern.pruning.control import constraint
 from sparsekern.pruning.control.calibration import calibrate_gates
 from sparsekern.pruning.control.lambda_control import TargetLambda
 from sparsekern.pruning.control.regularization import dense_chain_cost, regularization
@@ -12,6 +13,7 @@ from sparsekern.pruning.methods.base import Method, flops_fraction
 from sparsekern.pruning.surgery.channel_gating import chained_gates, measure_positions
 from sparsekern.pruning.surgery.finalize import finalize
 from sparsekern.pruning.surgery.modules import global_sparsity
+from sparsekern.pruning.surgery.report import sparsity_report
 from sparsekern.pruning.surgery.shrink import model_widths, shrink_model
 from sparsekern.pruning.surgery.sparsify import sparsify
 
@@ -20,6 +22,13 @@ from sparsekern.pruning.surgery.sparsify import sparsify
 HC_LAMBDA = 1e-6
 TARGET_LAMBDA_START = 1.0  # --target-flops: initial weight of the expected FLOPs fraction
 HC_GATE_LR = 1e-3  # SPEC 3: Adam, lr 1e-3, no decay, for the generator / independent log_alpha
+# Under a target, unless --gate-lr is given, the gates' Adam rate is set by the length of the
+# pruning phase: Adam moves a parameter by about its rate per step whatever the gradient's
+# scale (noisy gradients move it less), so ``travel / steps`` gives a gate the same reach in a
+# run of 200 steps or 20,000, for any number of gates. A generator's output moves by its fan-in
+# times its parameters' steps, so it gets a smaller travel.
+GATE_TRAVEL = 50.0
+GENERATOR_TRAVEL = 0.7
 
 
 
@@ -27,6 +36,22 @@ def _lambda_controller(model, measure, target: float, total_steps: int, start: f
     """Adapts lambda so ``measure()`` follows the schedule to ``target``; calibrations keep it on it."""
     return TargetLambda(measure, target, total_steps, start,
                         calibrate=lambda value, final: calibrate_gates(model, measure, value, fill=final))
+
+def _dual_controller(method, model, measure_expected, measure, target: float, total_steps: int):
+    """``constraint.DualLambda`` with the gate calibration and the freeze of ``method``."""
+    def on_freeze():
+        method.freeze(model)
+        method.set_gate_modes(model)
+
+    method.pruning_steps = total_steps
+    return constraint.DualLambda(measure_expected, measure, target, total_steps,
+                                 calibrate=lambda value, final: calibrate_gates(model, measure, value, fill=final),
+                                 on_freeze=on_freeze)
+
+
+def _travel_lr(method, travel: float) -> float:
+    return travel / method.pruning_steps
+
 
 class L0(Method):
     """L0 of Louizos et al. with ``recipes``' gates (one per input neuron of a Linear, per output
@@ -70,12 +95,27 @@ class L0(Method):
         if self.config.target_sparsity is None:
             return None
         measure, target = (lambda: global_sparsity(model)), self.config.target_sparsity
-        self.target = _lambda_controller(model, measure, target, total_steps, self.lam)
+        if self.paper:
+            self.target = _lambda_controller(model, measure, target, total_steps, self.lam)
+            return self.target
+
+        def expected():
+            with torch.no_grad():
+                return 1.0 - float(constraint.expected_density(model))
+
+        self.target = _dual_controller(self, model, expected, measure, target, total_steps)
         return self.target
+
+    def gate_lr(self) -> float:
+        if self.config.gate_lr is None and isinstance(self.target, constraint.DualLambda):
+            return _travel_lr(self, GATE_TRAVEL)
+        return super().gate_lr()
 
     def penalty(self, model, num_samples):
         if self.frozen:
             return None
+        if isinstance(self.target, constraint.DualLambda):  # the multiplier times the expected density
+            return self.target.lam * constraint.expected_density(model) if self.target.lam else None
         lam = self.lam if self.target is None else self.target.lam
         if self.paper:
             return regularization(model, lam=lam, num_samples=num_samples, reference_terms=True,
@@ -120,15 +160,37 @@ class ChannelL0(Method):
         if self.config.target_flops is None:
             return None
         measure, target = (lambda: 1.0 - flops_fraction(model, example)), 1.0 - self.config.target_flops
-        # The controller's lambda weighs the expected FLOPs as a fraction of the dense chain's, so
-        # one starting value suits every model and input size.
-        self.scale = 1.0 / dense_chain_cost(chained_gates(model), "flops")
-        self.target = _lambda_controller(model, measure, target, total_steps, TARGET_LAMBDA_START)
+        gates = chained_gates(model)
+        # The multiplier weighs the expected FLOPs as a fraction of the dense model's, so one dual
+        # rate suits every model and input size.
+        self.scale = 1.0 / sparsity_report(model, example)["total"]["dense_flops"]
+
+        def expected():
+            """1 - expected FLOPs fraction: the eval model's FLOPs with the gated chain's share
+            taken in expectation (the chain's expected minus its kept-channel FLOPs added)."""
+            with torch.no_grad():
+                total = sparsity_report(model, example)["total"]
+                soft = constraint.chain_cost(gates, [float(g.open_probability().sum()) for g in gates])
+                hard = constraint.chain_cost(gates, [float(g.kept().sum()) for g in gates])
+                return 1.0 - (total["effective_flops"] + soft - hard) / total["dense_flops"]
+
+        self.target = _dual_controller(self, model, expected, measure, target, total_steps)
         return self.target
+
+    def gate_lr(self) -> float:
+        if self.config.gate_lr is None and isinstance(self.target, constraint.DualLambda):
+            return _travel_lr(self, GENERATOR_TRAVEL if self.name == "dep_l0" else GATE_TRAVEL)
+        return super().gate_lr()
 
     def penalty(self, model, num_samples):
         if self.frozen:
             return None
+        if isinstance(self.target, constraint.DualLambda):  # the multiplier times the expected FLOPs fraction
+            if not self.target.lam:
+                return None
+            gates = chained_gates(model)
+            return self.target.lam * self.scale * constraint.chain_cost(
+                gates, [g.open_probability().sum() for g in gates])
         lam = self.lam if self.target is None else self.target.lam * self.scale
         return regularization(model, num_samples=1, lam=lam, cost=self.cost, clamp=True)
 

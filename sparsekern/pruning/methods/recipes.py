@@ -19,6 +19,7 @@ from sparsekern.pruning.surgery.sparsify import LAYER_TYPES, sparsify
 L0_PAPER_LR = 1e-3
 L0_PAPER_INPUT_DROP_RATE = 0.2
 L0_PAPER_DROP_RATE = 0.5
+L0_PAPER_GRANULARITY = {nn.Linear: "in", nn.Conv2d: "out"}
 L0_PAPER_EMA = 0.999
 # STR (RAIVNLab/STR): its ResNet-50 config's initial threshold logit; every parameter, BatchNorm
 # and biases included, decays with the weight decay, the thresholds too (unless given their own).
@@ -41,10 +42,18 @@ def sparsify_l0_paper(model: nn.Module) -> nn.Module:
     for every other layer. Returns the model (or the new layer, for a bare layer)."""
     layers = [(n, m) for n, m in model.named_modules() if type(m) in LAYER_TYPES["l0"]]
     first_reads_data = bool(layers) and type(layers[0][1]) is nn.Linear
+    if isinstance(model, (nn.Linear, nn.Conv2d)):  # a bare layer
+        return sparsify(model, "l0", granularity=L0_PAPER_GRANULARITY[type(model)],
+                        drop_rate=L0_PAPER_INPUT_DROP_RATE if first_reads_data else L0_PAPER_DROP_RATE)
     if first_reads_data:
-        model = sparsify(model, "l0", include=f"re:{re.escape(layers[0][0])}",
+        model = sparsify(model, "l0", include=f"re:^{re.escape(layers[0][0])}$", granularity="in",
                          drop_rate=L0_PAPER_INPUT_DROP_RATE)
-    return sparsify(model, "l0", drop_rate=L0_PAPER_DROP_RATE)
+    for kind, granularity in L0_PAPER_GRANULARITY.items():  # the paper's, whatever defaults.L0_GRANULARITY is
+        names = [n for n, m in layers[1 if first_reads_data else 0:] if type(m) is kind]
+        if names:
+            model = sparsify(model, "l0", include="re:^(" + "|".join(map(re.escape, names)) + ")$",
+                             granularity=granularity, drop_rate=L0_PAPER_DROP_RATE)
+    return model
 
 
 def l0_paper_optimizer(model: nn.Module, lr: float = L0_PAPER_LR) -> torch.optim.Adam:

@@ -41,7 +41,7 @@ from sparsekern.pruning.train.config import PruneConfig
 from sparsekern.pruning.train.distributed import Distributed, resolve_device
 from sparsekern.pruning.train.ema import ParameterEMA
 from sparsekern.pruning.train.evaluation import accuracy, autocast, evaluated, recalibrate
-from sparsekern.pruning.train.health import check_finite
+from sparsekern.pruning.train.health import check_finite, health_fields
 from sparsekern.pruning.train.lr_schedule import lr_scheduler
 from sparsekern.pruning.train.run_dir import (
     check_resumable, finished_summary, prepare_out, write_json, write_logs,
@@ -231,6 +231,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
         final = method.export(model)
         summary = _summarize(final, model, config, info, method, example, test_ds, source, d, history,
                              getattr(controller, "lam", None))
+    summary.update(health_fields(summary, history, info, controller, show=d.rank == 0))
     if d.rank == 0:
         atomic_torch_save({k: v.detach().cpu() for k, v in final.state_dict().items()},
                           os.path.join(config.out, "model.pt"))
