@@ -176,7 +176,9 @@ def test_regularization_needs_the_training_set_size():
 
 def test_library_and_cli_share_the_l0_gates():
     model = sk.sparsify(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)), "l0")
-    assert (model[0].granularity, model[2].granularity) == ("out", "in")
+    from sparsekern.pruning.defaults import L0_GRANULARITY
+
+    assert (model[0].granularity, model[2].granularity) == (L0_GRANULARITY[nn.Conv2d], L0_GRANULARITY[nn.Linear])
     assert model[0].drop_rate == model[2].drop_rate == sk.L0_DROP_RATE
     assert trainer.L0_LAMBDA == sk.L0_LAMBDA and trainer.L0_GATE_LR == sk.L0_GATE_LR
 
