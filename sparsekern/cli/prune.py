@@ -53,8 +53,8 @@ def add_arguments(p) -> None:
                    help="dep_l0: the generator chains the gated layers first to last (forward, default) or last "
                         "to first (backward)")
     p.add_argument("--finetune-epochs", type=int, default=0,
-                   help="extra epochs after --epochs with the gates frozen and deterministic and no penalty "
-                        "(default: 0)")
+                   help="extra epochs after --epochs with the pruned set fixed: gates frozen and deterministic, "
+                        "STR thresholds and GMP masks frozen, no penalty")
     p.add_argument("--s-init", type=float, default=None,
                    help="str: initial threshold logit s of every layer (the paper: -3200 for ResNet-50; "
                         f"default: {STR_PAPER_S_INIT:g} with --recipe paper, else sigmoid(s) = 1%% of the "

@@ -84,12 +84,16 @@ class Method:
         return None
 
     def freeze(self, model: nn.Module) -> None:
-        """Fine-tune phase: gates deterministic and fixed, penalty off (SPEC 3, ResNet-50 recipe)."""
+        """Fine-tune phase: gates deterministic and fixed, penalty off (SPEC 3, ResNet-50 recipe).
+
+        Called at the start of every fine-tune epoch (also after a resume), so it must be idempotent."""
         self.frozen = True
         for module in model.modules():
-            if isinstance(module, (HardConcreteGates, GateGenerator)):
-                for p in module.parameters():
-                    p.requires_grad_(False)
+            if isinstance(module, GateGenerator):
+                module.requires_grad_(False)
+            elif isinstance(module, HardConcreteGates) and module.log_alpha is not None:
+                # Only the gates: an L0 layer is its own gate module, and its weight keeps training.
+                module.log_alpha.requires_grad_(False)
 
     def set_gate_modes(self, model: nn.Module) -> None:
         """After model.train(): frozen gates run deterministic (eval) in training forwards."""
