@@ -66,6 +66,10 @@ class Method:
     def sparsity(self, model: nn.Module) -> float:
         return float(global_sparsity(model))
 
+    def report(self, model: nn.Module, example: Tensor) -> dict:
+        """The per-layer rows of ``summary.json`` (``sparsity_report``, against the original widths)."""
+        return sparsity_report(model, example)
+
     def final_sparsity(self, model: nn.Module, report: dict, exported: nn.Module) -> float:
         """Fraction of zero weights over the sparsified layers (``report``: ``sparsity_report(model)``)."""
         names = {name for name, _ in sparse_modules(model)}

@@ -12,6 +12,7 @@ from sparsekern.pruning.methods.base import Method, flops_fraction
 from sparsekern.pruning.surgery.channel_gating import chained_gates, measure_positions
 from sparsekern.pruning.surgery.finalize import finalize
 from sparsekern.pruning.surgery.modules import global_sparsity
+from sparsekern.pruning.surgery.report import sparsity_report
 from sparsekern.pruning.surgery.shrink import model_widths, shrink_model
 from sparsekern.pruning.surgery.sparsify import sparsify
 
@@ -109,6 +110,11 @@ class ChannelL0(Method):
         with torch.no_grad():
             kept = sum(int(g.kept().sum()) for g in gates)
         return 1.0 - kept / sum(g.num_channels for g in gates)
+
+    def report(self, model, example):
+        # Closed channels count as pruned weights: a gate zeroes no weight, so the plain count
+        # showed every layer at 0% under a 50% total (issue 22).
+        return sparsity_report(model, example, count_closed_channels=True)
 
     def final_sparsity(self, model, report, exported) -> float:
         """Weights removed: 1 - weights of the shrunk (or, unshrinkable, gated) layers / dense weights."""

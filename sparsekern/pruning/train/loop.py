@@ -31,7 +31,6 @@ from sparsekern.data import load_dataset
 from sparsekern.models import build_model, check_model_name
 from sparsekern.pruning.defaults import L0_GATE_LR, L0_LAMBDA  # noqa: F401  (the defaults a run uses)
 from sparsekern.pruning.methods import METHODS as METHOD_CLASSES
-from sparsekern.pruning.surgery.report import sparsity_report
 from sparsekern.pruning.train.batches import BatchSource, epoch_plan
 from sparsekern.pruning.train.batches import steps_per_epoch as _steps_per_epoch
 from sparsekern.pruning.train.checkpoint import (
@@ -253,7 +252,7 @@ def _summarize(final, model, config, info, method, example, test_ds, source, d, 
                controller_lambda=None) -> dict:
     # FLOPs of the sparse model: its dense FLOPs are the original architecture's, and
     # channels closed by structured gates count as removed (see pruning.report).
-    report = sparsity_report(model, example)
+    report = method.report(model, example)
     sparsity = method.final_sparsity(model, report, final)
     widths = method.widths(final)
     return {
