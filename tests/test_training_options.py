@@ -73,6 +73,37 @@ def test_mixed_precision_and_channels_last_train(tmp_path, amp):
     assert bool(state["scaler"]) == (amp == "fp16")  # fp16 keeps its GradScaler's state
 
 
+def test_amp_runs_report_the_float32_accuracy_of_their_export(tmp_path):
+    """A bf16 run's summary held its autocast accuracy; the export reloaded in fp32 scored otherwise."""
+    out = tmp_path / "bf16"
+    summary = run_prune(PruneConfig(method="l0", model="lenet5", epochs=1, amp="bf16", seed=2, out=str(out),
+                                    progress=False))
+    from sparsekern.cli.export import finalized_architecture
+    from sparsekern.data import load_dataset
+
+    net = finalized_architecture(str(out))
+    net.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    net.eval()
+    x, y = load_dataset("digits")[1].tensors
+    with torch.no_grad():
+        fp32 = (net(x).argmax(1) == y).double().mean().item()
+    assert summary["accuracy"] == pytest.approx(fp32, abs=1e-9)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = (net(x).argmax(1) == y).double().mean().item()
+    assert summary["accuracy_amp"] == pytest.approx(bf16, abs=1e-9)
+
+
+def test_fp16_prints_no_scheduler_order_warning(tmp_path, recwarn, monkeypatch):
+    """The GradScaler skips a step with inf gradients (on CPU its first one, as the user saw); torch then
+    warned "lr_scheduler.step() before optimizer.step()". A huge initial scale forces that skip here."""
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda *a, **k: real(*a, init_scale=2.0**120, **k))
+    run_prune(PruneConfig(model="lenet300", epochs=1, amp="fp16", out=str(tmp_path / "fp16"), progress=False))
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+    state = load_checkpoint(tmp_path / "fp16" / "checkpoint.pt")
+    assert state["scaler"]["scale"] < 2.0**120  # a step was skipped: the warning's condition happened
+
+
 def test_lr_schedules_with_warmup():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
 

@@ -203,7 +203,7 @@ def test_selftest_says_what_it_skips_and_times(capsys):
 def test_digits_read_from_the_bundled_file_equal_load_digits():
     from sklearn.datasets import load_digits
 
-    from sparsekern.data import _digits_from_bundled_file
+    from sparsekern.data.datasets import _digits_from_bundled_file
 
     x, y = _digits_from_bundled_file()
     want = load_digits()

@@ -20,6 +20,7 @@ import dataclasses
 import os
 import random
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -59,6 +60,20 @@ def _backward_and_step(loss, optimizers: list, scaler) -> None:
     for opt in optimizers:
         scaler.step(opt)
     scaler.update()
+
+
+def _step_scheduler(scheduler, scaler) -> None:
+    """The LR follows the step count, like the controllers. A GradScaler skips the optimizer step of
+    an inf/NaN gradient (always its first fp16 step, while it calibrates the scale); torch then warns
+    that the scheduler stepped first. That is intended here (the skipped step had no update to
+    schedule), so that one warning is silenced, and only under a GradScaler."""
+    if scaler is None:
+        scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before",
+                                category=UserWarning)
+        scheduler.step()
 
 
 def run_prune(config: PruneConfig, *, on_epoch_end=None) -> dict:
@@ -186,7 +201,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
             if gate_optimizer is not None:
                 gate_optimizer.zero_grad(set_to_none=True)
             _backward_and_step(loss, optimizers, scaler)
-            scheduler.step()
+            _step_scheduler(scheduler, scaler)
             if controller is not None and not method.frozen:
                 controller.step()
             method.after_step(model)
@@ -258,7 +273,8 @@ def _summarize(final, model, config, info, method, example, test_ds, source, d, 
     return {
         "method": config.method, "model": config.model, "data": info["name"], "epochs": config.epochs,
         "seed": config.seed, "world_size": d.world,
-        "accuracy": accuracy(final, test_ds, source, d, config),
+        "accuracy": accuracy(final, test_ds, source, d, config),  # float32, as the exported model runs
+        **({"accuracy_amp": accuracy(final, test_ds, source, d, config, amp=True)} if config.amp != "off" else {}),
         "sparsity": sparsity,
         "params": sum(p.numel() for p in final.parameters()),
         "nonzero_params": int(sum(int(torch.count_nonzero(p)) for p in final.parameters())),
