@@ -16,6 +16,15 @@ class CLIError(Exception):
     """A user mistake: printed as one line on stderr, exit code 2."""
 
 
+def one_line(e: BaseException) -> str:
+    """An error as one line: an OSError as "what: path" without its "[Errno N]" prefix."""
+    if isinstance(e, OSError) and type(e).__str__ is OSError.__str__ and e.strerror:
+        text = f"{e.strerror}: {e.filename!r}" if e.filename is not None else e.strerror
+    else:
+        text = str(e)
+    return " ".join(text.split()) or type(e).__name__
+
+
 class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every option's default; an option whose default is None says it in its own help."""
 
