@@ -223,3 +223,23 @@ def test_dataloader_path_serves_the_same_batches_as_memory():
         assert torch.equal(xm, xl) and torch.equal(ym, yl) and gm == gl
     evaluated = torch.cat([y for _, y in BatchSource(cpu, workers=2).evaluate(_OnDisk(ds), 1, 2, batch_size=7)])
     assert torch.equal(evaluated, torch.arange(1, 50, 2))  # rank 1 of 2: every other example, in order
+
+
+def test_progress_without_a_terminal_is_one_line_per_epoch(tmp_path, capsys):
+    """tqdm's redraws filled non-TTY logs with multi-KB lines (issue 22); stderr here is not a TTY."""
+    run_prune(PruneConfig(model="lenet300", epochs=2, out=str(tmp_path / "p"), progress=True))
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"], err
+    assert "\r" not in err and all(len(line) < 200 and "test" in line and "sparsity" in line for line in lines)
+
+
+def test_progress_on_a_terminal_is_a_bar(monkeypatch):
+    pytest.importorskip("tqdm")
+    from sparsekern.pruning.train import progress
+
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: True)
+    bar = progress.progress(True, 10, "epoch 1/1")
+    assert not isinstance(bar, progress.EpochLine)
+    bar.close()
+    assert progress.progress(False, 10, "x") is None

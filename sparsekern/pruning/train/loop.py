@@ -43,6 +43,7 @@ from sparsekern.pruning.train.ema import ParameterEMA
 from sparsekern.pruning.train.evaluation import accuracy, autocast, evaluated, recalibrate
 from sparsekern.pruning.train.health import check_finite
 from sparsekern.pruning.train.lr_schedule import lr_scheduler
+from sparsekern.pruning.train.progress import progress
 from sparsekern.pruning.train.run_dir import (
     check_resumable, finished_summary, prepare_out, write_json, write_logs,
 )
@@ -181,7 +182,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
             method.freeze(model)
         net.train()
         method.set_gate_modes(model)
-        bar = _progress(show, steps_per_epoch, f"epoch {epoch + 1}/{all_epochs}")
+        bar = progress(show, steps_per_epoch, f"epoch {epoch + 1}/{all_epochs}")
         if bar is not None:
             bar.update(first)
         plan = epoch_plan(n_train, config.batch_size, config.seed, epoch, d.rank, d.world)
@@ -213,7 +214,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
             seen += len(y)
             if bar is not None:
                 bar.update(1)
-                if i % 10 == 0 or i == steps_per_epoch - 1:
+                if getattr(bar, "live", True) and i % 10 == 0 or i == steps_per_epoch - 1:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                                     sparsity=f"{method.sparsity(model):.3f}")
             if config.checkpoint_every and step % config.checkpoint_every == 0 and i + 1 < len(plan):
@@ -251,16 +252,6 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
         write_json(os.path.join(config.out, "summary.json"), summary)
     d.barrier()
     return summary
-
-
-def _progress(show: bool, total: int, desc: str):
-    if not show:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
 
 
 def _summarize(final, model, config, info, method, example, test_ds, source, d, history,
