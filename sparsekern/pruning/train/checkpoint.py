@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import secrets
+import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -89,19 +92,27 @@ def _safe_load(path: str, what: str, map_location):
     """torch.load(weights_only=True) whose every failure is a CheckpointError naming the file."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} {path!r}: no such file")
+    if not zipfile.is_zipfile(path):
+        # torch.save writes a zip archive; torch.load would read anything else as a legacy pickle and
+        # fail with noise (a bare number, a pickle-protocol warning) on a file of random bytes.
+        raise CheckpointError(f"{what} {path!r} is corrupt, truncated or not a torch file (not a complete zip "
+                              "archive, the format torch.save writes)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 5": the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files; all mean "unreadable"
         raise CheckpointError(f"{what} {path!r} is corrupt, truncated or not a torch file ({_reason(e)})") from e
 
 
 def _reason(e: Exception) -> str:
-    """torch's error in a few words, without its advice to load with weights_only=False (never safe
-    for a file we cannot vouch for)."""
-    text = str(e).strip()
+    """torch's error in a few words: its first sentence, without its advice to load with
+    weights_only=False (never safe for a file we cannot vouch for) or a bare error code."""
+    text = " ".join(str(e).split())
     if "weights_only" in text or "Weights only load failed" in text:
         return "it holds objects other than tensors and plain containers"
-    return text.splitlines()[0] if text else type(e).__name__
+    text = re.sub(r"\s*\(\d+\)$", "", text.split(". ")[0].rstrip("."))
+    return text if text and not text.isdigit() else type(e).__name__
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
