@@ -1,5 +1,17 @@
 # `make test` and `make demo` work on a fresh machine: each installs what it needs.
-PY ?= python3
+# PY=... picks the interpreter. Unset, it is python3, except where python3 is a PEP 668 "externally
+# managed" system Python (Debian/Ubuntu /usr/bin/python3), which refuses pip installs: there the
+# targets create and use a virtual environment in .venv.
+SYSTEM_PY ?= python3
+VENV := .venv
+ifndef PY
+  MANAGED := $(shell $(SYSTEM_PY) -c "import os, sys, sysconfig; print(int(sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED'))))" 2>/dev/null)
+  ifeq ($(MANAGED),1)
+    PY := $(VENV)/bin/python
+  else
+    PY := $(SYSTEM_PY)
+  endif
+endif
 TORCH_VERSION ?= 2.13.0
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
@@ -7,11 +19,15 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 .PHONY: deps build test test-fast demo selftest bench nvcc-check cuda-check clean
 
 # torch: the local CPU build when torch is absent (a plain `pip install torch` would pull CUDA).
-deps:
+deps: $(filter $(VENV)/bin/python,$(PY))
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) "torch==$(TORCH_VERSION)"
 	@$(PY) -c "import numpy, pybind11, ninja, pytest, sklearn, matplotlib, tqdm, setuptools, wheel, mlxtend" 2>/dev/null \
 		|| $(PIP) numpy pybind11 ninja pytest scikit-learn matplotlib tqdm setuptools wheel mlxtend
 	@$(PY) -c "import triton" 2>/dev/null || $(PIP) triton || echo "triton unavailable: its backend is skipped"
+
+$(VENV)/bin/python:
+	@echo "$(SYSTEM_PY) is an externally managed system Python (PEP 668): installing into a virtual environment, $(VENV)"
+	@$(SYSTEM_PY) -m venv $(VENV) || { echo "could not create $(VENV): install the venv module (Debian/Ubuntu: apt install python3-venv), or pass PY=<a python you may pip-install into>"; exit 1; }
 
 # Builds sparsekern/_C in place and installs the package (editable) for the `sparsekern` command.
 # Incremental: ninja keeps its objects under build/temp-<python>-<torch>-<cpu|cuda>/. setup.py

@@ -170,3 +170,28 @@ def test_import_falls_back_when_the_compiled_library_is_broken():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0 and "torch.Size([4, 5])" in proc.stdout, proc.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- make on a PEP 668 system Python (issue 22)
+def _make_dry_run(tmp_path, managed: bool, *extra) -> str:
+    """`make -n demo` with a stand-in python3 that reports (not) being externally managed."""
+    fake = tmp_path / "python3"
+    fake.write_text(f"#!/bin/sh\necho {int(managed)}\n")
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PY"}
+    proc = subprocess.run(["make", "-n", "-C", ROOT, "demo", f"SYSTEM_PY={fake}", *extra], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.skipif(not any(os.access(os.path.join(d, "make"), os.X_OK)
+                            for d in os.environ.get("PATH", "").split(os.pathsep)), reason="needs make")
+def test_make_uses_a_venv_on_an_externally_managed_python(tmp_path):
+    managed = _make_dry_run(tmp_path, True)
+    assert f"{tmp_path}/python3 -m venv .venv" in managed
+    assert ".venv/bin/python -m pip install" in managed and ".venv/bin/python -m sparsekern demo" in managed
+    plain = _make_dry_run(tmp_path, False)
+    assert "-m venv" not in plain and ".venv/" not in plain and f"{tmp_path}/python3 -m sparsekern demo" in plain
+    chosen = _make_dry_run(tmp_path, True, "PY=/opt/py/bin/python")  # PY= always wins
+    assert "-m venv" not in chosen and "/opt/py/bin/python -m sparsekern demo" in chosen

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 try:
     import torchvision  # noqa: F401
     HAVE_TORCHVISION = True
-except ImportError:
+except Exception:  # noqa: BLE001 - also a torchvision built for another torch (RuntimeError at import)
     HAVE_TORCHVISION = False
 
 
@@ -71,6 +71,37 @@ def test_mixed_precision_and_channels_last_train(tmp_path, amp):
     assert summary["accuracy"] > 0.5  # chance 0.1; measured ~0.9
     state = load_checkpoint(out / "checkpoint.pt")
     assert bool(state["scaler"]) == (amp == "fp16")  # fp16 keeps its GradScaler's state
+
+
+def test_amp_runs_report_the_float32_accuracy_of_their_export(tmp_path):
+    """A bf16 run's summary held its autocast accuracy; the export reloaded in fp32 scored otherwise."""
+    out = tmp_path / "bf16"
+    summary = run_prune(PruneConfig(method="l0", model="lenet5", epochs=1, amp="bf16", seed=2, out=str(out),
+                                    progress=False))
+    from sparsekern.cli.export import finalized_architecture
+    from sparsekern.data import load_dataset
+
+    net = finalized_architecture(str(out))
+    net.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    net.eval()
+    x, y = load_dataset("digits")[1].tensors
+    with torch.no_grad():
+        fp32 = (net(x).argmax(1) == y).double().mean().item()
+    assert summary["accuracy"] == pytest.approx(fp32, abs=1e-9)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = (net(x).argmax(1) == y).double().mean().item()
+    assert summary["accuracy_amp"] == pytest.approx(bf16, abs=1e-9)
+
+
+def test_fp16_prints_no_scheduler_order_warning(tmp_path, recwarn, monkeypatch):
+    """The GradScaler skips a step with inf gradients (on CPU its first one, as the user saw); torch then
+    warned "lr_scheduler.step() before optimizer.step()". A huge initial scale forces that skip here."""
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda *a, **k: real(*a, init_scale=2.0**120, **k))
+    run_prune(PruneConfig(model="lenet300", epochs=1, amp="fp16", out=str(tmp_path / "fp16"), progress=False))
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+    state = load_checkpoint(tmp_path / "fp16" / "checkpoint.pt")
+    assert state["scaler"]["scale"] < 2.0**120  # a step was skipped: the warning's condition happened
 
 
 def test_lr_schedules_with_warmup():
@@ -192,3 +223,23 @@ def test_dataloader_path_serves_the_same_batches_as_memory():
         assert torch.equal(xm, xl) and torch.equal(ym, yl) and gm == gl
     evaluated = torch.cat([y for _, y in BatchSource(cpu, workers=2).evaluate(_OnDisk(ds), 1, 2, batch_size=7)])
     assert torch.equal(evaluated, torch.arange(1, 50, 2))  # rank 1 of 2: every other example, in order
+
+
+def test_progress_without_a_terminal_is_one_line_per_epoch(tmp_path, capsys):
+    """tqdm's redraws filled non-TTY logs with multi-KB lines (issue 22); stderr here is not a TTY."""
+    run_prune(PruneConfig(model="lenet300", epochs=2, out=str(tmp_path / "p"), progress=True))
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"], err
+    assert "\r" not in err and all(len(line) < 200 and "test" in line and "sparsity" in line for line in lines)
+
+
+def test_progress_on_a_terminal_is_a_bar(monkeypatch):
+    pytest.importorskip("tqdm")
+    from sparsekern.pruning.train import progress
+
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: True)
+    bar = progress.progress(True, 10, "epoch 1/1")
+    assert not isinstance(bar, progress.EpochLine)
+    bar.close()
+    assert progress.progress(False, 10, "x") is None

@@ -245,6 +245,7 @@ def test_every_help_option_shows_its_default(capsys):
         name = entry.split()[0]
         if name.startswith("--") and name not in ("--help", "--out"):
             assert "default" in entry, entry
+        assert len(re.findall(r"\(default: ", " ".join(entry.split()))) <= 1, entry  # issue 22: said twice
 
 
 def test_demo_rerun_clears_a_killed_run_but_not_a_live_one(tmp_path, capsys):

@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sparsekern: interrupted", file=sys.stderr)
         return 130
-    except (common.CLIError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except (common.CLIError, ValueError, TypeError, OverflowError, OSError) as e:
+        # OSError: the file system refused (read-only, full, no permission, missing): the user's to fix.
         if os.environ.get("SPARSEKERN_DEBUG"):
             raise
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"sparsekern: error: {message}", file=sys.stderr)
+        print(f"sparsekern: error: {common.one_line(e)}", file=sys.stderr)
         return 2

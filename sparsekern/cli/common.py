@@ -16,6 +16,15 @@ class CLIError(Exception):
     """A user mistake: printed as one line on stderr, exit code 2."""
 
 
+def one_line(e: BaseException) -> str:
+    """An error as one line: an OSError as "what: path" without its "[Errno N]" prefix."""
+    if isinstance(e, OSError) and type(e).__str__ is OSError.__str__ and e.strerror:
+        text = f"{e.strerror}: {e.filename!r}" if e.filename is not None else e.strerror
+    else:
+        text = str(e)
+    return " ".join(text.split()) or type(e).__name__
+
+
 class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every option's default; an option whose default is None says it in its own help."""
 
@@ -66,7 +75,7 @@ def read_json(run_dir: str, name: str) -> dict:
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise CLIError(f"{path!r} is unreadable or not JSON ({e})") from e
+        raise CLIError(f"{path!r} is unreadable or not JSON{_where(e)}") from e
 
 
 def read_history(run_dir: str) -> list[dict]:
@@ -77,7 +86,17 @@ def read_history(run_dir: str) -> list[dict]:
         with open(path) as f:
             return [json.loads(line) for line in f if line.strip()]
     except (OSError, ValueError) as e:
-        raise CLIError(f"{path!r} is unreadable or not JSON lines ({e})") from e
+        raise CLIError(f"{path!r} is unreadable or not JSON lines{_where(e)}") from e
+
+
+def _where(e: Exception) -> str:
+    """Where a JSON file went wrong, in words (the parser's "(char 101)" and a codec's byte positions
+    told users nothing)."""
+    if isinstance(e, json.JSONDecodeError):
+        return f" (line {e.lineno}: {e.msg.lower()})"
+    if isinstance(e, UnicodeDecodeError):
+        return " (binary data, not text)"
+    return f" ({e.strerror})" if isinstance(e, OSError) and e.strerror else ""
 
 
 def require_run_dir(run_dir: str) -> str:

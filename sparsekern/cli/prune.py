@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
 from sparsekern.backends import NAMES as BACKENDS
-from sparsekern.cli.common import say, small_model_threads
+from sparsekern.cli.common import CLIError, one_line, say, small_model_threads
 from sparsekern.models import MODELS
 from sparsekern.pruning.defaults import L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA
 from sparsekern.pruning.methods.l0 import HC_GATE_LR, HC_LAMBDA
@@ -53,8 +54,8 @@ def add_arguments(p) -> None:
                    help="dep_l0: the generator chains the gated layers first to last (forward, default) or last "
                         "to first (backward)")
     p.add_argument("--finetune-epochs", type=int, default=0,
-                   help="extra epochs after --epochs with the gates frozen and deterministic and no penalty "
-                        "(default: 0)")
+                   help="extra epochs after --epochs with the pruned set fixed: gates frozen and deterministic, "
+                        "STR thresholds and GMP masks frozen, no penalty")
     p.add_argument("--s-init", type=float, default=None,
                    help="str: initial threshold logit s of every layer (the paper: -3200 for ResNet-50; "
                         f"default: {STR_PAPER_S_INIT:g} with --recipe paper, else sigmoid(s) = 1%% of the "
@@ -131,7 +132,13 @@ def run(args) -> int:
     if note and rank0:
         print(note, file=sys.stderr, flush=True)
     with small_model_threads(config.model, config.data) as threads:
-        summary = run_prune(config)
+        try:
+            summary = run_prune(config)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            raise CLIError(f"{one_line(e)}; the last checkpoint is intact: free some space, then run the same "
+                           "command with --resume") from e
     if summary.get("already_finished") and rank0:
         say(f"{args.out}: this run already finished its {summary['epochs']} epochs; nothing was trained "
             "or rewritten. Its result:")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 
 import numpy as np
 import torch
@@ -82,7 +83,8 @@ def _digits():
         try:
             from sklearn.datasets import load_digits
         except ImportError as e:
-            raise ValueError("data 'digits' needs scikit-learn (pip install scikit-learn)") from e
+            raise ValueError("data 'digits' needs scikit-learn: pip install scikit-learn, or install "
+                             "sparsekern with the [data] extra") from e
         digits = load_digits()
         x, y = digits.images.reshape(len(digits.images), 64), digits.target
     return _split(x.astype(np.float32).reshape(-1, 1, 8, 8) / 16.0, y.astype(np.int64))
@@ -145,11 +147,15 @@ def _synthetic(shape, size, num_classes):
 def _npz(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data {path!r}: no such file")
+    if not zipfile.is_zipfile(path):  # np.load would take any other bytes for a pickle and say so
+        raise ValueError(f"data {path!r}: not an .npz file (numpy.savez writes a zip archive; this is not one)")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"data {path!r}: not a readable .npz file ({e})") from e
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        reason = ("it holds Python objects (pickled), which are never loaded" if "allow_pickle" in str(e)
+                  else " ".join(str(e).split()).split(". ")[0] or type(e).__name__)
+        raise ValueError(f"data {path!r}: not a readable .npz file ({reason})") from e
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
         xtr, ytr, xte, yte = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
         return _images(xtr, path), _labels(ytr, path), _images(xte, path), _labels(yte, path)

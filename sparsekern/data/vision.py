@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+from sparsekern.models.tv import import_torchvision
+
 # The channel statistics every reference implementation uses for these data sets.
 NORMALIZATION = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -34,7 +36,7 @@ def is_vision_source(name: str) -> bool:
 
 def _torchvision(name: str):
     try:
-        import torchvision
+        torchvision = import_torchvision(needed_for=f"data {name!r}")
     except ImportError as e:
         raise ValueError(f"data {name!r} is read through torchvision, which is not installed "
                          "(pip install torchvision, the build matching your torch)") from e

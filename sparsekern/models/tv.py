@@ -1,14 +1,36 @@
 """Any torchvision classification model by name (torchvision is optional)."""
 from __future__ import annotations
 
+import importlib
+
+import torch
 from torch import nn
+
+
+class BrokenTorchvision(ValueError):
+    """torchvision is installed but does not import (a build for another torch)."""
+
+
+def import_torchvision(module: str = "torchvision", *, needed_for: str):
+    """``import module`` (torchvision or a submodule). ImportError when torchvision is not installed;
+    a ``BrokenTorchvision`` one-liner when it is but fails to load: a build for another torch raises
+    e.g. RuntimeError "operator torchvision::nms does not exist" at import."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of an installed torchvision's import
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise BrokenTorchvision(f"{needed_for} needs torchvision, which is installed but does not load with torch "
+                                f"{torch.__version__} ({reason}); install the torchvision build that matches "
+                                "your torch") from e
 
 
 def check_torchvision_name(name: str, built_in) -> None:
     """ValueError naming the built-in models unless ``name`` is a torchvision classification model."""
     listing = f"built-in models: {', '.join(built_in)}"
     try:
-        import torchvision.models as tvm
+        tvm = import_torchvision("torchvision.models", needed_for=f"model {name!r}")
     except ImportError as e:
         raise ValueError(f"model {name!r}: unknown ({listing}; other names are torchvision models, "
                          "and torchvision is not installed)") from e

@@ -29,9 +29,32 @@ def soft_threshold(weight: Tensor, s: Tensor) -> Tensor:
     check_float(op, "s", s)
     check_same_device(op, ("weight", weight), ("s", s))
     check_rows(op, "s", s, "weight", weight)
+    order = _memory_order(weight, per_row=s.numel() != 1)
+    if order is not None:  # e.g. channels-last: compute on the dense view, return in the weight's format
+        return soft_threshold(weight.permute(order), s).permute(_inverse(order))
     if fast(weight, s):
         return fast_path.OPS[op](weight, s)
     return custom_ops.soft_threshold(weight, s)
+
+
+def _memory_order(t: Tensor, per_row: bool) -> list[int] | None:
+    """The dim order in which a non-contiguous but dense ``t`` (channels-last, a transpose) is laid
+    out, so that ``t.permute(order)`` is contiguous; None when there is none to use. The kernels run
+    row-major with one threshold per row of dim 0, so per-row ``s`` needs dim 0 outermost (it is in
+    channels-last). Elementwise torch ops keep such a layout; so does soft_threshold (issue 22)."""
+    if t.dim() < 2 or t.is_contiguous():
+        return None
+    order = sorted(range(t.dim()), key=lambda d: (t.shape[d] == 1, -t.stride(d), d))
+    if not t.permute(order).is_contiguous() or (per_row and order[0] != 0):
+        return None  # not dense (a slice): the kernels' contiguous copy, as before
+    return order
+
+
+def _inverse(order: list[int]) -> list[int]:
+    inverse = [0] * len(order)
+    for i, d in enumerate(order):
+        inverse[d] = i
+    return inverse
 
 
 def hard_concrete(log_alpha: Tensor, seed: int | Tensor, offset: int = 0, *, beta: float = BETA,

@@ -66,6 +66,10 @@ class Method:
     def sparsity(self, model: nn.Module) -> float:
         return float(global_sparsity(model))
 
+    def report(self, model: nn.Module, example: Tensor) -> dict:
+        """The per-layer rows of ``summary.json`` (``sparsity_report``, against the original widths)."""
+        return sparsity_report(model, example)
+
     def final_sparsity(self, model: nn.Module, report: dict, exported: nn.Module) -> float:
         """Fraction of zero weights over the sparsified layers (``report``: ``sparsity_report(model)``)."""
         names = {name for name, _ in sparse_modules(model)}
@@ -84,7 +88,9 @@ class Method:
         return None
 
     def freeze(self, model: nn.Module) -> None:
-        """Fine-tune phase: gates deterministic and fixed, penalty off (SPEC 3, ResNet-50 recipe)."""
+        """Fine-tune phase: gates deterministic and fixed, penalty off (SPEC 3, ResNet-50 recipe).
+
+        Called at the start of every fine-tune epoch (also after a resume), so it must be idempotent."""
         self.frozen = True
         for module in model.modules():
             if isinstance(module, GateGenerator):

@@ -150,6 +150,11 @@ class ChannelL0(Method):
             kept = sum(int(g.kept().sum()) for g in gates)
         return 1.0 - kept / sum(g.num_channels for g in gates)
 
+    def report(self, model, example):
+        # Closed channels count as pruned weights: a gate zeroes no weight, so the plain count
+        # showed every layer at 0% under a 50% total (issue 22).
+        return sparsity_report(model, example, count_closed_channels=True)
+
     def final_sparsity(self, model, report, exported) -> float:
         """Weights removed: 1 - weights of the shrunk (or, unshrinkable, gated) layers / dense weights."""
         kept = sum(r["params"] * r["effective_flops"] / r["dense_flops"] for r in report["layers"] if r["dense_flops"])

@@ -1,11 +1,20 @@
 """Dense training, STR and GMP."""
 from __future__ import annotations
 
+import torch
+
+from sparsekern.nn import MASKED_LAYERS, STR_LAYERS
 from sparsekern.pruning.control import gmp
 from sparsekern.pruning.control.target import TargetSparsity
 from sparsekern.pruning.methods.base import Method
 from sparsekern.pruning.methods.optim import param_groups
+from sparsekern.pruning.surgery.modules import sparse_modules
 from sparsekern.pruning.surgery.sparsify import sparsify
+
+
+# STR's threshold logit while fine-tuning: sigmoid(-100) < 4e-44, so soft_threshold is the identity
+# on every float32 weight that is not itself denormal.
+FROZEN_S = -100.0
 
 
 class Dense(Method):
@@ -53,6 +62,27 @@ class STR(Method):
             return None
         return TargetSparsity(model, self.config.target_sparsity, total_steps)
 
+    @torch.no_grad()
+    def freeze(self, model) -> None:
+        """Fine-tuning keeps the pruned set: the thresholds are folded into the weights (the same
+        function: soft_threshold(w_eff, FROZEN_S) = w_eff) and frozen, and the zeros are a fixed mask.
+        With a live threshold, weights would cross it and the sparsity drift (0.80 -> 0.61)."""
+        super().freeze(model)
+        self.masks = []
+        for _, layer in sparse_modules(model):
+            if isinstance(layer, STR_LAYERS):
+                layer.s.requires_grad_(False)
+                if not bool((layer.s == FROZEN_S).all()):  # not yet folded (idempotent across resumes)
+                    layer.weight.copy_(layer.effective_weight())
+                    layer.s.fill_(FROZEN_S)
+                self.masks.append((layer.weight, layer.weight != 0))
+
+    @torch.no_grad()
+    def after_step(self, model) -> None:
+        if self.frozen:  # momentum would move the pruned weights off zero
+            for weight, keep in self.masks:
+                weight.mul_(keep)
+
 
 class GMP(Method):
     """Gradual magnitude pruning to ``target_sparsity`` (the baseline)."""
@@ -73,3 +103,10 @@ class GMP(Method):
 
     def controller(self, model, total_steps, example):
         return gmp.GMP(model, self.config.target_sparsity, total_steps)
+
+    @torch.no_grad()
+    def after_step(self, model) -> None:
+        if self.frozen:  # the controller (which re-applies the masks) is not stepped when fine-tuning
+            for _, layer in sparse_modules(model):
+                if isinstance(layer, MASKED_LAYERS):
+                    layer.apply_mask_()

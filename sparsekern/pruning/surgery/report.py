@@ -62,13 +62,17 @@ def _kept_nonzeros(weight: Tensor, kept: dict[str, Tensor]) -> int:
     return int(nz.sum().item())
 
 
-def sparsity_report(model: nn.Module, example_input) -> dict:
+def sparsity_report(model: nn.Module, example_input, *, count_closed_channels: bool = False) -> dict:
     """Per Linear/Conv2d layer (in forward order) and in total: ``params`` (weights, biases
     excluded), ``nonzeros`` (of the eval-mode effective weight), ``sparsity``, ``dense_flops``
     and ``effective_flops`` (multiply-accumulates per example, see ``pruning.flops``).
     effective = dense * (non-zero weights that still meet a kept input and output channel) /
     params: the density, restricted to the channels left by structured gates. A layer called
     several times is counted every time for FLOPs.
+    ``count_closed_channels``: ``nonzeros`` also leaves out the weights of channels closed by
+    structured gates (what ``shrink_model`` removes), so a structured model's rows show what it
+    prunes against the original widths; off, they count zero weights only (a channel gate zeroes
+    no weight).
     Returns ``{"layers": [row, ...], "total": row}``; each row also has ``name``, ``type``,
     ``sparse`` (a sparsekern layer?).
     """
@@ -84,7 +88,8 @@ def sparsity_report(model: nn.Module, example_input) -> dict:
             density = _kept_nonzeros(weight, masks.get(i, {})) / weight.numel()
             row = rows.get(e.name)
             if row is None:
-                nonzeros = int((weight != 0).sum().item())
+                nonzeros = (_kept_nonzeros(weight, masks.get(i, {})) if count_closed_channels
+                            else int((weight != 0).sum().item()))
                 row = rows[e.name] = {
                     "name": e.name, "type": type(m).__name__, "sparse": isinstance(m, SparseModule),
                     "params": weight.numel(), "nonzeros": nonzeros, "sparsity": 1 - nonzeros / weight.numel(),

@@ -12,9 +12,15 @@ import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 
+def _mix(seed: int, n: int) -> int:
+    """One generator seed from (seed, n), in the 64 bits manual_seed takes (the same value as before
+    for every seed whose product fitted; large seeds wrap instead of overflowing)."""
+    return (seed * 1_000_003 + n) % 2**64
+
+
 def epoch_plan(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list:
     """``[(this rank's index tensor, global batch size)]`` for every global batch of ``epoch``."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed(_mix(seed, epoch))
     order = torch.randperm(n, generator=g)
     plan = []
     for start in range(0, n, batch_size):
@@ -64,7 +70,7 @@ class BatchSource:
         # Workers draw their augmentation from seeds of this generator: reproducible per (seed, tag).
         loader = DataLoader(ds, batch_sampler=_PlanSampler(batches), num_workers=self.workers,
                             pin_memory=self.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + tag))
+                            generator=torch.Generator().manual_seed(_mix(self.seed, tag)))
         for x, y in loader:
             yield self._to_device(x, y)
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import secrets
+import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -22,23 +25,52 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, truncated or not written by sparsekern."""
 
 
+class WriteError(OSError):
+    """A run file could not be written (disk full, read-only file system, ...); the file it was to
+    replace is unchanged. ``errno`` is the operating system's (ENOSPC, EROFS) when known."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename!r}: {self.strerror}"
+
+
+def write_failure(e: BaseException, path: str) -> WriteError | None:
+    """``e`` as a WriteError naming ``path`` if it is a failed write, else None. torch.save reports a
+    failed write of its stream as a RuntimeError ("[enforce fail at inline_container.cc] unexpected
+    pos") whose context is the OSError (e.g. ENOSPC)."""
+    if isinstance(e, WriteError):
+        return e
+    os_error = e if isinstance(e, OSError) else e.__context__ if isinstance(e.__context__, OSError) else None
+    if os_error is not None:
+        return WriteError(os_error.errno, os_error.strerror or str(os_error), path)
+    if isinstance(e, RuntimeError) and "inline_container" in str(e):  # torch's writer, cause unknown
+        return WriteError(None, "the write failed (disk full?)", path)
+    return None
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
+    """``torch.save(obj, path)`` that never leaves a partial file at ``path``; a failed write (disk
+    full, read-only file system) is a ``WriteError`` and leaves the previous file in place."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     # Not mkstemp: its files are mode 0600; 0666 here lets the umask decide, as for every other run file.
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise write_failure(e, path) from e
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        failure = write_failure(e, path)
+        if failure is None:
+            raise
+        raise failure from e
     _fsync_dir(directory)
 
 
@@ -60,19 +92,27 @@ def _safe_load(path: str, what: str, map_location):
     """torch.load(weights_only=True) whose every failure is a CheckpointError naming the file."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} {path!r}: no such file")
+    if not zipfile.is_zipfile(path):
+        # torch.save writes a zip archive; torch.load would read anything else as a legacy pickle and
+        # fail with noise (a bare number, a pickle-protocol warning) on a file of random bytes.
+        raise CheckpointError(f"{what} {path!r} is corrupt, truncated or not a torch file (not a complete zip "
+                              "archive, the format torch.save writes)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 5": the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files; all mean "unreadable"
         raise CheckpointError(f"{what} {path!r} is corrupt, truncated or not a torch file ({_reason(e)})") from e
 
 
 def _reason(e: Exception) -> str:
-    """torch's error in a few words, without its advice to load with weights_only=False (never safe
-    for a file we cannot vouch for)."""
-    text = str(e).strip()
+    """torch's error in a few words: its first sentence, without its advice to load with
+    weights_only=False (never safe for a file we cannot vouch for) or a bare error code."""
+    text = " ".join(str(e).split())
     if "weights_only" in text or "Weights only load failed" in text:
         return "it holds objects other than tensors and plain containers"
-    return text.splitlines()[0] if text else type(e).__name__
+    text = re.sub(r"\s*\(\d+\)$", "", text.split(". ")[0].rstrip("."))
+    return text if text and not text.isdigit() else type(e).__name__
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:

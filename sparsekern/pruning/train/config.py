@@ -93,8 +93,9 @@ class PruneConfig:
         if self.gate_lr is not None and (isinstance(self.gate_lr, bool) or not isinstance(self.gate_lr, (int, float))
                                          or not math.isfinite(self.gate_lr) or self.gate_lr <= 0):
             raise ValueError(f"gate_lr must be a finite number > 0, got {self.gate_lr!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**64:
+            # torch.manual_seed takes 64 bits; beyond, it said "Overflow when unpacking long long"
+            raise ValueError(f"seed must be an int in [0, 2**64), got {self.seed!r}")
         self._validate_recipe_and_schedule()
 
     def _validate_recipe_and_schedule(self) -> None:

@@ -1,5 +1,6 @@
-"""Evaluation as the trainer does it: test accuracy (under the run's autocast, summed over ranks),
-BatchNorm statistics recalibrated for the eval network first, with the EMA parameters if any."""
+"""Evaluation as the trainer does it: test accuracy (summed over ranks) in float32, as the exported
+model is used (``amp=True``: under the run's autocast instead), BatchNorm statistics recalibrated
+for the eval network first, with the EMA parameters if any."""
 from __future__ import annotations
 
 import contextlib
@@ -32,11 +33,13 @@ def evaluated(ema):
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, ds, source: BatchSource, d: Distributed, config: PruneConfig) -> float:
+def accuracy(model: nn.Module, ds, source: BatchSource, d: Distributed, config: PruneConfig, *,
+             amp: bool = False) -> float:
+    """Test accuracy; float32 unless ``amp`` (a bf16 run's autocast accuracy differed from its export's)."""
     model.eval()
     correct = seen = 0
     for x, y in source.evaluate(ds, d.rank, d.world):
-        with autocast(config, x.device):
+        with autocast(config, x.device) if amp else contextlib.nullcontext():
             correct += int((model(x).argmax(1) == y).sum())
         seen += len(y)
     total_correct, total = d.sum([float(correct), float(seen)], source.device)

@@ -20,6 +20,7 @@ import dataclasses
 import os
 import random
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -31,7 +32,6 @@ from sparsekern.data import load_dataset
 from sparsekern.models import build_model, check_model_name
 from sparsekern.pruning.defaults import L0_GATE_LR, L0_LAMBDA  # noqa: F401  (the defaults a run uses)
 from sparsekern.pruning.methods import METHODS as METHOD_CLASSES
-from sparsekern.pruning.surgery.report import sparsity_report
 from sparsekern.pruning.train.batches import BatchSource, epoch_plan
 from sparsekern.pruning.train.batches import steps_per_epoch as _steps_per_epoch
 from sparsekern.pruning.train.checkpoint import (
@@ -43,6 +43,7 @@ from sparsekern.pruning.train.ema import ParameterEMA
 from sparsekern.pruning.train.evaluation import accuracy, autocast, evaluated, recalibrate
 from sparsekern.pruning.train.health import check_finite, health_fields
 from sparsekern.pruning.train.lr_schedule import lr_scheduler
+from sparsekern.pruning.train.progress import progress
 from sparsekern.pruning.train.run_dir import (
     check_resumable, finished_summary, prepare_out, write_json, write_logs,
 )
@@ -60,6 +61,20 @@ def _backward_and_step(loss, optimizers: list, scaler) -> None:
     for opt in optimizers:
         scaler.step(opt)
     scaler.update()
+
+
+def _step_scheduler(scheduler, scaler) -> None:
+    """The LR follows the step count, like the controllers. A GradScaler skips the optimizer step of
+    an inf/NaN gradient (always its first fp16 step, while it calibrates the scale); torch then warns
+    that the scheduler stepped first. That is intended here (the skipped step had no update to
+    schedule), so that one warning is silenced, and only under a GradScaler."""
+    if scaler is None:
+        scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before",
+                                category=UserWarning)
+        scheduler.step()
 
 
 def run_prune(config: PruneConfig, *, on_epoch_end=None) -> dict:
@@ -167,7 +182,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
             method.freeze(model)
         net.train()
         method.set_gate_modes(model)
-        bar = _progress(show, steps_per_epoch, f"epoch {epoch + 1}/{all_epochs}")
+        bar = progress(show, steps_per_epoch, f"epoch {epoch + 1}/{all_epochs}")
         if bar is not None:
             bar.update(first)
         plan = epoch_plan(n_train, config.batch_size, config.seed, epoch, d.rank, d.world)
@@ -187,7 +202,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
             if gate_optimizer is not None:
                 gate_optimizer.zero_grad(set_to_none=True)
             _backward_and_step(loss, optimizers, scaler)
-            scheduler.step()
+            _step_scheduler(scheduler, scaler)
             if controller is not None and not method.frozen:
                 controller.step()
             method.after_step(model)
@@ -199,7 +214,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
             seen += len(y)
             if bar is not None:
                 bar.update(1)
-                if i % 10 == 0 or i == steps_per_epoch - 1:
+                if getattr(bar, "live", True) and i % 10 == 0 or i == steps_per_epoch - 1:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                                     sparsity=f"{method.sparsity(model):.3f}")
             if config.checkpoint_every and step % config.checkpoint_every == 0 and i + 1 < len(plan):
@@ -240,27 +255,18 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
     return summary
 
 
-def _progress(show: bool, total: int, desc: str):
-    if not show:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
-
-
 def _summarize(final, model, config, info, method, example, test_ds, source, d, history,
                controller_lambda=None) -> dict:
     # FLOPs of the sparse model: its dense FLOPs are the original architecture's, and
     # channels closed by structured gates count as removed (see pruning.report).
-    report = sparsity_report(model, example)
+    report = method.report(model, example)
     sparsity = method.final_sparsity(model, report, final)
     widths = method.widths(final)
     return {
         "method": config.method, "model": config.model, "data": info["name"], "epochs": config.epochs,
         "seed": config.seed, "world_size": d.world,
-        "accuracy": accuracy(final, test_ds, source, d, config),
+        "accuracy": accuracy(final, test_ds, source, d, config),  # float32, as the exported model runs
+        **({"accuracy_amp": accuracy(final, test_ds, source, d, config, amp=True)} if config.amp != "off" else {}),
         "sparsity": sparsity,
         "params": sum(p.numel() for p in final.parameters()),
         "nonzero_params": int(sum(int(torch.count_nonzero(p)) for p in final.parameters())),

@@ -2,35 +2,48 @@
 atomically), the check that refuses to overwrite a run, and the checks before resuming one."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import os
 
+from sparsekern.pruning.train.checkpoint import write_failure
 from sparsekern.pruning.train.config import RESUME_FREE, PruneConfig
 from sparsekern.pruning.train.distributed import Distributed
 
 LOG_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_acc", "sparsity", "lr", "seconds")
 
 
-def write_json(path: str, obj) -> None:
+@contextlib.contextmanager
+def _written(path: str, newline=None):
+    """A text file written to ``path.tmp`` and renamed over ``path``; a failed write is a WriteError
+    and leaves ``path`` as it was (and no ``.tmp`` behind)."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    try:
+        with open(tmp, "w", newline=newline) as f:
+            yield f
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise write_failure(e, path) from e
+
+
+def write_json(path: str, obj) -> None:
+    with _written(path) as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def write_logs(out: str, history: list[dict]) -> None:
     """Rewrite log.csv and log.jsonl from the history (so a resumed run never duplicates rows)."""
-    with open(os.path.join(out, "log.csv.tmp"), "w", newline="") as f:
+    with _written(os.path.join(out, "log.csv"), newline="") as f:
         w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(history)
-    with open(os.path.join(out, "log.jsonl.tmp"), "w") as f:
+    with _written(os.path.join(out, "log.jsonl")) as f:
         f.writelines(json.dumps(row) + "\n" for row in history)
-    for name in ("log.csv", "log.jsonl"):
-        os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
 
 
 def prepare_out(config: PruneConfig, d: Distributed) -> str | None:
@@ -45,7 +58,10 @@ def prepare_out(config: PruneConfig, d: Distributed) -> str | None:
         return ckpt
     d.barrier()  # every rank has looked before rank 0 creates the directory
     if d.rank == 0:
-        os.makedirs(out, exist_ok=True)
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:  # read-only file system, no permission, a file in the path
+            raise write_failure(e, out) from e
     return None
 
 
