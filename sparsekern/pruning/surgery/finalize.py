@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from sparsekern.nn import L0_LAYERS, ChannelGate, HardConcreteGates, SparseModule
+from sparsekern.nn.attention import SparseMultiheadAttention
 from sparsekern.pruning.surgery.shrink import shrink_model, slice_inputs, slice_outputs
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -213,6 +214,9 @@ def finalize(model: nn.Module, *, shrink: bool = True) -> nn.Module:
     dead_out: dict[int, Tensor] = {}
     dead_in: dict[int, Tensor] = {}
     out = _bake(out, dead_out, dead_in)
+    for m in out.modules():
+        if isinstance(m, SparseMultiheadAttention):
+            m.restore()  # a plain nn.MultiheadAttention again, out_proj baked
     chains = list(_chains(out))
     for chain in chains:
         for k, leaf in enumerate(chain):
