@@ -87,7 +87,9 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
     ``"l0_hc"`` / ``"dep_l0"``: structured channel gates instead (``channel_gating.gate_channels``):
     independent ones, or Dep-L0's generator with ``dependency="forward"`` (default) or
     ``"backward"``; ``layers=[names]`` picks the gated layers of a user model (default: the
-    built-in placement, else the Conv2d -> BatchNorm2d pairs torch.fx finds).
+    built-in placement, else the Conv2d -> BatchNorm2d pairs torch.fx finds). A gate after a
+    Linear gates its output's last dim, so a Linear applied to a sequence [B, T, D] (e.g.
+    ``"encoder.layers.0.linear1"``) gets one gate per neuron (``ChannelGate(channel_dim=-1)``).
     """
     if method not in LAYER_TYPES and method not in STRUCTURED:
         raise ValueError(f"sparsify: method must be one of {sorted(LAYER_TYPES) + sorted(STRUCTURED)}, got {method!r}")
@@ -127,4 +129,5 @@ def _gate(model: nn.Module, method: str, *, dependency: str | None = None, layer
     if method == "l0_hc" and dependency is not None:
         raise ValueError("sparsify: dependency applies to method 'dep_l0' only")
     gate_channels(model, dependency or STRUCTURED[method], layers=layers)
+    protect_attention(model)  # an encoder holding gates must not pack nested tensors
     return model
