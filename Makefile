@@ -16,6 +16,11 @@ TORCH_VERSION ?= 2.13.0
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
+# Hugging Face transformers for tests/test_hf_gpt2.py, installed --no-deps so pip never replaces torch:
+# transformers and hub pinned to the tested pair, then what importing them needs.
+HF_DEPS := transformers==5.25.0 huggingface_hub==2.4.0 tokenizers safetensors regex pyyaml packaging filelock \
+	requests tqdm fsspec typing_extensions httpx2 httpcore2 anyio h11 idna sniffio truststore kernels
+
 .PHONY: deps build test test-fast demo selftest bench nvcc-check cuda-check clean
 
 # torch: the local CPU build when torch is absent (a plain `pip install torch` would pull CUDA).
@@ -24,6 +29,7 @@ deps: $(filter $(VENV)/bin/python,$(PY))
 	@$(PY) -c "import numpy, pybind11, ninja, pytest, sklearn, matplotlib, tqdm, setuptools, wheel, mlxtend" 2>/dev/null \
 		|| $(PIP) numpy pybind11 ninja pytest scikit-learn matplotlib tqdm setuptools wheel mlxtend
 	@$(PY) -c "import triton" 2>/dev/null || $(PIP) triton || echo "triton unavailable: its backend is skipped"
+	@$(PY) -c "import transformers" 2>/dev/null || $(PIP) --no-deps $(HF_DEPS) || echo "transformers unavailable: its tests are skipped"
 
 $(VENV)/bin/python:
 	@echo "$(SYSTEM_PY) is an externally managed system Python (PEP 668): installing into a virtual environment, $(VENV)"

@@ -5,11 +5,15 @@ import weakref
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from sparsekern.ops import noise
 from sparsekern.ops.checks import unsigned
 
 _U64 = 1 << 64
+# Layer types ``from_dense`` takes for a dense type: torch builds nn.MultiheadAttention.out_proj
+# as a Linear subclass that adds no state.
+DENSE_ALIASES = {nn.Linear: (nn.Linear, NonDynamicallyQuantizableLinear)}
 
 
 def dense_layer_args(layer: nn.Module) -> dict:
@@ -39,6 +43,30 @@ class SparseModule:
     def effective_bias(self) -> Tensor | None:
         return self.bias
 
+    def _rows(self, t: Tensor) -> Tensor:
+        """A weight-shaped tensor as [out, in, ...] (the layout of nn.Linear / nn.Conv2d weights;
+        Hugging Face's Conv1D stores [in, out] and overrides this)."""
+        return t
+
+    def _from_rows(self, t: Tensor) -> Tensor:
+        """The inverse of ``_rows``: [out, in, ...] back to the stored weight's layout."""
+        return t
+
+    @classmethod
+    def _dense_args(cls, layer: nn.Module) -> dict:
+        """Constructor arguments of a layer of ``layer``'s shapes."""
+        return dense_layer_args(layer)
+
+    def _new_dense(self, device, dtype) -> nn.Module:
+        """An empty ``dense_type`` layer of this layer's shapes."""
+        return self.dense_type(**self._dense_args(self), device=device, dtype=dtype)
+
+    def weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
+        """The weight and bias this layer's forward applies now (training: STR's thresholded,
+        L0's sampled ones; eval: the effective ones), for code that applies them itself, as
+        ``nn.MultiheadAttention`` does with its ``out_proj``."""
+        return self.effective_weight(), self.effective_bias()
+
     def nonzero_mask(self) -> Tensor:
         with torch.no_grad():
             return self.effective_weight() != 0
@@ -46,10 +74,10 @@ class SparseModule:
     @classmethod
     def from_dense(cls, layer: nn.Module, **opts):
         """A sparse layer with ``layer``'s shapes, weight and bias (copied), device, dtype and mode."""
-        if type(layer) is not cls.dense_type:
+        if type(layer) not in DENSE_ALIASES.get(cls.dense_type, (cls.dense_type,)):
             raise TypeError(f"{cls.__name__}.from_dense: layer must be a plain {cls.dense_type.__name__}, "
                             f"got {type(layer).__name__}")
-        new = cls(**dense_layer_args(layer), **opts, device=layer.weight.device, dtype=layer.weight.dtype)
+        new = cls(**cls._dense_args(layer), **opts, device=layer.weight.device, dtype=layer.weight.dtype)
         with torch.no_grad():
             new.weight.copy_(layer.weight)
             if layer.bias is not None:
@@ -66,7 +94,7 @@ class SparseModule:
             weight = self.effective_weight().detach().clone()
             bias = self.effective_bias()
             bias = None if bias is None else bias.detach().clone()
-        layer = self.dense_type(**dense_layer_args(self), device=weight.device, dtype=self.weight.dtype)
+        layer = self._new_dense(weight.device, self.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(weight)
             if bias is not None:

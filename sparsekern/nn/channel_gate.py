@@ -18,22 +18,33 @@ class ChannelGate(HardConcreteGates, nn.Module):
     output for this layer) instead of an own Parameter. ``cost_per_channel``: what one open
     channel costs in ``regularization`` (lam * P(open) * cost_per_channel), e.g. the FLOPs or
     the weights the channel keeps alive elsewhere.
+
+    ``channel_dim``: 1 (default) gates x [B, C, ...] (conv feature maps, or a Linear's [B, F]);
+    -1 gates the last dim, the features of a Linear applied to a sequence x [B, T, F] (one gate
+    per neuron). With -1, as for ``L0Linear``'s activation gates, every leading index is an
+    example: in training each token draws its own gate sample (B*T*F noise values), so the
+    penalty's expectation is over tokens; in eval every token sees the same deterministic gate.
     """
 
     def __init__(self, num_channels: int, *, drop_rate: float = 0.5, beta: float = BETA, gamma: float = GAMMA,
                  zeta: float = ZETA, log_alpha_source: Callable[[], Tensor] | None = None,
-                 cost_per_channel: float = 1.0, device=None, dtype=None):
+                 cost_per_channel: float = 1.0, channel_dim: int = 1, device=None, dtype=None):
         super().__init__()
         if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
             raise ValueError(f"ChannelGate: num_channels must be a positive int, got {num_channels!r}")
-        self.num_channels = num_channels
+        if isinstance(channel_dim, bool) or channel_dim not in (1, -1):
+            raise ValueError(f"ChannelGate: channel_dim must be 1 or -1, got {channel_dim!r}")
+        self.num_channels, self.channel_dim = num_channels, channel_dim
         self.cost_per_channel = float(cost_per_channel)
         self._init_gates((num_channels,), drop_rate, beta, gamma, zeta, log_alpha_source,
                          {"device": device, "dtype": dtype})
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() < 2 or x.shape[1] != self.num_channels:
-            raise ValueError(f"ChannelGate: expected x of shape [B, {self.num_channels}, ...], got {tuple(x.shape)}")
+        if x.dim() < 2 or x.shape[self.channel_dim] != self.num_channels:
+            want = f"[B, {self.num_channels}, ...]" if self.channel_dim == 1 else f"[..., {self.num_channels}]"
+            raise ValueError(f"ChannelGate: expected x of shape {want}, got {tuple(x.shape)}")
+        if self.channel_dim == -1 and x.dim() > 2:  # [B, T, F]: every leading index is an example
+            return self(x.reshape(-1, x.shape[-1])).reshape(x.shape)
         if not self.training:
             z = self.eval_gates().to(x.dtype)
             return x * z.reshape((1, -1) + (1,) * (x.dim() - 2))
@@ -49,4 +60,4 @@ class ChannelGate(HardConcreteGates, nn.Module):
         return p * (lam * cost_scale * self.cost_per_channel)
 
     def extra_repr(self) -> str:
-        return f"{self.num_channels}"
+        return f"{self.num_channels}" + (", channel_dim=-1" if self.channel_dim == -1 else "")

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from sparsekern import ops
 from sparsekern.nn.base import NoiseStream
+from sparsekern.nn.slow_path import keep_slow_path
 from sparsekern.ops.checks import check_hc
 
 BETA, GAMMA, ZETA = ops.BETA, ops.GAMMA, ops.ZETA
@@ -56,6 +57,7 @@ class HardConcreteGates(NoiseStream):
             self.register_parameter("log_alpha", None)
         self.__dict__["log_alpha_source"] = log_alpha_source  # plain attribute: never a submodule
         self._init_noise(factory.get("device"))
+        keep_slow_path(self)
 
     def set_log_alpha_source(self, source: Callable[[], Tensor] | None) -> None:
         """Take log_alpha from ``source()`` from now on (None: back to an own Parameter, freshly initialised)."""

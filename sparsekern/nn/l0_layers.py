@@ -39,8 +39,8 @@ class _L0Mixin(HardConcreteGates, SparseModule):
         if granularity == "in" and getattr(self, "groups", 1) != 1:
             raise ValueError(f"{name}: granularity='in' needs groups=1, got groups={self.groups}")
         self.granularity, self.mode = granularity, mode
-        shape = {"weight": tuple(self.weight.shape), "out": (self.weight.shape[0],),
-                 "in": (self.weight.shape[1],)}[granularity]
+        rows = self._rows(self.weight)  # per-weight gates keep the stored layout
+        shape = {"weight": tuple(self.weight.shape), "out": (rows.shape[0],), "in": (rows.shape[1],)}[granularity]
         self._init_gates(shape, drop_rate, beta, gamma, zeta, log_alpha_source, factory)
 
     # ------------------------------------------------------------ deterministic (eval) weights
@@ -48,9 +48,9 @@ class _L0Mixin(HardConcreteGates, SparseModule):
         """Gates reshaped to broadcast against the weight."""
         rest = (1,) * (self.weight.dim() - 1)
         if self.granularity == "out":
-            return z.reshape((-1,) + rest)
+            return self._from_rows(z.reshape((-1,) + rest))
         if self.granularity == "in":
-            return z.reshape((1, -1) + rest[1:])
+            return self._from_rows(z.reshape((1, -1) + rest[1:]))
         return z
 
     def effective_weight(self) -> Tensor:
@@ -72,6 +72,8 @@ class _L0Mixin(HardConcreteGates, SparseModule):
             # by the same sampled gates, kept in float32 (float64) as gated_weight keeps them.
             z = ops.hard_concrete(la if la.dtype == torch.float64 else la.float(), *noise, **kw)
             weight = torch.mul(self.weight, self._broadcast(z)).to(self.weight.dtype)
+        elif self.granularity == "out":  # one gate per row of the [out, in, ...] view
+            weight = self._from_rows(ops.gated_weight(self._rows(self.weight), la, *noise, **kw))
         else:
             weight = ops.gated_weight(self.weight, la, *noise, **kw)
         bias = self.bias
@@ -85,6 +87,14 @@ class _L0Mixin(HardConcreteGates, SparseModule):
             return self._gate_activation(x.reshape(-1, x.shape[-1]), -1).reshape(x.shape)
         noise = self.take_noise(x.shape[0] * la.numel())
         return ops.gated_activation(x, la, *noise, **self.hc_kwargs())
+
+    def weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
+        if not self.training:
+            return self.effective_weight(), self.effective_bias()
+        if self.mode == "activation":
+            raise ValueError(f"{type(self).__name__}: mode='activation' gates the input or output, not the weight; "
+                             "code that applies the weight itself needs mode='weight'")
+        return self._sampled_weight_and_bias()
 
     def _gated_forward(self, x: Tensor, apply, channel_dim: int) -> Tensor:
         """``apply(x, weight, bias)`` is the dense op; gates per mode/granularity around it."""
@@ -116,8 +126,9 @@ class _L0Mixin(HardConcreteGates, SparseModule):
             penalty = self.clamped_open_probability().sum() * (lam * cost_scale * self.group_sizes())
         if prior_prec:
             sq = self.weight.pow(2)
-            per_gate = {"weight": sq, "out": sq.reshape(sq.shape[0], -1).sum(1),
-                        "in": sq.transpose(0, 1).reshape(sq.shape[1], -1).sum(1)}[self.granularity]
+            rows = self._rows(sq)
+            per_gate = {"weight": sq, "out": rows.reshape(rows.shape[0], -1).sum(1),
+                        "in": rows.transpose(0, 1).reshape(rows.shape[1], -1).sum(1)}[self.granularity]
             p = self.clamped_open_probability() if reference_terms else self.open_probability()
             penalty = penalty + (p * per_gate.reshape(self.gate_shape)).sum() * (0.5 * prior_prec)
         if reference_terms and self.bias is not None:

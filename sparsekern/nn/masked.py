@@ -6,11 +6,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sparsekern.nn.base import SparseModule
+from sparsekern.nn.slow_path import keep_slow_path
 
 
 class _MaskedMixin(SparseModule):
     def _init_mask(self) -> None:
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
+        keep_slow_path(self)
 
     def effective_weight(self) -> Tensor:
         return self.weight * self.mask

@@ -7,6 +7,7 @@ from torch.nn import functional as F
 
 from sparsekern import ops
 from sparsekern.nn.base import SparseModule
+from sparsekern.nn.slow_path import keep_slow_path
 
 # Default initial threshold, relative to each layer's weights (s_init=None): t = 1% of the mean
 # |w| (of the layer, or of each row with per_channel), so the layer starts ~1% sparse, the
@@ -24,10 +25,11 @@ class _STRMixin(SparseModule):
             raise ValueError(f"{type(self).__name__}: s_init must be a number or None, got {s_init!r}")
         if not isinstance(per_channel, bool):
             raise TypeError(f"{type(self).__name__}: per_channel must be a bool, got {type(per_channel).__name__}")
-        shape = (self.weight.shape[0],) if per_channel else (1,)
+        shape = (self._rows(self.weight).shape[0],) if per_channel else (1,)
         self.s = nn.Parameter(torch.zeros(shape, **factory))
         self.per_channel, self.s_init = per_channel, s_init
         self.reset_threshold()
+        keep_slow_path(self)
 
     @torch.no_grad()
     def reset_threshold(self) -> None:
@@ -35,7 +37,7 @@ class _STRMixin(SparseModule):
         if self.s_init is not None:
             self.s.fill_(float(self.s_init))
             return
-        w = self.weight.detach().abs().float()
+        w = self._rows(self.weight.detach()).abs().float()
         scale = w.reshape(w.shape[0], -1).mean(1) if self.per_channel else w.mean().reshape(1)
         t = (RELATIVE_THRESHOLD * scale).clamp(1e-12, 0.5)
         self.s.copy_(torch.log(t) - torch.log1p(-t))
@@ -48,7 +50,9 @@ class _STRMixin(SparseModule):
         return torch.sigmoid(self.s.detach())
 
     def effective_weight(self) -> Tensor:
-        return ops.soft_threshold(self.weight, self.s)
+        if self.s.numel() == 1:  # one threshold: any layout
+            return ops.soft_threshold(self.weight, self.s)
+        return self._from_rows(ops.soft_threshold(self._rows(self.weight), self.s))
 
 class STRLinear(_STRMixin, nn.Linear):
     """Drop-in nn.Linear whose weight is ``soft_threshold(weight, s)``; ``s`` per layer or per output row."""

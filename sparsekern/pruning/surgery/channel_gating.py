@@ -113,7 +113,9 @@ def gate_channels(model: nn.Module, dependency: str | None = None, *, layers=Non
     gates = []
     for i, ((layer, where, is_slot), link, width) in enumerate(zip(places, links, widths)):
         source = None if generator is None else generator.source(i)
-        gate = ChannelGate(width, log_alpha_source=source, device=ref.device, dtype=ref.dtype)
+        # A Linear's features are its output's last dim ([B, F] or a sequence's [B, T, F]).
+        dim = -1 if isinstance(modules[layer], nn.Linear) else 1
+        gate = ChannelGate(width, log_alpha_source=source, channel_dim=dim, device=ref.device, dtype=ref.dtype)
         if generator is None:
             with torch.no_grad():
                 gate.log_alpha.normal_(HC_INIT_MEAN, 0.01)
@@ -129,12 +131,13 @@ def chained_gates(model: nn.Module) -> list[ChannelGate]:
 
 
 def measure_positions(model: nn.Module, example_input) -> None:
-    """Record each chained gate's output positions H*W (1 after a Linear) from an eval forward."""
+    """Record each chained gate's output positions from an eval forward: H*W after a conv, 1 after
+    a Linear on [B, F], T after a Linear on a sequence [B, T, F]."""
     gates = chained_gates(model)
     seen = {}
 
     def hook(module, inputs, output):
-        seen[module] = output[0].numel() / output.shape[1]
+        seen[module] = output.numel() / output.shape[0] / module.num_channels  # per example: H*W, or T
 
     hooked_eval_forward(model, example_input, [(g, hook) for g in gates])
     for g in gates:

@@ -1,4 +1,4 @@
-"""``finalize``: export a sparse model as a plain PyTorch model (nn.Linear / nn.Conv2d only).
+"""``finalize``: export a sparse model as a plain PyTorch model (the dense layer types only).
 
 Every sparse layer becomes its ``dense_type`` with the eval-mode effective weight baked in
 (zeros included), so an unstructured model's state_dict loads into the original architecture.
@@ -17,7 +17,11 @@ unpadded conv; a padded conv then raises. Inputs of the first layer and outputs 
 layer of a model that is itself an nn.Sequential stay (as zeros): they are the model's
 interface. Anything else structured that cannot be shrunk (a gate outside a Sequential chain,
 an unsupported module between, grouped convs) raises ValueError; ``shrink=False`` then
-exports the same function without removing channels. Built-in models gated by
+exports the same function without removing channels: for a user model gated by
+``sparsify(model, "l0_hc" | "dep_l0")`` (e.g. a residual one) that is the model's own classes
+and state_dict keys, each gate folded into its BatchNorm or layer (closed channels as zeros),
+``GatedModule`` wrappers and Dep-L0's generator gone. torch's MultiheadAttention and Hugging
+Face's Conv1D come back as their own types. Built-in models gated by
 ``sparsify(model, "l0_hc" | "dep_l0")`` are shrunk by ``shrink_model`` (any architecture
 they have: VGG-16, ResNet-20/56, LeNets).
 """
@@ -28,7 +32,9 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from sparsekern.nn import L0_LAYERS, ChannelGate, HardConcreteGates, SparseModule
+from sparsekern.nn import L0_LAYERS, ChannelGate, GateGenerator, HardConcreteGates, SparseModule
+from sparsekern.nn.attention import SparseMultiheadAttention
+from sparsekern.pruning.surgery.channel_gating import GatedModule
 from sparsekern.pruning.surgery.shrink import shrink_model, slice_inputs, slice_outputs
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -213,11 +219,15 @@ def finalize(model: nn.Module, *, shrink: bool = True) -> nn.Module:
     dead_out: dict[int, Tensor] = {}
     dead_in: dict[int, Tensor] = {}
     out = _bake(out, dead_out, dead_in)
+    for m in out.modules():
+        if isinstance(m, SparseMultiheadAttention):
+            m.restore()  # a plain nn.MultiheadAttention again, out_proj baked
     chains = list(_chains(out))
     for chain in chains:
         for k, leaf in enumerate(chain):
             if isinstance(leaf.module, ChannelGate):
                 _fold_gate(chain, k, dead_out)
+    _drop_generators(out)  # Dep-L0's gate generator: folded into the gates above, not part of the model
     leftover = [type(m).__name__ for m in out.modules() if isinstance(m, (HardConcreteGates, SparseModule))]
     if leftover:
         raise ValueError(f"finalize: {leftover[0]} outside an nn.Sequential chain cannot be folded away")
@@ -226,7 +236,30 @@ def finalize(model: nn.Module, *, shrink: bool = True) -> nn.Module:
         for chain in chains:
             _shrink_chain(chain, dead_out, dead_in, done)
         _check_all_shrunk(out, dead_out, dead_in, done)
-    return out.eval()
+    return _unwrap_gated(out).eval()
+
+
+def _drop_generators(model: nn.Module) -> None:
+    for parent in list(model.modules()):
+        for key, child in list(parent.named_children()):
+            if isinstance(child, GateGenerator):
+                delattr(parent, key)
+
+
+def _unwrap_gated(model: nn.Module) -> nn.Module:
+    """Each ``GatedModule(layer, gate)`` whose gate is folded away becomes ``layer`` again, so the
+    model has the user's module types and state_dict keys (``conv1.weight``, not ``conv1.0.weight``)."""
+    def plain(m):
+        rest = list(m.children())[1:]
+        return isinstance(m, GatedModule) and all(isinstance(r, nn.Identity) for r in rest)
+
+    if plain(model):
+        return model[0]
+    for parent in list(model.modules()):
+        for key, child in list(parent.named_children()):
+            if plain(child):
+                setattr(parent, key, child[0])
+    return model
 
 
 def _gated_built_in(model: nn.Module) -> bool:
@@ -250,5 +283,7 @@ def _check_all_shrunk(model: nn.Module, dead_out: dict, dead_in: dict, done: set
             if key in done or (side, key) in interface or not bool(mask.any()):
                 continue
             raise ValueError(f"finalize: a layer with structured ({side}) gates is not inside an nn.Sequential chain "
-                             "finalize can shrink (see sparsekern.pruning.surgery.finalize); use finalize(model, "
-                             "shrink=False) to export it unshrunk")
+                             "finalize can shrink (residual and other user models are not shrunk; see "
+                             "sparsekern.pruning.surgery.finalize); finalize(model, shrink=False) returns your "
+                             "model's own classes and state_dict keys with the gates folded in (closed channels "
+                             "as zeros)")

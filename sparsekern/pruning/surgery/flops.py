@@ -1,4 +1,5 @@
-"""Dense FLOPs of every Linear/Conv2d, measured with forward hooks on a real forward.
+"""Dense FLOPs of every Linear/Conv2d (and Hugging Face Conv1D), measured with forward hooks
+on a real forward.
 
 FLOPs here are multiply-accumulates per example (the STR paper's convention): a layer
 producing ``out`` values per example, each a dot product of ``weight.numel() / out_channels``
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from sparsekern.nn import ChannelGate, GateGenerator
+from sparsekern.nn.conv1d import is_conv1d
 
 
 @dataclass
@@ -56,14 +58,15 @@ def trace(model: nn.Module, example_input) -> list[TraceEvent]:
             if isinstance(module, ChannelGate):
                 events.append(TraceEvent(name, module))
                 return
-            per_value = module.weight.numel() // module.weight.shape[0]
+            out = module.nf if is_conv1d(module) else module.weight.shape[0]  # Conv1D's weight is [in, out]
+            per_value = module.weight.numel() // out
             events.append(TraceEvent(name, module, output.numel() / batch * per_value))
         return hook
 
     # A Dep-L0 generator's Linears make gates, not predictions: not layers of the network.
     generator_parts = {id(p) for m in model.modules() if isinstance(m, GateGenerator) for p in m.modules()}
     hooks = [(m, hook_for(n)) for n, m in model.named_modules()
-             if isinstance(m, (nn.Linear, nn.Conv2d, ChannelGate)) and id(m) not in generator_parts]
+             if (isinstance(m, (nn.Linear, nn.Conv2d, ChannelGate)) or is_conv1d(m)) and id(m) not in generator_parts]
     hooked_eval_forward(model, example_input, hooks)
     return events
 

@@ -23,6 +23,24 @@ def gate_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+def tied_weights(model: nn.Module) -> dict[str, list[str]]:
+    """{module name: the other names of its ``weight``} for every module whose weight Parameter is
+    also held elsewhere: tied weights (GPT-2's ``lm_head.weight is transformer.wte.weight``), or
+    one module registered under two names. Swapping such a layer would untie it."""
+    holders: dict[int, list[str]] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for pname, p in module.named_parameters(recurse=False):
+            holders.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
+    tied = {}
+    for mname, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        names = holders.get(id(weight), []) if weight is not None else []
+        if len(names) > 1:
+            mine = f"{mname}.weight" if mname else "weight"
+            tied[mname] = [n for n in names if n != mine] or names[1:]
+    return tied
+
+
 def count_zeros(layers) -> tuple[int, int]:
     """(zero weights, total weights) of the effective (eval-mode) weights of ``layers``."""
     zeros = total = 0

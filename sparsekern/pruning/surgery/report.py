@@ -5,7 +5,9 @@ import torch
 from torch import Tensor, nn
 
 from sparsekern.nn import L0_LAYERS, ChannelGate, SparseModule
+from sparsekern.nn.conv1d import is_conv1d
 from sparsekern.pruning.surgery.flops import TraceEvent, trace
+from sparsekern.pruning.surgery.left_dense import left_dense
 
 
 def _channel_masks(events: list[TraceEvent]) -> dict[int, dict[str, Tensor]]:
@@ -21,6 +23,8 @@ def _channel_masks(events: list[TraceEvent]) -> dict[int, dict[str, Tensor]]:
     layer_idx = [i for i, e in enumerate(events) if not isinstance(e.module, ChannelGate)]
 
     def restrict(i: int, side: str, kept: Tensor) -> None:
+        if is_conv1d(events[i].module):  # [in, out] weights: its gates are in its own weight
+            return
         w = events[i].module.weight
         dim = 0 if side == "out" else 1
         size = w.shape[dim]
@@ -73,8 +77,10 @@ def sparsity_report(model: nn.Module, example_input, *, count_closed_channels: b
     structured gates (what ``shrink_model`` removes), so a structured model's rows show what it
     prunes against the original widths; off, they count zero weights only (a channel gate zeroes
     no weight).
-    Returns ``{"layers": [row, ...], "total": row}``; each row also has ``name``, ``type``,
-    ``sparse`` (a sparsekern layer?).
+    Returns ``{"layers": [row, ...], "total": row, "left_dense": [...]}``; each row also has
+    ``name``, ``type``, ``sparse`` (a sparsekern layer?). ``left_dense``: the modules with
+    parameters a sparsified model kept dense, each with its ``reason`` (tied weights,
+    embeddings, norms, layers not selected; see ``left_dense.left_dense``).
     """
     events = trace(model, example_input)
     masks = _channel_masks(events)
@@ -105,7 +111,7 @@ def sparsity_report(model: nn.Module, example_input, *, count_closed_channels: b
              "nonzeros": nonzeros, "sparsity": 1 - nonzeros / params if params else 0.0,
              "dense_flops": dense, "effective_flops": effective,
              "flops_reduction": dense / effective if effective else float("inf")}
-    return {"layers": layers, "total": total}
+    return {"layers": layers, "total": total, "left_dense": left_dense(model)}
 
 
 def _human(n: float) -> str:
@@ -130,6 +136,8 @@ def format_report(report: dict) -> str:
     rule = "-" * len(fmt(header))
     out = [fmt(header), rule] + [fmt(line) for line in lines[:-1]] + [rule, fmt(lines[-1])]
     t = report["total"]
+    for r in report.get("left_dense", []):
+        out.append(f"left dense: {r['name'] or '(model)'} ({r['type']}, {r['params']} params): {r['reason']}")
     if t.get("effective_flops"):
         out.append(f"FLOPs reduction: {t['flops_reduction']:.2f}x (FLOPs = multiply-accumulates per example)")
     return "\n".join(out)

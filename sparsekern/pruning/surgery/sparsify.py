@@ -6,16 +6,31 @@ import re
 from typing import Iterable
 
 from torch import nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-from sparsekern.pruning.surgery.channel_gating import gate_channels
 from sparsekern.nn import L0Conv2d, L0Linear, MaskedConv2d, MaskedLinear, STRConv2d, STRLinear
+from sparsekern.nn.attention import check_out_proj
+from sparsekern.nn.conv1d import conv1d_type, sparse_conv1d_types
 from sparsekern.pruning import defaults
+from sparsekern.pruning.surgery.attention import attention_out_projs, protect_attention
+from sparsekern.pruning.surgery.channel_gating import gate_channels
+from sparsekern.pruning.surgery.modules import tied_weights
 
 LAYER_TYPES = {
     "str": {nn.Linear: STRLinear, nn.Conv2d: STRConv2d},
     "l0": {nn.Linear: L0Linear, nn.Conv2d: L0Conv2d},
     "gmp": {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d},
 }
+
+
+def _layer_types(method: str) -> dict[type, tuple[type, type]]:
+    """{dense type: (sparse type, the type whose defaults it takes)} for ``method``."""
+    types = {t: (sparse, t) for t, sparse in LAYER_TYPES[method].items()}
+    types[NonDynamicallyQuantizableLinear] = (types[nn.Linear][0], nn.Linear)  # nn.MultiheadAttention.out_proj
+    conv1d = conv1d_type()  # Hugging Face's transposed Linear, once transformers is imported
+    if conv1d is not None:
+        types[conv1d] = (sparse_conv1d_types()[method], nn.Linear)
+    return types
 
 
 def _patterns(arg, name: str) -> list[str]:
@@ -48,6 +63,12 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
              include=None, exclude=None, **layer_opts) -> nn.Module:
     """Replace every plain nn.Linear / nn.Conv2d of ``model`` by its sparse version, in place.
 
+    Also swapped: ``nn.MultiheadAttention.out_proj`` (the attention then applies it, see
+    ``nn.attention``; ``in_proj_weight`` is a bare Parameter and stays dense) and Hugging Face's
+    ``Conv1D`` (``nn.conv1d``). Left dense: a layer whose weight is tied to another module's
+    (GPT-2's ``lm_head`` and ``wte``), since a sparse copy would untie them;
+    ``sparsity_report`` lists what was left dense and why.
+
     method: ``"str"`` (STRLinear/STRConv2d), ``"l0"`` (L0Linear/L0Conv2d) or ``"gmp"``
     (MaskedLinear/MaskedConv2d). Weights and biases are kept (``from_dense``);
     ``layer_opts`` go to every new layer (e.g. ``s_init``, ``per_channel``, ``granularity``).
@@ -66,7 +87,9 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
     ``"l0_hc"`` / ``"dep_l0"``: structured channel gates instead (``channel_gating.gate_channels``):
     independent ones, or Dep-L0's generator with ``dependency="forward"`` (default) or
     ``"backward"``; ``layers=[names]`` picks the gated layers of a user model (default: the
-    built-in placement, else the Conv2d -> BatchNorm2d pairs torch.fx finds).
+    built-in placement, else the Conv2d -> BatchNorm2d pairs torch.fx finds). A gate after a
+    Linear gates its output's last dim, so a Linear applied to a sequence [B, T, D] (e.g.
+    ``"encoder.layers.0.linear1"``) gets one gate per neuron (``ChannelGate(channel_dim=-1)``).
     """
     if method not in LAYER_TYPES and method not in STRUCTURED:
         raise ValueError(f"sparsify: method must be one of {sorted(LAYER_TYPES) + sorted(STRUCTURED)}, got {method!r}")
@@ -75,22 +98,30 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
     if method in STRUCTURED:
         return _gate(model, method, **layer_opts)
     includes, excludes = _patterns(include, "include"), _patterns(exclude, "exclude")
-    types = LAYER_TYPES[method]
+    types = _layer_types(method)
     candidates = [(n, m) for n, m in model.named_modules() if type(m) in types]
     if keep_first:
         candidates = candidates[1:]
     if keep_last:
         candidates = candidates[:-1]
+    tied, out_projs = tied_weights(model), attention_out_projs(model)
+    chosen = []
     for name, layer in candidates:
         if includes and not any(_matches(name, p) for p in includes):
             continue
-        if any(_matches(name, p) for p in excludes):
+        if any(_matches(name, p) for p in excludes) or name in tied:  # tied: left dense (the report says so)
             continue
-        opts = {**defaults.default_layer_options(method, type(layer)), **layer_opts}
-        new = types[type(layer)].from_dense(layer, **opts)
+        sparse, kind = types[type(layer)]
+        opts = {**defaults.default_layer_options(method, kind), **layer_opts}
+        if name in out_projs:  # checked before anything is swapped
+            check_out_proj(opts.get("mode", "weight"), f"sparsify: {name}")
+        chosen.append((name, layer, sparse, opts))
+    for name, layer, sparse, opts in chosen:
+        new = sparse.from_dense(layer, **opts)
         if not name:
             return new
         _set_module(model, name, new)
+    protect_attention(model)
     return model
 
 
@@ -98,4 +129,5 @@ def _gate(model: nn.Module, method: str, *, dependency: str | None = None, layer
     if method == "l0_hc" and dependency is not None:
         raise ValueError("sparsify: dependency applies to method 'dep_l0' only")
     gate_channels(model, dependency or STRUCTURED[method], layers=layers)
+    protect_attention(model)  # an encoder holding gates must not pack nested tensors
     return model
