@@ -112,7 +112,7 @@ def _agree(ok: bool) -> bool:
 def _reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.errno is not None:
         return os.strerror(e.errno)
-    for inner in getattr(e, "failures", {}).values() if hasattr(e, "failures") else ():  # DCP's CheckpointException
+    for inner in getattr(e, "failures", {}).values():  # DCP's CheckpointException: the first rank's failure
         return _reason(inner[0] if isinstance(inner, tuple) else inner)
     text = " ".join(str(e).split())
     match = re.search(r"\[Errno (\d+)\]", text)
@@ -127,6 +127,7 @@ def save_sharded(out: str, step: int, model: nn.Module, optimizers: dict, ema, e
     ``extra`` (a dict of plain values and small tensors, the same on every rank) goes to
     ``state.pt``. Raises ``CheckpointWriteError`` on every rank if any rank failed."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     rank = dist.get_rank()
     root = checkpoint_root(out)
@@ -149,7 +150,7 @@ def save_sharded(out: str, step: int, model: nn.Module, optimizers: dict, ema, e
     skeleton = _split(_sharded_state(model, optimizers, ema), "", tensors)
     try:
         dcp.save(tensors, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
-    except Exception as e:  # noqa: BLE001 - DCP raises its own wrapper of each rank's failure
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP wraps each rank's failure (a BaseException)
         error = e
     if error is None and rank == 0:
         try:
@@ -190,9 +191,13 @@ class _MetadataUnpickler(pickle.Unpickler):
         if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
                                                                           torch.memory_format)):
             return getattr(torch, name)
-        if module == "collections" and name == "OrderedDict":
-            import collections
-            return collections.OrderedDict
+        if module == "torch.serialization" and name == "_get_layout":  # a layout by its name
+            from torch.serialization import _get_layout
+            return _get_layout
+        if (module, name) in (("collections", "OrderedDict"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+                              ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath")):
+            import importlib
+            return getattr(importlib.import_module(module), name)
         if module.startswith("torch.distributed.checkpoint."):
             import importlib
             obj = getattr(importlib.import_module(module), name, None)
@@ -226,6 +231,7 @@ def load_sharded(path: str, state: dict, model: nn.Module, optimizers: dict, ema
     """Load the tensors of checkpoint ``path`` into ``model``, ``optimizers`` and ``ema``, sharded as
     they are now (collective). ``state``: ``read_state(path)``."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     targets: dict = {}
@@ -237,7 +243,7 @@ def load_sharded(path: str, state: dict, model: nn.Module, optimizers: dict, ema
                               f"here only: {extra})")
     try:
         dcp.load(targets, storage_reader=_safe_reader(path))
-    except Exception as e:  # noqa: BLE001 - DCP wraps every rank's failure
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP wraps every rank's failure
         raise CheckpointError(f"checkpoint {path!r} is unreadable or does not match this run "
                               f"({_reason(e)})") from e
     loaded = _join(state["sharded"], targets)
