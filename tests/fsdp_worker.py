@@ -10,6 +10,7 @@ import os
 import sys
 
 import torch
+import torch.distributed as dist
 
 from sparsekern.pruning.train.loop import PruneConfig, run_prune
 
@@ -19,6 +20,9 @@ KILLED = 17
 def main() -> None:
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))
+    # One group for all runs: run_prune then uses it (a group re-created under torchrun would wait
+    # on the rendezvous keys of the first one).
+    dist.init_process_group("gloo")
     for run in json.loads(sys.argv[1])["runs"]:
         kill = run.pop("kill_after_epoch", None)
         tag = f"{run['method']} {int(run.get('fsdp', False))}"
@@ -31,6 +35,7 @@ def main() -> None:
         summary = run_prune(PruneConfig(progress=False, **run), on_epoch_end=on_epoch_end)
         if rank == 0:
             print(f"SUMMARY {tag} {json.dumps(summary)}", flush=True)
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

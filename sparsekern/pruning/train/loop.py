@@ -219,7 +219,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
                 gate_optimizer.zero_grad(set_to_none=True)
             _backward_and_step(loss, optimizers, scaler)
             scheduler.step()
-            with full():
+            with torch.no_grad(), full():
                 if controller is not None and not method.frozen:
                     controller.step()
                 method.after_step(model)
@@ -242,10 +242,10 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
         if config.fsdp:
             sync_buffers(model)
         recalibrate(model, method, train_ds, config, device)
-        with evaluated(ema), full():  # FSDP: each rank runs its share of the test set alone, unsharded
+        with evaluated(ema), torch.no_grad(), full():  # FSDP: each rank runs its share of the test set alone, unsharded
             test_acc = accuracy(model, test_ds, source, d, config)
         epoch += 1
-        with full():
+        with torch.no_grad(), full():
             sparsity_now = method.sparsity(model)
         row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                "test_acc": test_acc, "sparsity": sparsity_now,
@@ -262,7 +262,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
             on_epoch_end(epoch, row)
 
     if config.fsdp:  # the summary and export work on a full, unsharded copy (the EMA's, if any)
-        with evaluated(ema), full_parameters(model):
+        with evaluated(ema), torch.no_grad(), full_parameters(model):
             trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model, ema = fresh_model(), None
         model.load_state_dict(trained)

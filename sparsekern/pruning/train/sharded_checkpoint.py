@@ -162,15 +162,21 @@ def save_sharded(out: str, step: int, model: nn.Module, optimizers: dict, ema, e
             shutil.rmtree(tmp, ignore_errors=True)
         raise _write_error(root, error, previous)
     if rank == 0:  # complete on every rank: publish it, then drop the older ones
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        for name in os.listdir(root):
-            m = _STEP.match(name)
-            if m and int(m.group(1)) != step:
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-    dist.barrier()
+        try:
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(root)
+        except OSError as e:
+            error = e
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            for name in os.listdir(root):
+                m = _STEP.match(name)
+                if m and int(m.group(1)) != step:
+                    shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    if not _agree(error is None):  # also the barrier: no rank goes on before it is published
+        raise _write_error(root, error, previous)
     return final
 
 
