@@ -89,6 +89,10 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="also checkpoint every N steps inside an epoch, so --resume continues mid-epoch "
                         "(0: at epoch ends only)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the model with FSDP2 (fully_shard) instead of DDP, and checkpoint "
+                        "with torch.distributed.checkpoint into RUN_DIR/checkpoint.dcp/ (resumable on any number "
+                        "of ranks)")
     p.add_argument("--backend", choices=BACKENDS + ("auto",), default="auto", help="kernel backend")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -105,6 +109,7 @@ def config_from_args(args) -> PruneConfig:
         recipe=args.recipe, s_init=args.s_init, ema=args.ema, lr_schedule=args.lr_schedule,
         warmup_epochs=args.warmup_epochs, lr_milestones=args.lr_milestones or (), label_smoothing=args.label_smoothing,
         amp=args.amp, channels_last=args.channels_last, workers=args.workers, checkpoint_every=args.checkpoint_every,
+        fsdp=args.fsdp,
     )
 
 

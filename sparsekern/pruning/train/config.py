@@ -47,6 +47,7 @@ class PruneConfig:
     channels_last: bool = False
     workers: int = 0  # DataLoader worker processes (datasets read from disk)
     checkpoint_every: int = 0  # also checkpoint every N steps within an epoch (0: at epoch ends only)
+    fsdp: bool = False  # FSDP2 (fully_shard) instead of DDP; sharded checkpoints (train/fsdp.py, sharded_checkpoint.py)
 
     def __post_init__(self):
         if self.lr is None:
@@ -128,5 +129,9 @@ class PruneConfig:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
         if any(isinstance(m, bool) or not isinstance(m, int) or not 0 < m < self.epochs for m in self.lr_milestones):
             raise ValueError(f"lr_milestones must be epochs in (0, {self.epochs}), got {list(self.lr_milestones)}")
+        if not isinstance(self.fsdp, bool):
+            raise ValueError(f"fsdp must be a bool, got {self.fsdp!r}")
+        if self.fsdp and self.amp == "fp16":
+            raise ValueError("amp 'fp16' (a GradScaler) is not supported with fsdp; use amp 'bf16'")
         if self.lr_milestones and self.lr_schedule != "step":
             raise ValueError("lr_milestones are only for lr_schedule 'step'")

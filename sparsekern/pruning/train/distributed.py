@@ -1,4 +1,4 @@
-"""The process group and device of a run: one process, or one rank of ``torchrun`` (DDP)."""
+"""The process group and device of a run: one process, or one rank of ``torchrun`` (DDP or FSDP2)."""
 from __future__ import annotations
 
 import os
@@ -7,14 +7,24 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from sparsekern.pruning.train.fsdp import full_parameters, shard_model  # noqa: F401  (the FSDP2 helpers, here too)
+
 
 class Distributed:
-    """Rank/world of this process; initialises a process group under torchrun."""
+    """Rank/world of this process; initialises a process group under torchrun. ``fsdp``: always a
+    group (FSDP2 and distributed checkpoints need one), a one-process group outside torchrun."""
 
-    def __init__(self, device_type: str):
+    def __init__(self, device_type: str, fsdp: bool = False):
         self.owns_group = False
+        backend = "nccl" if device_type == "cuda" else "gloo"
         if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+            dist.init_process_group(backend)
+            self.owns_group = True
+        elif fsdp and not dist.is_initialized():
+            if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:  # torchrun with one process
+                dist.init_process_group(backend)
+            else:
+                dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
             self.owns_group = True
         self.on = dist.is_initialized()
         self.rank = dist.get_rank() if self.on else 0

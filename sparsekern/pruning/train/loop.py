@@ -8,9 +8,11 @@ Reproducibility: the batch order of epoch ``e`` is a permutation seeded by
 (seed, e), and a checkpoint holds model (with the sparse layers' RNG offset
 buffers), optimizer(s), scheduler, pruning controller, RNG states and counters,
 so a killed run resumed with ``resume=True`` ends with the same weights as an
-uninterrupted one. Under ``torchrun`` the model is wrapped in DDP (gloo on CPU);
-each global batch is split across ranks and the loss is scaled so the averaged
-gradient equals the single-process one; controllers act on the synchronized
+uninterrupted one. Under ``torchrun`` the model is wrapped in DDP (gloo on CPU),
+or with ``fsdp`` sharded by FSDP2 (``fsdp.shard_model``; checkpoints in
+``checkpoint.dcp/``, ``sharded_checkpoint``); each global batch is split across
+ranks and the loss is scaled so the averaged gradient equals the single-process
+one; controllers act on the synchronized (with FSDP: gathered, ``full_parameters``)
 parameters, so every rank takes the same pruning decisions.
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ from sparsekern.pruning.train.config import PruneConfig
 from sparsekern.pruning.train.distributed import Distributed, resolve_device
 from sparsekern.pruning.train.ema import ParameterEMA
 from sparsekern.pruning.train.evaluation import accuracy, autocast, evaluated, recalibrate
+from sparsekern.pruning.train.fsdp import full_parameters, shard_model, sync_buffers
 from sparsekern.pruning.train.health import check_finite, health_fields
 from sparsekern.pruning.train.lr_schedule import lr_scheduler
 from sparsekern.pruning.train.progress import progress
@@ -48,6 +51,7 @@ from sparsekern.pruning.train.run_dir import (
     check_resumable, finished_summary, prepare_out, write_json, write_logs,
 )
 from sparsekern.pruning.train.runlock import RunLock
+from sparsekern.pruning.train.sharded_checkpoint import load_sharded, read_state, save_sharded
 
 
 def _backward_and_step(loss, optimizers: list, scaler) -> None:
@@ -85,7 +89,7 @@ def run_prune(config: PruneConfig, *, on_epoch_end=None) -> dict:
     config.validate()
     device = resolve_device(config.device)
     with use_backend(config.backend), contextlib.ExitStack() as cleanup:
-        d = Distributed(device.type)
+        d = Distributed(device.type, fsdp=config.fsdp)
         cleanup.callback(d.close)
         return _run(config, device, d, on_epoch_end, cleanup)
 
@@ -102,7 +106,10 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
     ckpt_path = prepare_out(config, d)
     if d.rank == 0:  # one run per directory: a second one is refused while this one holds it
         cleanup.enter_context(RunLock(config.out))
-    state = load_checkpoint(ckpt_path) if ckpt_path else None
+    if ckpt_path is None:
+        state = None
+    else:
+        state = read_state(ckpt_path) if config.fsdp else load_checkpoint(ckpt_path)
     if state is not None:
         if not isinstance(state.get("config"), dict):
             raise CheckpointError(f"checkpoint {ckpt_path!r} is not a training checkpoint (no config)")
@@ -114,10 +121,20 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
     total_steps = steps_per_epoch * config.epochs  # the pruning phase; fine-tuning comes after
     all_epochs = config.epochs + config.finetune_epochs
     method = METHOD_CLASSES[config.method](config)
-    model = build_model(config.model, info["num_classes"], info["in_channels"], info["image_size"])
-    model = method.sparsify(model).to(device)
+    def fresh_model():
+        model = build_model(config.model, info["num_classes"], info["in_channels"], info["image_size"])
+        return method.sparsify(model).to(device)
+
+    model = fresh_model()
     example = test_ds[0][0].unsqueeze(0).to(device)
     controller = method.controller(model, total_steps, example)
+    if config.fsdp:  # after the controller (built on the full model), before the optimizers (on the shards)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        shard_model(model)
+    # With FSDP the parameters outside a forward are shards: what reads or edits them runs on
+    # the gathered full tensors (a no-op context otherwise).
+    full = (lambda: full_parameters(model)) if config.fsdp else contextlib.nullcontext
     optimizer, gate_optimizer = method.optimizers(method.param_groups(model))
     scheduler = lr_scheduler(optimizer, config, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
@@ -129,12 +146,16 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
     epoch, step, history, position = 0, 0, [], {}
     if state is not None:
         try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if gate_optimizer is not None:
-                gate_optimizer.load_state_dict(state["gate_optimizer"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
+            if config.fsdp:
+                load_sharded(ckpt_path, state, model, {"optimizer": optimizer, "gate_optimizer": gate_optimizer},
+                             ema)
+            else:
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                if gate_optimizer is not None:
+                    gate_optimizer.load_state_dict(state["gate_optimizer"])
+                if ema is not None:
+                    ema.load_state_dict(state["ema"])
             scheduler.load_state_dict(state["scheduler"])
             if controller is not None:
                 controller.load_state_dict(state["controller"])
@@ -156,20 +177,27 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
             write_logs(config.out, history)
 
     net = model
-    if d.on:
+    if d.on and not config.fsdp:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     show = config.progress and d.rank == 0
 
     def save(extra: dict) -> None:
-        save_checkpoint(os.path.join(config.out, "checkpoint.pt"), {
-            "config": dataclasses.asdict(config), "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "gate_optimizer": gate_optimizer.state_dict() if gate_optimizer is not None else {},
+        """checkpoint.pt by rank 0; with FSDP a sharded checkpoint written by every rank."""
+        common = {
+            "config": dataclasses.asdict(config), "scheduler": scheduler.state_dict(),
             "controller": controller.state_dict() if controller is not None else {},
             "rng": rng_state(), "epoch": epoch, "step": step, "history": history,
-            "ema": ema.state_dict() if ema is not None else {},
             "scaler": scaler.state_dict() if scaler is not None else {}, **extra,
-        })
+        }
+        if config.fsdp:
+            save_sharded(config.out, step, model, {"optimizer": optimizer, "gate_optimizer": gate_optimizer},
+                         ema, common)
+        elif d.rank == 0:
+            save_checkpoint(os.path.join(config.out, "checkpoint.pt"), {
+                **common, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "gate_optimizer": gate_optimizer.state_dict() if gate_optimizer is not None else {},
+                "ema": ema.state_dict() if ema is not None else {},
+            })
 
     optimizers = [opt for opt in (optimizer, gate_optimizer) if opt is not None]
     while epoch < all_epochs:
@@ -187,13 +215,16 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
             bar.update(first)
         plan = epoch_plan(n_train, config.batch_size, config.seed, epoch, d.rank, d.world)
         for i, (x, y, global_batch) in enumerate(source.train(train_ds, plan, epoch, first), start=first):
+            if config.fsdp:
+                sync_buffers(model)  # rank 0's buffers, as DDP broadcasts them before each forward
             with autocast(config, device):
                 logits = net(x)
             # Sum over this rank's share, divided by the global batch, times world (DDP averages):
             # the gradient is exactly that of the global-batch mean.
             ce = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=config.label_smoothing)
             loss = ce * (d.world / global_batch)
-            penalty = method.penalty(model, n_train)
+            with full():
+                penalty = method.penalty(model, n_train)
             if penalty is not None:
                 loss = loss + penalty
             if not d.on:  # stop at the first bad step (under DDP the ranks agree once per epoch, below)
@@ -203,9 +234,10 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
                 gate_optimizer.zero_grad(set_to_none=True)
             _backward_and_step(loss, optimizers, scaler)
             _step_scheduler(scheduler, scaler)
-            if controller is not None and not method.frozen:
-                controller.step()
-            method.after_step(model)
+            with torch.no_grad(), full():
+                if controller is not None and not method.frozen:
+                    controller.step()
+                method.after_step(model)
             if ema is not None:
                 ema.update()
             step += 1
@@ -214,33 +246,42 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
             seen += len(y)
             if bar is not None:
                 bar.update(1)
-                if getattr(bar, "live", True) and i % 10 == 0 or i == steps_per_epoch - 1:
+                # (under FSDP the sparsity is a gather, which rank 0 alone cannot do)
+                if (getattr(bar, "live", True) and i % 10 == 0 or i == steps_per_epoch - 1) and not config.fsdp:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                                     sparsity=f"{method.sparsity(model):.3f}")
             if config.checkpoint_every and step % config.checkpoint_every == 0 and i + 1 < len(plan):
                 sums = d.sum([loss_sum, correct, seen], device)  # every rank reaches this step
-                if d.rank == 0:
-                    save({"position": {"batch": i + 1, "sums": sums, "seconds": time.time() - started}})
+                save({"position": {"batch": i + 1, "sums": sums, "seconds": time.time() - started}})
         loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
         check_finite(loss_sum, epoch, step - 1, config)
+        if config.fsdp:
+            sync_buffers(model)
         recalibrate(model, method, train_ds, config, device)
-        with evaluated(ema):
+        with evaluated(ema), torch.no_grad(), full():  # FSDP: each rank runs its share of the test set alone, unsharded
             test_acc = accuracy(model, test_ds, source, d, config)
         epoch += 1
+        with torch.no_grad(), full():
+            sparsity_now = method.sparsity(model)
         row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-               "test_acc": test_acc, "sparsity": method.sparsity(model),
+               "test_acc": test_acc, "sparsity": sparsity_now,
                "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 3)}
         history.append(row)
         if bar is not None:
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}",
                             test=f"{test_acc:.3f}", sparsity=f"{row['sparsity']:.3f}")
             bar.close()
+        save({})
         if d.rank == 0:
-            save({})
             write_logs(config.out, history)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
+    if config.fsdp:  # the summary and export work on a full, unsharded copy (the EMA's, if any)
+        with evaluated(ema), torch.no_grad(), full_parameters(model):
+            trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model, ema = fresh_model(), None
+        model.load_state_dict(trained)
     d.check_agree(model, method.sparsity(model), device)
     with evaluated(ema):
         final = method.export(model)

@@ -11,6 +11,7 @@ import os
 from sparsekern.pruning.train.checkpoint import write_failure
 from sparsekern.pruning.train.config import RESUME_FREE, PruneConfig
 from sparsekern.pruning.train.distributed import Distributed
+from sparsekern.pruning.train.sharded_checkpoint import checkpoint_root, latest_checkpoint
 
 LOG_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_acc", "sparsity", "lr", "seconds")
 
@@ -47,15 +48,22 @@ def write_logs(out: str, history: list[dict]) -> None:
 
 
 def prepare_out(config: PruneConfig, d: Distributed) -> str | None:
-    """The checkpoint to resume from (or None); refuses to overwrite a run unless resuming."""
+    """The checkpoint to resume from (or None): ``checkpoint.pt``, or with ``fsdp`` the newest complete
+    ``checkpoint.dcp/step-<N>`` directory; refuses to overwrite a run unless resuming."""
     out = config.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"out {out!r} exists and is not a directory")
     ckpt = os.path.join(out, "checkpoint.pt")
-    if os.path.exists(ckpt):
+    sharded = latest_checkpoint(out)
+    if os.path.exists(ckpt) or sharded is not None:
         if not config.resume:
             raise ValueError(f"run directory {out!r} already holds a run; pass --resume or choose another --out")
-        return ckpt
+        if config.fsdp and sharded is None:
+            raise ValueError(f"cannot resume {ckpt!r} with fsdp: that run was not sharded (resume it without --fsdp)")
+        if not config.fsdp and not os.path.exists(ckpt):
+            raise ValueError(f"cannot resume {checkpoint_root(out)!r} without fsdp: that run was sharded "
+                             "(resume it with --fsdp)")
+        return sharded if config.fsdp else ckpt
     d.barrier()  # every rank has looked before rank 0 creates the directory
     if d.rank == 0:
         try:
