@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "launch.h"
 
@@ -40,7 +41,8 @@ __device__ __forceinline__ void load_chunk(const T* p, int64_t i, int64_t n, boo
 #pragma unroll
     for (int w = 0; w < kChunk / kPerWord; ++w) {
       const uint4 word = __ldg(reinterpret_cast<const uint4*>(p + i) + w);
-      const T* e = reinterpret_cast<const T*>(&word);
+      T e[kPerWord];
+      memcpy(e, &word, sizeof word);  // not a T* into the uint4: that breaks strict aliasing (GCC -O2 misreads it)
 #pragma unroll
       for (int k = 0; k < kPerWord; ++k) out[w * kPerWord + k] = to_f32(e[k]);
     }
@@ -56,10 +58,11 @@ __device__ __forceinline__ void store_chunk(T* p, int64_t i, int64_t n, bool vec
     constexpr int kPerWord = 16 / sizeof(T);
 #pragma unroll
     for (int w = 0; w < kChunk / kPerWord; ++w) {
-      uint4 word;
-      T* e = reinterpret_cast<T*>(&word);
+      T e[kPerWord];
 #pragma unroll
       for (int k = 0; k < kPerWord; ++k) e[k] = from_f32<T>(v[w * kPerWord + k]);
+      uint4 word;
+      memcpy(&word, e, sizeof word);
       reinterpret_cast<uint4*>(p + i)[w] = word;
     }
   } else {
