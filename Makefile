@@ -4,7 +4,7 @@ TORCH_VERSION ?= 2.13.0
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: deps build test test-fast demo selftest bench nvcc-check cuda-check clean
+.PHONY: deps build test test-fast demo selftest bench nvcc-check cuda-check cuda-emulate clean
 
 # torch: the local CPU build when torch is absent (a plain `pip install torch` would pull CUDA).
 deps:
@@ -39,6 +39,13 @@ bench: build
 # Compiles the torch-free CUDA kernel code for sm_90 (catches kernel errors without a GPU).
 nvcc-check:
 	bash .ci/nvcc_check.sh
+
+# The CUDA kernels run without a GPU (tests/cuda_emulation): csrc/cuda compiled unmodified by g++
+# under an emulation header, compared with the CPU kernels and the reference, run under ASan+UBSan
+# and TSan, and mutants that must fail. Builds under build/cuda-emulation/ (incremental).
+cuda-emulate: build
+	$(PY) tests/cuda_emulation/build.py
+	$(PYTEST) tests/cuda_emulation
 
 # The CUDA build without a GPU: wheel for sm_80/90/100 + PTX, load checks, nvcc binding
 # compile, Triton AOT, CMake build (.ci/cuda_check.sh; needs nvcc, caches a venv in ~/.cache).
