@@ -28,7 +28,8 @@ SANITIZERS = {
 
 
 def _includes(src_root: str) -> list[str]:
-    return [os.path.join(HERE, "include"), HERE, os.path.join(src_root, "csrc", "include"), os.path.join(src_root, "csrc")]
+    csrc = os.path.join(src_root, "csrc")
+    return [os.path.join(HERE, "include"), HERE, os.path.join(csrc, "include"), csrc]
 
 
 def torch_library(verbose: bool = False) -> str:

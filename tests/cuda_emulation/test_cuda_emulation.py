@@ -28,6 +28,8 @@ from helpers import (
     terms_per_output,
 )
 from sparsekern import backends, reference
+from test_op_checks import BAD_CALLS, assert_one_line_error
+from test_op_checks import IDS as BAD_IDS
 
 # Beyond test_ops' shapes: rows spanning 2 and 8 warps, several column and row tiles, tails,
 # flat tensors of more tiles than the emulated grid has blocks (grid-stride loops, multi-tile sums).
@@ -246,3 +248,9 @@ def test_empty_tensors(emu_ops):
     out, grad_la = EMU.gated_weight_backward(torch.empty(4, 0), torch.empty(4, 0), torch.zeros(4), 1, 2, *hc)
     assert out.shape == (4, 0) and torch.equal(grad_la, torch.zeros(4))
     assert emu_ops.emu_stats()[0] == before, "an empty tensor launched a kernel"
+
+
+@pytest.mark.parametrize("op, args, message", BAD_CALLS, ids=BAD_IDS)
+def test_cuda_binding_checks_like_the_cpu_binding(emu_ops, op, args, message):
+    """Defect 5: the CUDA binding rejects wrong parameter counts and grad shapes, with the CPU's messages."""
+    assert_one_line_error(emu_ops, op, args, message)
