@@ -44,7 +44,7 @@ nvcc-check:
 # under an emulation header, compared with the CPU kernels and the reference, run under ASan+UBSan
 # and TSan, and mutants that must fail. Builds under build/cuda-emulation/ (incremental).
 cuda-emulate: build
-	$(PY) tests/cuda_emulation/build.py
+	$(PY) tests/cuda_emulation/emu_build.py
 	$(PYTEST) tests/cuda_emulation
 
 # The CUDA build without a GPU: wheel for sm_80/90/100 + PTX, load checks, nvcc binding

@@ -1,5 +1,5 @@
 // The `sparsekern_emu` op library: every sparsekern_C schema (op_signatures.h), whose CPU
-// kernels are csrc/cuda/ops_cuda.cu run under the emulation (prepare.py registers them),
+// kernels are csrc/cuda/ops_cuda.cu run under the emulation (emu_prepare.py registers them),
 // and two hooks for the tests: which fake device launches go to, and the runtime counters.
 #include <torch/library.h>
 

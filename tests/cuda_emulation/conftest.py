@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="session")
 def emu_ops():
-    import build
+    import emu_build as build
 
     torch.ops.load_library(build.torch_library())
     return torch.ops.sparsekern_emu

@@ -1,5 +1,5 @@
 // Every launcher of csrc/cuda/launch.h, run by the emulation without torch, for the sanitizer
-// builds (build.py) and the mutation test. Each buffer is its own heap block ending exactly where
+// builds (emu_build.py) and the mutation test. Each buffer is its own heap block ending exactly where
 // its data ends, so ASan sees a step past the end; `shift` puts the data one element past a
 // 16-byte boundary (the scalar path). Outputs are checked against the shared scalar math run
 // serially: bit for bit where elementwise, to float rounding for the per-tile sums.

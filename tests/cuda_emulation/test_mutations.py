@@ -1,11 +1,11 @@
 """The emulation can fail: copies of the kernels with a tail guard or a __syncthreads removed
 must fail the driver (wrong values, or a sanitizer report). Each edit must match the source
-(prepare.py raises otherwise), so a renamed line cannot make this pass vacuously."""
+(emu_prepare.py raises otherwise), so a renamed line cannot make this pass vacuously."""
 from __future__ import annotations
 
 import pytest
 
-import build
+import emu_build as build
 from test_sanitizers import run_driver
 
 MUTANTS = {

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-import build
+import emu_build as build
 
 # Any finding fails the run: UBSan is built with -fno-sanitize-recover, TSan halts at its first report.
 ENV = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1",

@@ -1,7 +1,7 @@
 """Builds the emulated CUDA kernels with g++: the torch op library `sparsekern_emu` (the value
-tests) and the torch-free driver (driver.cpp) plain and with sanitizers.
+tests) and the torch-free driver (driver.cpp) with sanitizers.
 
-    python3 tests/cuda_emulation/build.py            # both, incremental, under build/cuda-emulation/
+    python3 tests/cuda_emulation/emu_build.py    # both, incremental, under build/cuda-emulation/
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from prepare import ROOT, prepare  # noqa: E402
+from emu_prepare import ROOT, prepare  # noqa: E402
 
 OUT = os.path.join(ROOT, "build", "cuda-emulation")
 # -O2 like the prototype that miscompiled the uint4 type punning; no fast-math, no FMA
