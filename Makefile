@@ -21,7 +21,7 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 HF_DEPS := transformers==5.25.0 huggingface_hub==2.4.0 tokenizers safetensors regex pyyaml packaging filelock \
 	requests tqdm fsspec typing_extensions httpx2 httpcore2 anyio h11 idna sniffio truststore kernels
 
-.PHONY: deps build test test-fast demo selftest bench nvcc-check cuda-check clean
+.PHONY: deps build test test-fast demo selftest bench nvcc-check cuda-check cuda-emulate clean
 
 # torch: the local CPU build when torch is absent (a plain `pip install torch` would pull CUDA).
 deps: $(filter $(VENV)/bin/python,$(PY))
@@ -61,6 +61,13 @@ bench: build
 # Compiles the torch-free CUDA kernel code for sm_90 (catches kernel errors without a GPU).
 nvcc-check:
 	bash .ci/nvcc_check.sh
+
+# The CUDA kernels run without a GPU (tests/cuda_emulation): csrc/cuda compiled unmodified by g++
+# under an emulation header, compared with the CPU kernels and the reference, run under ASan+UBSan
+# and TSan, and mutants that must fail. Builds under build/cuda-emulation/ (incremental).
+cuda-emulate: build
+	$(PY) tests/cuda_emulation/emu_build.py
+	$(PYTEST) tests/cuda_emulation
 
 # The CUDA build without a GPU: wheel for sm_80/90/100 + PTX, load checks, nvcc binding
 # compile, Triton AOT, CMake build (.ci/cuda_check.sh; needs nvcc, caches a venv in ~/.cache).

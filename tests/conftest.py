@@ -18,6 +18,9 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# `make cuda-emulate` runs tests/cuda_emulation (g++ and sanitizer builds, minutes); `make test` does not.
+collect_ignore = ["cuda_emulation"]
+
 
 @pytest.fixture(scope="module")
 def one_thread():

@@ -9,6 +9,7 @@
 #include "cpu_common.h"
 #include "sparsekern/philox.h"
 #include "sparsekern/sparsity_math.h"
+#include "../op_checks.h"
 #include "../op_signatures.h"
 
 namespace sparsekern {
@@ -96,16 +97,14 @@ at::Tensor restore(const at::Tensor& t, at::ScalarType dtype) {
   return t.scalar_type() == dtype ? t : t.to(dtype);
 }
 
-void check_gated_weight(const char* op, const at::Tensor& weight, const at::Tensor& log_alpha) {
+void check_gated_weight_args(const char* op, const at::Tensor& weight, const at::Tensor& log_alpha) {
   check_inputs(op, {&weight, &log_alpha});
-  const int64_t gates = log_alpha.numel();
-  TORCH_CHECK(gates == weight.numel() || gates == 1 || (weight.dim() > 0 && gates == weight.size(0)), op,
-              ": log_alpha must have weight.numel(), weight.shape[0] or 1 elements, got ", log_alpha.sizes());
+  check_gated_weight(op, weight, log_alpha);
 }
 
 at::Tensor gated_weight(const at::Tensor& weight_in, const at::Tensor& log_alpha_in, int64_t seed, int64_t offset,
                         double beta, double gamma, double zeta) {
-  check_gated_weight("gated_weight", weight_in, log_alpha_in);
+  check_gated_weight_args("gated_weight", weight_in, log_alpha_in);
   const std::pair<at::Tensor, at::Tensor> promoted = promote(weight_in, log_alpha_in);
   const at::Tensor& weight = promoted.first;
   const at::Tensor& log_alpha = promoted.second;
@@ -136,9 +135,9 @@ at::Tensor gated_weight(const at::Tensor& weight_in, const at::Tensor& log_alpha
 std::tuple<at::Tensor, at::Tensor> gated_weight_backward(const at::Tensor& grad_in, const at::Tensor& weight_in,
                                                          const at::Tensor& log_alpha_in, int64_t seed, int64_t offset,
                                                          double beta, double gamma, double zeta) {
-  check_gated_weight("gated_weight_backward", weight_in, log_alpha_in);
+  check_gated_weight_args("gated_weight_backward", weight_in, log_alpha_in);
   check_inputs("gated_weight_backward", {&grad_in});
-  TORCH_CHECK(grad_in.sizes() == weight_in.sizes(), "gated_weight_backward: grad and weight shapes differ");
+  check_grad_shape("gated_weight_backward", grad_in, weight_in, "weight");
   const std::pair<at::Tensor, at::Tensor> promoted = promote(weight_in, log_alpha_in);
   const at::Tensor& weight = promoted.first;
   const at::Tensor& log_alpha = promoted.second;
@@ -177,16 +176,14 @@ std::tuple<at::Tensor, at::Tensor> gated_weight_backward(const at::Tensor& grad_
   return {restore(grad_w, weight_in.scalar_type()), restore(grad_la, math_dtype(log_alpha_in))};
 }
 
-void check_gated_activation(const char* op, const at::Tensor& x, const at::Tensor& log_alpha) {
+void check_gated_activation_args(const char* op, const at::Tensor& x, const at::Tensor& log_alpha) {
   check_inputs(op, {&x, &log_alpha});
-  TORCH_CHECK(x.dim() >= 2, op, ": x must have shape [B, C, ...], got ", x.sizes());
-  TORCH_CHECK(log_alpha.numel() == x.size(1), op, ": log_alpha must have x.shape[1] elements, got ",
-              log_alpha.sizes());
+  check_gated_activation(op, x, log_alpha);
 }
 
 at::Tensor gated_activation(const at::Tensor& x_in, const at::Tensor& log_alpha_in, int64_t seed, int64_t offset,
                             double beta, double gamma, double zeta) {
-  check_gated_activation("gated_activation", x_in, log_alpha_in);
+  check_gated_activation_args("gated_activation", x_in, log_alpha_in);
   const std::pair<at::Tensor, at::Tensor> promoted = promote(x_in, log_alpha_in);
   const at::Tensor& x = promoted.first;
   const at::Tensor& log_alpha = promoted.second;
@@ -221,9 +218,9 @@ at::Tensor gated_activation(const at::Tensor& x_in, const at::Tensor& log_alpha_
 std::tuple<at::Tensor, at::Tensor> gated_activation_backward(const at::Tensor& grad_in, const at::Tensor& x_in,
                                                              const at::Tensor& log_alpha_in, int64_t seed,
                                                              int64_t offset, double beta, double gamma, double zeta) {
-  check_gated_activation("gated_activation_backward", x_in, log_alpha_in);
+  check_gated_activation_args("gated_activation_backward", x_in, log_alpha_in);
   check_inputs("gated_activation_backward", {&grad_in});
-  TORCH_CHECK(grad_in.sizes() == x_in.sizes(), "gated_activation_backward: grad and x shapes differ");
+  check_grad_shape("gated_activation_backward", grad_in, x_in, "x");
   const std::pair<at::Tensor, at::Tensor> promoted = promote(x_in, log_alpha_in);
   const at::Tensor& x = promoted.first;
   const at::Tensor& log_alpha = promoted.second;

@@ -6,6 +6,7 @@
 #include "cpu_common.h"
 #include "sparsekern/philox.h"
 #include "sparsekern/sparsity_math.h"
+#include "../op_checks.h"
 #include "../op_signatures.h"
 
 namespace sparsekern {
@@ -41,7 +42,7 @@ at::Tensor map_gate(const char* name, const at::Tensor& log_alpha_in, const F& f
 template <typename F>
 at::Tensor map_gate_grad(const char* name, const at::Tensor& grad_in, const at::Tensor& log_alpha_in, const F& f) {
   check_inputs(name, {&grad_in, &log_alpha_in});
-  TORCH_CHECK(grad_in.sizes() == log_alpha_in.sizes(), name, ": grad and log_alpha shapes differ");
+  check_grad_shape(name, grad_in, log_alpha_in, "log_alpha");
   const at::Tensor log_alpha = log_alpha_in.contiguous();
   const at::Tensor grad = as_dense(grad_in, log_alpha.scalar_type());
   at::Tensor out = at::empty(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
@@ -73,7 +74,7 @@ at::Tensor map_sampled_gate(const char* name, const at::Tensor* grad_in, const a
   at::Tensor grad;
   if (kGrad) {
     check_inputs(name, {grad_in});
-    TORCH_CHECK(grad_in->sizes() == log_alpha_in.sizes(), name, ": grad and log_alpha shapes differ");
+    check_grad_shape(name, *grad_in, log_alpha_in, "log_alpha");
     grad = as_dense(*grad_in, log_alpha.scalar_type());
   }
   at::Tensor out = kGrad ? at::empty(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)))
@@ -148,7 +149,7 @@ at::Tensor l0_norm(const at::Tensor& log_alpha_in, double beta, double gamma, do
 
 at::Tensor l0_norm_backward(const at::Tensor& grad, const at::Tensor& log_alpha, double beta, double gamma,
                             double zeta) {
-  TORCH_CHECK(grad.numel() == 1, "l0_norm_backward: grad must have one element, got ", grad.sizes());
+  check_scalar_grad("l0_norm_backward", grad);
   const double g = grad.item<double>();
   return map_gate<true>("l0_norm_backward", log_alpha, [&](auto zero) {
     using T = decltype(zero);

@@ -4,6 +4,7 @@
 
 #include "cpu_common.h"
 #include "sparsekern/sparsity_math.h"
+#include "../op_checks.h"
 #include "../op_signatures.h"
 
 namespace sparsekern {
@@ -24,9 +25,7 @@ std::vector<T> thresholds(const at::Tensor& s) {
 
 void check(const char* op, const at::Tensor& weight, const at::Tensor& s) {
   check_inputs(op, {&weight, &s});
-  const int64_t groups = s.numel();
-  TORCH_CHECK(groups == 1 || (weight.dim() > 0 && groups == weight.size(0)), op,
-              ": s must have 1 or weight.shape[0] elements, got ", s.sizes());
+  check_soft_threshold(op, weight, s);
 }
 
 at::Tensor soft_threshold(const at::Tensor& weight_in, const at::Tensor& s) {
@@ -60,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor> soft_threshold_backward(const at::Tensor& gra
                                                            const at::Tensor& s) {
   check("soft_threshold_backward", weight_in, s);
   check_inputs("soft_threshold_backward", {&grad_in});
-  TORCH_CHECK(grad_in.sizes() == weight_in.sizes(), "soft_threshold_backward: grad and weight shapes differ");
+  check_grad_shape("soft_threshold_backward", grad_in, weight_in, "weight");
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor grad = as_dense(grad_in, weight.scalar_type());
   at::Tensor grad_w = at::empty_like(weight);

@@ -7,6 +7,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "launch.h"
 
@@ -40,7 +44,8 @@ __device__ __forceinline__ void load_chunk(const T* p, int64_t i, int64_t n, boo
 #pragma unroll
     for (int w = 0; w < kChunk / kPerWord; ++w) {
       const uint4 word = __ldg(reinterpret_cast<const uint4*>(p + i) + w);
-      const T* e = reinterpret_cast<const T*>(&word);
+      T e[kPerWord];
+      memcpy(e, &word, sizeof word);  // not a T* into the uint4: that breaks strict aliasing (GCC -O2 misreads it)
 #pragma unroll
       for (int k = 0; k < kPerWord; ++k) out[w * kPerWord + k] = to_f32(e[k]);
     }
@@ -56,10 +61,11 @@ __device__ __forceinline__ void store_chunk(T* p, int64_t i, int64_t n, bool vec
     constexpr int kPerWord = 16 / sizeof(T);
 #pragma unroll
     for (int w = 0; w < kChunk / kPerWord; ++w) {
-      uint4 word;
-      T* e = reinterpret_cast<T*>(&word);
+      T e[kPerWord];
 #pragma unroll
       for (int k = 0; k < kPerWord; ++k) e[k] = from_f32<T>(v[w * kPerWord + k]);
+      uint4 word;
+      memcpy(&word, e, sizeof word);
       reinterpret_cast<uint4*>(p + i)[w] = word;
     }
   } else {
@@ -72,12 +78,45 @@ __device__ __forceinline__ void store_chunk(T* p, int64_t i, int64_t n, bool vec
 
 inline bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// Blocks for a grid-stride loop over `work` items: enough to fill the GPU, never more than the work.
-inline unsigned grid_for(int64_t work) {
-  int device = 0, sms = 0;
+// SMs of `device`, asked once per device (an attribute query per launch costs host time).
+// A failed query is not the next launch's error: it is cleared and 1 assumed.
+inline int sm_count(int device) {
+  static std::mutex mutex;
+  static std::map<int, int> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(device);
+  if (it == cache.end()) {
+    int sms = 0;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) cudaGetLastError();
+    it = cache.emplace(device, sms > 0 ? sms : 1).first;
+  }
+  return it->second;
+}
+
+// Blocks of `kernel` (kThreads threads, no dynamic shared memory) that fit on one SM of `device`:
+// its registers decide (48 registers: 5 blocks of 256, not 8). Asked once per (device, kernel).
+template <typename Kernel>
+inline int blocks_per_sm(int device, Kernel* kernel) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, const void*>, int> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const std::pair<int, const void*> key{device, reinterpret_cast<const void*>(kernel)};
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, 0) != cudaSuccess) cudaGetLastError();
+    it = cache.emplace(key, blocks > 0 ? blocks : 1).first;
+  }
+  return it->second;
+}
+
+// Blocks for a grid-stride loop of `kernel` over `work` items: as many as are resident at once
+// on the current device (one wave), never more than the work.
+template <typename Kernel>
+inline unsigned grid_for(Kernel* kernel, int64_t work) {
+  int device = 0;
   cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const int64_t cap = static_cast<int64_t>(sms > 0 ? sms : 1) * 8;
+  const int64_t cap = static_cast<int64_t>(sm_count(device)) * blocks_per_sm(device, kernel);
   return static_cast<unsigned>(work < cap ? (work > 0 ? work : 1) : cap);
 }
 

@@ -21,7 +21,10 @@ __device__ __forceinline__ void for_each_chunk(int64_t n, bool aligned, Body bod
   }
 }
 
-unsigned flat_grid(int64_t n) { return grid_for((n + kTile - 1) / kTile); }
+template <typename Kernel>
+unsigned flat_grid(Kernel* kernel, int64_t n) {
+  return grid_for(kernel, (n + kTile - 1) / kTile);
+}
 
 // Forward: out (L) = z. Backward: out (float) = grad * dz/dlog_alpha.
 template <typename L, bool kEval, bool kBackward>
@@ -131,8 +134,8 @@ void hard_concrete(DType la_type, const void* log_alpha, const void* grad, void*
     const auto* la = static_cast<const L*>(log_alpha);
     const auto* g = static_cast<const L*>(grad);
     auto launch = [&](auto kernel) {
-      kernel<<<flat_grid(n), kThreads, 0, stream>>>(la, g, out, n, hc.seed, hc.offset, hc.state, params_of(hc),
-                                                    aligned);
+      kernel<<<flat_grid(kernel, n), kThreads, 0, stream>>>(la, g, out, n, hc.seed, hc.offset, hc.state,
+                                                            params_of(hc), aligned);
     };
     if (eval_gate) {
       grad ? launch(hard_concrete_kernel<L, true, true>) : launch(hard_concrete_kernel<L, true, false>);
@@ -150,8 +153,8 @@ void l0_partial(DType la_type, const void* log_alpha, float* partial, int64_t n,
   const bool aligned = aligned16(log_alpha);
   dispatch(la_type, [&](auto tag) {
     using L = typename decltype(tag)::type;
-    l0_partial_kernel<L><<<flat_grid(n), kThreads, 0, stream>>>(static_cast<const L*>(log_alpha), partial, n,
-                                                                 params_of(hc), aligned);
+    l0_partial_kernel<L><<<flat_grid(l0_partial_kernel<L>, n), kThreads, 0, stream>>>(
+        static_cast<const L*>(log_alpha), partial, n, params_of(hc), aligned);
   });
 }
 
@@ -163,7 +166,7 @@ void l0_backward(DType la_type, DType grad_type, const void* log_alpha, const vo
     dispatch(grad_type, [&](auto grad_tag) {
       using L = typename decltype(la_tag)::type;
       using G = typename decltype(grad_tag)::type;
-      l0_backward_kernel<L, G><<<flat_grid(n), kThreads, 0, stream>>>(
+      l0_backward_kernel<L, G><<<flat_grid(l0_backward_kernel<L, G>, n), kThreads, 0, stream>>>(
           static_cast<const L*>(log_alpha), static_cast<const G*>(grad), out, n, params_of(hc), aligned);
     });
   });
@@ -178,9 +181,9 @@ void gated_weight_full(DType w_type, DType la_type, const void* w, const void* l
       using W = typename decltype(w_tag)::type;
       using L = typename decltype(la_tag)::type;
       auto launch = [&](auto kernel) {
-        kernel<<<flat_grid(n), kThreads, 0, stream>>>(static_cast<const W*>(w), static_cast<const L*>(log_alpha),
-                                                      static_cast<const W*>(grad), static_cast<W*>(out), grad_la, n,
-                                                      hc.seed, hc.offset, hc.state, params_of(hc), aligned);
+        kernel<<<flat_grid(kernel, n), kThreads, 0, stream>>>(
+            static_cast<const W*>(w), static_cast<const L*>(log_alpha), static_cast<const W*>(grad),
+            static_cast<W*>(out), grad_la, n, hc.seed, hc.offset, hc.state, params_of(hc), aligned);
       };
       grad ? launch(gated_weight_kernel<W, L, true>) : launch(gated_weight_kernel<W, L, false>);
     });
@@ -189,7 +192,7 @@ void gated_weight_full(DType w_type, DType la_type, const void* w, const void* l
 
 void uniform(float* out, int64_t n, uint64_t seed, uint64_t offset, cudaStream_t stream) {
   if (n <= 0) return;
-  uniform_kernel<<<flat_grid(n), kThreads, 0, stream>>>(out, n, seed, offset, aligned16(out));
+  uniform_kernel<<<flat_grid(uniform_kernel, n), kThreads, 0, stream>>>(out, n, seed, offset, aligned16(out));
 }
 
 }  // namespace cuda

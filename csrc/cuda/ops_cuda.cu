@@ -1,7 +1,8 @@
 // CUDA implementations of the sparsekern_C ops (schemas in csrc/ops.cpp): the torch
-// side only. Each op checks dtypes, allocates outputs, launches one kernel from
-// csrc/cuda/*_kernels.cu on the current stream and, for group gradients, sums the
-// kernel's fixed-shape partial buffer (deterministic: no atomics anywhere).
+// side only. Each op checks its arguments (csrc/op_checks.h, shared with the CPU binding)
+// and dtypes, allocates outputs, launches one kernel from csrc/cuda/*_kernels.cu on the
+// current stream and, for group gradients, sums the kernel's fixed-shape partial buffer
+// (deterministic: no atomics anywhere).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
@@ -11,6 +12,7 @@
 #include "launch.h"
 #include "../op_signatures.h"
 #include "../noise_state.h"
+#include "../op_checks.h"
 
 namespace sparsekern {
 namespace cuda {
@@ -62,6 +64,8 @@ int64_t inner_of(const Tensor& x, int64_t rows) { return rows > 0 ? x.numel() / 
 
 // ---------------------------------------------------------------- soft threshold
 Tensor soft_threshold(const Tensor& weight_in, const Tensor& s_in) {
+  check_one_device("soft_threshold", {&weight_in, &s_in});
+  check_soft_threshold("soft_threshold", weight_in, s_in);
   const c10::cuda::CUDAGuard guard(weight_in.device());
   const Tensor weight = weight_in.contiguous(), s = s_in.contiguous();
   Tensor out = at::empty(weight.sizes(), weight.options());
@@ -74,6 +78,9 @@ Tensor soft_threshold(const Tensor& weight_in, const Tensor& s_in) {
 
 std::tuple<Tensor, Tensor> soft_threshold_backward(const Tensor& grad_in, const Tensor& weight_in,
                                                    const Tensor& s_in) {
+  check_one_device("soft_threshold_backward", {&grad_in, &weight_in, &s_in});
+  check_soft_threshold("soft_threshold_backward", weight_in, s_in);
+  check_grad_shape("soft_threshold_backward", grad_in, weight_in, "weight");
   const c10::cuda::CUDAGuard guard(weight_in.device());
   const Tensor weight = weight_in.contiguous(), s = s_in.contiguous(), grad = grad_like(grad_in, weight);
   Tensor grad_w = at::empty(weight.sizes(), weight.options());
@@ -86,7 +93,11 @@ std::tuple<Tensor, Tensor> soft_threshold_backward(const Tensor& grad_in, const 
 }
 
 // ---------------------------------------------------------------- hard-concrete gates
-Tensor gates(const Tensor* grad_in, const Tensor& la_in, const HcCall& hc, bool eval_gate) {
+Tensor gates(const char* op, const Tensor* grad_in, const Tensor& la_in, const HcCall& hc, bool eval_gate) {
+  if (grad_in) {
+    check_one_device(op, {grad_in, &la_in});
+    check_grad_shape(op, *grad_in, la_in, "log_alpha");
+  }
   const c10::cuda::CUDAGuard guard(la_in.device());
   const Tensor la = la_in.contiguous();
   const Tensor grad = grad_in ? grad_like(*grad_in, la) : Tensor();
@@ -98,20 +109,20 @@ Tensor gates(const Tensor* grad_in, const Tensor& la_in, const HcCall& hc, bool 
 }
 
 Tensor hard_concrete_fwd(const Tensor& la, int64_t seed, int64_t offset, double beta, double gamma, double zeta) {
-  return gates(nullptr, la, hc_call(seed, offset, beta, gamma, zeta), false);
+  return gates("hard_concrete", nullptr, la, hc_call(seed, offset, beta, gamma, zeta), false);
 }
 
 Tensor hard_concrete_bwd(const Tensor& grad, const Tensor& la, int64_t seed, int64_t offset, double beta,
                          double gamma, double zeta) {
-  return gates(&grad, la, hc_call(seed, offset, beta, gamma, zeta), false);
+  return gates("hard_concrete_backward", &grad, la, hc_call(seed, offset, beta, gamma, zeta), false);
 }
 
 Tensor hard_concrete_eval_fwd(const Tensor& la, double gamma, double zeta) {
-  return gates(nullptr, la, hc_call(0, 0, 1.0, gamma, zeta), true);
+  return gates("hard_concrete_eval", nullptr, la, hc_call(0, 0, 1.0, gamma, zeta), true);
 }
 
 Tensor hard_concrete_eval_bwd(const Tensor& grad, const Tensor& la, double gamma, double zeta) {
-  return gates(&grad, la, hc_call(0, 0, 1.0, gamma, zeta), true);
+  return gates("hard_concrete_eval_backward", &grad, la, hc_call(0, 0, 1.0, gamma, zeta), true);
 }
 
 // ---------------------------------------------------------------- expected L0
@@ -127,9 +138,10 @@ Tensor l0_norm_fwd(const Tensor& la_in, double beta, double gamma, double zeta) 
 }
 
 Tensor l0_norm_bwd(const Tensor& grad_in, const Tensor& la_in, double beta, double gamma, double zeta) {
+  check_one_device("l0_norm_backward", {&grad_in, &la_in});
+  check_scalar_grad("l0_norm_backward", grad_in);
   const c10::cuda::CUDAGuard guard(la_in.device());
   const Tensor la = la_in.contiguous(), grad = grad_in.contiguous();
-  TORCH_CHECK(grad.numel() == 1, "sparsekern l0_norm_backward: grad must have one element, got ", grad.sizes());
   Tensor out = f32_empty(la);
   l0_backward(dtype_of(la, "log_alpha"), dtype_of(grad, "grad"), la.data_ptr(), grad.data_ptr(),
               out.data_ptr<float>(), la.numel(), hc_call(0, 0, beta, gamma, zeta), stream());
@@ -139,8 +151,14 @@ Tensor l0_norm_bwd(const Tensor& grad_in, const Tensor& la_in, double beta, doub
 
 // ---------------------------------------------------------------- gated weight / activation
 // One call for forward (grad_in == nullptr) and backward: (out or grad_w, grad_la or undefined).
-std::tuple<Tensor, Tensor> gated_weight_impl(const Tensor* grad_in, const Tensor& w_in, const Tensor& la_in,
-                                             const HcCall& hc) {
+std::tuple<Tensor, Tensor> gated_weight_impl(const char* op, const Tensor* grad_in, const Tensor& w_in,
+                                             const Tensor& la_in, const HcCall& hc) {
+  check_one_device(op, {&w_in, &la_in});
+  check_gated_weight(op, w_in, la_in);
+  if (grad_in) {
+    check_one_device(op, {grad_in, &w_in});
+    check_grad_shape(op, *grad_in, w_in, "weight");
+  }
   const c10::cuda::CUDAGuard guard(w_in.device());
   const Tensor w = w_in.contiguous(), la = la_in.contiguous();
   const Tensor grad = grad_in ? grad_like(*grad_in, w) : Tensor();
@@ -165,18 +183,23 @@ std::tuple<Tensor, Tensor> gated_weight_impl(const Tensor* grad_in, const Tensor
 
 Tensor gated_weight_fwd(const Tensor& w, const Tensor& la, int64_t seed, int64_t offset, double beta, double gamma,
                         double zeta) {
-  return std::get<0>(gated_weight_impl(nullptr, w, la, hc_call(seed, offset, beta, gamma, zeta)));
+  return std::get<0>(gated_weight_impl("gated_weight", nullptr, w, la, hc_call(seed, offset, beta, gamma, zeta)));
 }
 
 std::tuple<Tensor, Tensor> gated_weight_bwd(const Tensor& grad, const Tensor& w, const Tensor& la, int64_t seed,
                                             int64_t offset, double beta, double gamma, double zeta) {
-  return gated_weight_impl(&grad, w, la, hc_call(seed, offset, beta, gamma, zeta));
+  return gated_weight_impl("gated_weight_backward", &grad, w, la, hc_call(seed, offset, beta, gamma, zeta));
 }
 
-std::tuple<Tensor, Tensor> gated_activation_impl(const Tensor* grad_in, const Tensor& x_in, const Tensor& la_in,
-                                                 const HcCall& hc) {
+std::tuple<Tensor, Tensor> gated_activation_impl(const char* op, const Tensor* grad_in, const Tensor& x_in,
+                                                 const Tensor& la_in, const HcCall& hc) {
+  check_one_device(op, {&x_in, &la_in});
+  check_gated_activation(op, x_in, la_in);
+  if (grad_in) {
+    check_one_device(op, {grad_in, &x_in});
+    check_grad_shape(op, *grad_in, x_in, "x");
+  }
   const c10::cuda::CUDAGuard guard(x_in.device());
-  TORCH_CHECK(x_in.dim() >= 2, "sparsekern gated_activation: x must be [B, C, ...], got ", x_in.sizes());
   const Tensor x = x_in.contiguous(), la = la_in.contiguous();
   const Tensor grad = grad_in ? grad_like(*grad_in, x) : Tensor();
   const int64_t batch = x.size(0), channels = x.size(1), rows = batch * channels, inner = inner_of(x, rows);
@@ -192,43 +215,48 @@ std::tuple<Tensor, Tensor> gated_activation_impl(const Tensor* grad_in, const Te
 
 Tensor gated_activation_fwd(const Tensor& x, const Tensor& la, int64_t seed, int64_t offset, double beta,
                             double gamma, double zeta) {
-  return std::get<0>(gated_activation_impl(nullptr, x, la, hc_call(seed, offset, beta, gamma, zeta)));
+  return std::get<0>(
+      gated_activation_impl("gated_activation", nullptr, x, la, hc_call(seed, offset, beta, gamma, zeta)));
 }
 
 std::tuple<Tensor, Tensor> gated_activation_bwd(const Tensor& grad, const Tensor& x, const Tensor& la, int64_t seed,
                                                 int64_t offset, double beta, double gamma, double zeta) {
-  return gated_activation_impl(&grad, x, la, hc_call(seed, offset, beta, gamma, zeta));
+  return gated_activation_impl("gated_activation_backward", &grad, x, la, hc_call(seed, offset, beta, gamma, zeta));
 }
 
 // ---------------------------------------------------------------- noise state in device memory
+// Argument errors name the int-seeded op and noise errors the `_at` op, as on the CPU.
 Tensor hard_concrete_at_fwd(const Tensor& la, const Tensor& noise, double beta, double gamma, double zeta) {
-  return gates(nullptr, la, hc_call_at("hard_concrete_at", noise, la, beta, gamma, zeta), false);
+  return gates("hard_concrete", nullptr, la, hc_call_at("hard_concrete_at", noise, la, beta, gamma, zeta), false);
 }
 
 Tensor hard_concrete_at_bwd(const Tensor& grad, const Tensor& la, const Tensor& noise, double beta, double gamma,
                             double zeta) {
-  return gates(&grad, la, hc_call_at("hard_concrete_at_backward", noise, la, beta, gamma, zeta), false);
+  return gates("hard_concrete_backward", &grad, la,
+               hc_call_at("hard_concrete_at_backward", noise, la, beta, gamma, zeta), false);
 }
 
 Tensor gated_weight_at_fwd(const Tensor& w, const Tensor& la, const Tensor& noise, double beta, double gamma,
                            double zeta) {
-  return std::get<0>(gated_weight_impl(nullptr, w, la, hc_call_at("gated_weight_at", noise, w, beta, gamma, zeta)));
+  return std::get<0>(
+      gated_weight_impl("gated_weight", nullptr, w, la, hc_call_at("gated_weight_at", noise, w, beta, gamma, zeta)));
 }
 
 std::tuple<Tensor, Tensor> gated_weight_at_bwd(const Tensor& grad, const Tensor& w, const Tensor& la,
                                                const Tensor& noise, double beta, double gamma, double zeta) {
-  return gated_weight_impl(&grad, w, la, hc_call_at("gated_weight_at_backward", noise, w, beta, gamma, zeta));
+  return gated_weight_impl("gated_weight_backward", &grad, w, la,
+                           hc_call_at("gated_weight_at_backward", noise, w, beta, gamma, zeta));
 }
 
 Tensor gated_activation_at_fwd(const Tensor& x, const Tensor& la, const Tensor& noise, double beta, double gamma,
                                double zeta) {
-  return std::get<0>(
-      gated_activation_impl(nullptr, x, la, hc_call_at("gated_activation_at", noise, x, beta, gamma, zeta)));
+  return std::get<0>(gated_activation_impl("gated_activation", nullptr, x, la,
+                                           hc_call_at("gated_activation_at", noise, x, beta, gamma, zeta)));
 }
 
 std::tuple<Tensor, Tensor> gated_activation_at_bwd(const Tensor& grad, const Tensor& x, const Tensor& la,
                                                    const Tensor& noise, double beta, double gamma, double zeta) {
-  return gated_activation_impl(&grad, x, la,
+  return gated_activation_impl("gated_activation_backward", &grad, x, la,
                                hc_call_at("gated_activation_at_backward", noise, x, beta, gamma, zeta));
 }
 

@@ -130,15 +130,14 @@ void launch_rows(DType x_type, DType p_type, const void* x, const void* param, c
                  float* partial, const RowShape& sh, const Op& op, cudaStream_t stream) {
   if (sh.rows <= 0 || sh.inner <= 0) return;
   const bool aligned = aligned16(x) && aligned16(grad) && aligned16(out);
-  const unsigned blocks = grid_for(sh.row_tiles * sh.col_tiles);
   dispatch(x_type, [&](auto x_tag) {
     dispatch(p_type, [&](auto p_tag) {
       using X = typename decltype(x_tag)::type;
       using P = typename decltype(p_tag)::type;
       auto launch = [&](auto kernel) {
-        kernel<<<blocks, kThreads, 0, stream>>>(static_cast<const X*>(x), static_cast<const P*>(param),
-                                                static_cast<const X*>(grad), static_cast<X*>(out), partial, sh, op,
-                                                aligned);
+        kernel<<<grid_for(kernel, sh.row_tiles * sh.col_tiles), kThreads, 0, stream>>>(
+            static_cast<const X*>(x), static_cast<const P*>(param), static_cast<const X*>(grad), static_cast<X*>(out),
+            partial, sh, op, aligned);
       };
       grad ? launch(row_kernel<X, P, Op, true>) : launch(row_kernel<X, P, Op, false>);
     });
