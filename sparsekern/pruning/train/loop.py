@@ -24,7 +24,6 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sparsekern.backends import use_backend
 from sparsekern.data import load_dataset
@@ -142,7 +141,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
 
     net = model
     if d.on:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = d.wrap(model, device)  # no per-step buffer broadcast (see Distributed.wrap)
     show = config.progress and d.rank == 0
 
     def save(extra: dict) -> None:
@@ -208,6 +207,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
                     save({"position": {"batch": i + 1, "sums": sums, "seconds": time.time() - started}})
         loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
         check_finite(loss_sum, epoch, step - 1, config)
+        d.sync_buffers(model)  # rank 0's BatchNorm statistics and noise counters on every rank
         recalibrate(model, method, train_ds, config, device)
         with evaluated(ema):
             test_acc = accuracy(model, test_ds, source, d, config)
