@@ -7,6 +7,7 @@
 #  4. the nvcc compile of the torch binding with the C++ standard this torch wants
 #  5. the Triton AOT compile of every kernel variant for sm_80, sm_90 and sm_100
 #  6. the CMake CUDA build with a pinned cmake, loaded with torch.ops.load_library
+#  7. bench/gpu_run.sh preflight build: the GPU run's first stages (in-place sm_90 build, load check)
 # Needs nvcc (CUDA 13) on PATH or CUDA_HOME; the torch wheels come from pip's index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,5 +91,11 @@ TORCH_CUDA_ARCH_LIST=9.0 "$VENV/bin/cmake" -S "$WORK/src" -B "$WORK/cmake" -G Ni
     || { tail -40 "$WORK/cmake-build.log"; fail "cmake build"; }
 (cd "$WORK" && "$PY" "$ROOT/sparsekern/_build/library_check.py" --library "$WORK/cmake/libsparsekern_ops.so" \
     --keys CPU,CUDA) || fail "CMake library does not load"
+
+step "bench/gpu_run.sh preflight build (the first stages of a lent GPU machine's run; no GPU needed)"
+# In the source copy: its in-place build must not replace the checkout's own sparsekern/_C*.so.
+(cd "$WORK/src" && PYTHON="$PY" OUT="$WORK/gpu-run" MAX_JOBS="$JOBS" CUDA_HOME="$CUDA_ROOT" \
+    bash bench/gpu_run.sh preflight build) || fail "bench/gpu_run.sh preflight build"
+grep -q "^build  *ok" "$WORK/gpu-run/gpu-run-summary.txt" || fail "bench/gpu_run.sh skipped the build"
 
 step "all CUDA build checks passed"

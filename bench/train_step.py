@@ -35,7 +35,7 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ops import RESULTS, device_name  # noqa: E402
+from ops import RESULTS, device_name, have_matplotlib  # noqa: E402
 from plain_layers import plain_l0_penalty, plainify  # noqa: E402
 
 from sparsekern.models import build_model  # noqa: E402
@@ -220,8 +220,11 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(dict(device=dev, threads=torch.get_num_threads(), torch=torch.__version__,
                                    rounds=args.rounds, clock=args.clock, results=results), indent=1))
     png = out.with_suffix(".png")
-    plot(results, png)
-    print(f"\nwrote {out} and {png}")
+    if have_matplotlib():
+        plot(results, png)
+        print(f"\nwrote {out} and {png}")
+    else:  # the numbers are in the JSON; bench/results.py can plot them elsewhere
+        print(f"\nwrote {out} (no plot: matplotlib is not installed)")
     return 0
 
 

@@ -72,8 +72,16 @@ class TestToolkitDiscovery:
         assert cuda_toolkit.find_toolkit({"PATH": str(tmp_path / "links")}).home == str(home)
 
     def test_no_nvcc_anywhere(self, tmp_path):
-        found = cuda_toolkit.find_toolkit({"PATH": str(tmp_path)})
+        found = cuda_toolkit.find_toolkit({"PATH": str(tmp_path)}, default_home=str(tmp_path / "none"))
         assert found.home is None and "no nvcc" in found.reason
+
+    def test_default_home_is_tried_last(self, tmp_path):
+        """No nvcc on PATH and no CUDA_HOME: /usr/local/cuda, as torch does (the lent GPU machines)."""
+        home = _fake_toolkit(tmp_path / "cuda")
+        found = cuda_toolkit.find_toolkit({"PATH": str(tmp_path / "empty")}, default_home=str(home))
+        assert found.home == str(home) and "no nvcc on PATH" in found.reason
+        other = _fake_toolkit(tmp_path / "cuda-13.0")  # an explicit choice still wins
+        assert cuda_toolkit.find_toolkit({"CUDA_HOME": str(other), "PATH": ""}, default_home=str(home)).home == str(other)
 
     def test_nvcc_major(self, tmp_path):
         assert cuda_toolkit.nvcc_major(str(_fake_toolkit(tmp_path / "cuda"))) == 13

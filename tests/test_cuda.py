@@ -47,8 +47,11 @@ BIG = [
     Case("gated_activation", (512, 1000)),  # inner 1: one element per gate
     Case("gated_activation", (128, 64, 7, 7)),
 ]
-# Outputs that are elementwise in the gates (not sums): cuda and triton must agree bit for bit.
+# Outputs that are sums over many elements (reduced in different orders by the two backends).
 REDUCED = {("l0_norm", 0), ("soft_threshold", 2), ("gated_activation", 2), ("gated_weight-row", 2)}
+
+
+_TINY_ATOL = 8 * torch.finfo(torch.float32).eps  # times the output's magnitude: denormals flushed to 0
 
 
 def _need(backend: str) -> None:
@@ -110,18 +113,29 @@ def test_big_kernels_match_reference(backend, dtype, case):
 @DTYPES
 @pytest.mark.parametrize("case", BIG + [c for c in CASES if c.shape in ((7, 13), (1023,), (2, 3, 5, 7))], ids=str)
 def test_cuda_and_triton_agree(dtype, case):
-    """Gates and everything elementwise in them bit for bit; group sums to rounding."""
+    """The noise contract exactly: the same uniforms (test_uniform_bit_identical) and the same gate
+    decisions (closed gates exactly 0, open ones pass the input exactly) wherever the float64 sample
+    is clear of the clamp boundary. The values in between are not promised bit for bit: nvcc
+    contracts a*b+c into fma by default, newer Triton does not (and the explicit fma in _math.py
+    covers only the gate's own multiply-add), and Triton's libdevice flushes denormal
+    intermediates. So each backend is held to the flash-attention rule against the float64
+    reference (helpers.assert_flash_close), and group sums to rounding of each other."""
     _need("cuda")
     _need("triton")
     inp = _big_inputs(case, dtype) if case in BIG else _cuda(make_inputs(case, dtype, generator("gpu-pair", case)))
     ours = kernel_outputs(backends.module("cuda"), case, inp)
     theirs = kernel_outputs(backends.module("triton"), case, inp)
     key = case.op + ("-row" if case.op == "gated_weight" and case.mode == "row" else "")
+    for outs in (ours, theirs):
+        check_exact_masks(case, inp, outs)
+    if case not in BIG:  # the float64 reference of 2**26-element cases runs in test_big_kernels_match_reference
+        _check_vs_reference(case, inp, dtype, theirs, "triton kernels")
     for i, (a, b) in enumerate(zip(ours, theirs)):
         if (key, i) in REDUCED:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * magnitude(a), msg=f"{case} output {i}")
-        else:
-            assert torch.equal(a, b), f"{case} output {i}: cuda and triton differ"
+        else:  # elementwise: a few ulp of the output dtype at most
+            torch.testing.assert_close(a, b, rtol=4 * torch.finfo(a.dtype).eps, atol=_TINY_ATOL * magnitude(a),
+                                       msg=f"{case} output {i}: cuda and triton differ by more than rounding")
 
 
 @BACKEND
@@ -179,7 +193,9 @@ def test_auto_picks_cuda_when_compiled():
 
 
 def test_torch_compile_traces_triton_ops():
-    """torch.ops.sparsekern_triton.* (triton_op) compile with fullgraph and match eager bit for bit."""
+    """torch.ops.sparsekern_triton.* (triton_op) compile with fullgraph and match eager: the Triton
+    kernels' outputs bit for bit; grad_s, which the op finishes with torch's sigmoid (inductor's
+    tl.sigmoid when compiled, not ATen's), by the flash-attention rule against float64."""
     _need("triton")
     from sparsekern.backends.triton import ops as tops
 
@@ -195,8 +211,11 @@ def test_torch_compile_traces_triton_ops():
 
     eager = f(w, la, s)
     compiled = torch.compile(f, fullgraph=True)(w, la, s)
-    for a, b in zip(eager, compiled):
-        assert torch.equal(a, b)
+    assert torch.equal(compiled[0], eager[0]), "grad_w (a Triton kernel's output) differs when compiled"
+    y = reference.gated_weight(w.double(), la.double(), 5, 7, *HC.values())
+    exact = reference.soft_threshold_backward(y, w.double(), s.double())[1]
+    assert_flash_close(compiled[1], eager[1], exact, dtype=torch.float32, scale=magnitude(exact), terms=w.shape[1],
+                       what="grad_s compiled")
 
 
 @pytest.mark.slow

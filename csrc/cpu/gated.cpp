@@ -19,11 +19,31 @@ namespace {
 // Both operands in double when either is (fp64 is the gradcheck path); otherwise
 // log_alpha in float32 (a no-op for the usual fp32 parameters), so kernels are
 // instantiated per data dtype only.
-std::pair<at::Tensor, at::Tensor> promote(const at::Tensor& data, const at::Tensor& log_alpha) {
+// keep_layout: data stays channels-last (see channels_last()) instead of being copied to NCHW.
+std::pair<at::Tensor, at::Tensor> promote(const at::Tensor& data, const at::Tensor& log_alpha,
+                                          bool keep_layout = false) {
   if (data.scalar_type() == at::kDouble || log_alpha.scalar_type() == at::kDouble) {
-    return {as_dense(data, at::kDouble), as_dense(log_alpha, at::kDouble)};
+    const at::Tensor d = data.to(at::kDouble);
+    return {keep_layout ? d : d.contiguous(), as_dense(log_alpha, at::kDouble)};
   }
-  return {data.contiguous(), as_dense(log_alpha, at::kFloat)};
+  return {keep_layout ? data : data.contiguous(), as_dense(log_alpha, at::kFloat)};
+}
+
+// x [B, C, spatial...] stored channels-last ([B, spatial..., C] in memory): element (b, c, s)
+// sits at (b * S + s) * C + c. The gated_activation kernels index it in place (no layout copies).
+bool channels_last(const at::Tensor& x) {
+  return x.dim() >= 3 && !x.is_contiguous() && x.movedim(1, -1).is_contiguous();
+}
+
+// `t` in `like`'s dtype and strides (the upstream gradient of a channels-last x).
+at::Tensor as_layout_of(const at::Tensor& t, const at::Tensor& like) {
+  const at::Tensor c = t.to(like.scalar_type());
+  if (c.strides() == like.strides()) {
+    return c;
+  }
+  at::Tensor out = at::empty_like(like);
+  out.copy_(c);
+  return out;
 }
 
 // Runs body(W(), P()) for the data storage type W; log_alpha (after promote) is math_t<W>.
@@ -88,6 +108,42 @@ std::vector<T> scale_groups_backward(const W* grad, const W* data, W* grad_data,
       const T g = static_cast<T>(grad[i]);
       grad_data[i] = static_cast<W>(g * z);
       return g * static_cast<T>(data[i]);
+    });
+  });
+}
+
+// scale_groups for channels-last data: out[(b*S + s)*C + c] = data[...] * z[b*C + c], in memory order.
+template <typename T, typename W>
+void scale_channels_last(const W* data, W* out, int64_t n, int64_t channels, int64_t spatial,
+                         const std::vector<Gate<T>>& gates) {
+  parallel_elements(n, [&](int64_t begin, int64_t end) {
+    for_each_group_segment(begin, end, channels, [&](int64_t pixel, int64_t b, int64_t e) {
+      const Gate<T>* g = gates.data() + (pixel / spatial) * channels;  // this example's gates
+      const int64_t row = pixel * channels;
+      for (int64_t i = b; i < e; ++i) {
+        out[i] = static_cast<W>(static_cast<T>(data[i]) * g[i - row].z);
+      }
+    });
+  });
+}
+
+// scale_groups_backward for channels-last data. The sums run over the NCHW index with the
+// same pieces and lanes (grouped_sums, lane_sum), only the addresses differ: the per-gate
+// sums, hence grad_log_alpha, equal the contiguous kernel's bit for bit.
+template <typename T, typename W>
+std::vector<T> scale_channels_last_backward(const W* grad, const W* data, W* grad_data, int64_t channels,
+                                            int64_t spatial, const std::vector<Gate<T>>& gates) {
+  const int64_t groups = static_cast<int64_t>(gates.size());
+  return grouped_sums<T>(groups, spatial, [&](int64_t begin, int64_t end) {
+    const int64_t group = begin / spatial;
+    const int64_t b = group / channels, c = group - b * channels;
+    const int64_t base = (b * spatial + (begin - group * spatial)) * channels + c - begin * channels;
+    const T z = gates[group].z;
+    return lane_sum<T>(begin, end, [&](int64_t i) SK_LAMBDA_INLINE {
+      const int64_t at = base + i * channels;
+      const T g = static_cast<T>(grad[at]);
+      grad_data[at] = static_cast<W>(g * z);
+      return g * static_cast<T>(data[at]);
     });
   });
 }
@@ -184,7 +240,8 @@ void check_gated_activation_args(const char* op, const at::Tensor& x, const at::
 at::Tensor gated_activation(const at::Tensor& x_in, const at::Tensor& log_alpha_in, int64_t seed, int64_t offset,
                             double beta, double gamma, double zeta) {
   check_gated_activation_args("gated_activation", x_in, log_alpha_in);
-  const std::pair<at::Tensor, at::Tensor> promoted = promote(x_in, log_alpha_in);
+  const bool cl = channels_last(x_in);
+  const std::pair<at::Tensor, at::Tensor> promoted = promote(x_in, log_alpha_in, cl);
   const at::Tensor& x = promoted.first;
   const at::Tensor& log_alpha = promoted.second;
   at::Tensor out = at::empty_like(x);
@@ -210,7 +267,11 @@ at::Tensor gated_activation(const at::Tensor& x_in, const at::Tensor& log_alpha_
       return;
     }
     const auto gates = sample_gates<T>(lp, gate_count, channels, as_u64(seed), as_u64(offset), p);
-    scale_groups(xp, op, n, n / gate_count, gates);
+    if (cl) {
+      scale_channels_last(xp, op, n, channels, n / gate_count, gates);
+    } else {
+      scale_groups(xp, op, n, n / gate_count, gates);
+    }
   });
   return restore(out, x_in.scalar_type());
 }
@@ -221,10 +282,11 @@ std::tuple<at::Tensor, at::Tensor> gated_activation_backward(const at::Tensor& g
   check_gated_activation_args("gated_activation_backward", x_in, log_alpha_in);
   check_inputs("gated_activation_backward", {&grad_in});
   check_grad_shape("gated_activation_backward", grad_in, x_in, "x");
-  const std::pair<at::Tensor, at::Tensor> promoted = promote(x_in, log_alpha_in);
+  const bool cl = channels_last(x_in);
+  const std::pair<at::Tensor, at::Tensor> promoted = promote(x_in, log_alpha_in, cl);
   const at::Tensor& x = promoted.first;
   const at::Tensor& log_alpha = promoted.second;
-  const at::Tensor grad = as_dense(grad_in, x.scalar_type());
+  const at::Tensor grad = cl ? as_layout_of(grad_in, x) : as_dense(grad_in, x.scalar_type());
   at::Tensor grad_x = at::empty_like(x);
   at::Tensor grad_la = at::zeros(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
   const int64_t n = x.numel();
@@ -265,7 +327,8 @@ std::tuple<at::Tensor, at::Tensor> gated_activation_backward(const at::Tensor& g
         });
       } else {
         const auto gates = sample_gates<T>(lp, gate_count, channels, as_u64(seed), as_u64(offset), p);
-        const std::vector<T> sums = scale_groups_backward(gp, xp, gxp, n, n / gate_count, gates);
+        const std::vector<T> sums = cl ? scale_channels_last_backward(gp, xp, gxp, channels, n / gate_count, gates)
+                                       : scale_groups_backward(gp, xp, gxp, n, n / gate_count, gates);
         for (int64_t b = 0; b < batch; ++b) {
           for (int64_t c = 0; c < channels; ++c) {
             ap[c] += sums[b * channels + c] * gates[b * channels + c].dz;

@@ -35,10 +35,11 @@ void soft_threshold_rows(DType x_type, DType s_type, const void* x, const void* 
 
 // one hard-concrete gate per row, noise counter offset + r: gated_weight per row
 // (channels = rows) and gated_activation (x as [B * C, spatial], channels = C).
-// partial holds dz * sum(g * x) per tile.
+// partial holds dz * sum(g * x) per tile. channels_last: x, grad and out are [B, spatial, C] in
+// memory (gated_activation on NHWC), read in place with the row-major call's results bit for bit.
 void gated_rows(DType x_type, DType la_type, const void* x, const void* log_alpha, const void* grad, void* out,
                 float* partial, int64_t rows, int64_t inner, int64_t channels, const HcCall& hc,
-                cudaStream_t stream);
+                cudaStream_t stream, bool channels_last = false);
 
 // ---------------------------------------------------------------- flat kernels
 // hard_concrete / hard_concrete_eval: forward writes z (la_type) to out; backward

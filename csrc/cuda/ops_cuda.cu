@@ -200,14 +200,20 @@ std::tuple<Tensor, Tensor> gated_activation_impl(const char* op, const Tensor* g
     check_grad_shape(op, *grad_in, x_in, "x");
   }
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const Tensor x = x_in.contiguous(), la = la_in.contiguous();
-  const Tensor grad = grad_in ? grad_like(*grad_in, x) : Tensor();
+  // Channels-last x ([B, spatial..., C] in memory) is read and written in place: no NCHW copies.
+  const bool cl = x_in.dim() >= 3 && !x_in.is_contiguous() && x_in.movedim(1, -1).is_contiguous();
+  const Tensor x = cl ? x_in : x_in.contiguous(), la = la_in.contiguous();
+  Tensor grad;
+  if (grad_in) {
+    grad = grad_in->to(x.scalar_type());
+    if (grad.strides() != x.strides()) grad = at::empty_like(x).copy_(grad);  // x's layout, dense
+  }
   const int64_t batch = x.size(0), channels = x.size(1), rows = batch * channels, inner = inner_of(x, rows);
-  Tensor out = at::empty(x.sizes(), x.options());
+  Tensor out = cl ? at::empty_like(x) : at::empty(x.sizes(), x.options());
   Tensor partial = grad_in ? row_partial(x, rows, inner) : Tensor();
   gated_rows(dtype_of(x, "x"), dtype_of(la, "log_alpha"), x.data_ptr(), la.data_ptr(),
              grad_in ? grad.data_ptr() : nullptr, out.data_ptr(), grad_in ? partial.data_ptr<float>() : nullptr,
-             rows, inner, channels, hc, stream());
+             rows, inner, channels, hc, stream(), cl);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!grad_in) return {out, Tensor()};
   return {out, partial.sum(1).reshape({batch, channels}).sum(0).reshape(la.sizes())};

@@ -16,6 +16,10 @@ namespace {
 // Tile geometry: a pure function of (rows, inner), so partial shapes and sums repeat.
 struct RowShape {
   int64_t rows, inner, channels, row_tiles, col_tiles;
+  // > 0: x is channels-last with this many channels: element (r, j) of row r = b * C + c sits at
+  // (b * inner + j) * C + c instead of r * inner + j. Same threads, elements and sums: only the
+  // addresses differ, so results equal the row-major (NCHW) call bit for bit.
+  int64_t cl_channels;
   int block_c;  // columns per tile (power of 2, <= kTile)
   int ept;      // elements per thread (<= kChunk)
   int tpr;      // threads per row
@@ -72,6 +76,29 @@ struct GateOp {
   __device__ float finish(float sum, Row r) const { return sum * r.dz; }
 };
 
+// Channels-last addressing (RowShape::cl_channels): where element (r, j) lives, and strided
+// versions of load_chunk / store_chunk (count elements, stride apart; zeros past count).
+__device__ __forceinline__ int64_t cl_base(const RowShape& sh, int64_t r, int64_t j) {
+  const int64_t b = r / sh.cl_channels;
+  return (b * sh.inner + j) * sh.cl_channels + (r - b * sh.cl_channels);
+}
+
+template <typename T>
+__device__ __forceinline__ void load_strided(const T* p, int64_t at, int64_t stride, int64_t count,
+                                             float (&out)[kChunk]) {
+#pragma unroll
+  for (int k = 0; k < kChunk; ++k) out[k] = k < count ? to_f32(p[at + k * stride]) : 0.f;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_strided(T* p, int64_t at, int64_t stride, int64_t count,
+                                              const float (&v)[kChunk]) {
+#pragma unroll
+  for (int k = 0; k < kChunk; ++k) {
+    if (k < count) p[at + k * stride] = from_f32<T>(v[k]);
+  }
+}
+
 template <typename X, typename P, class Op, bool kBackward>
 __global__ void __launch_bounds__(kThreads) row_kernel(const X* x, const P* param, const X* grad, X* out,
                                                        float* partial, RowShape sh, Op op, bool aligned) {
@@ -94,10 +121,15 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const X* x, const P* para
       const int64_t i = r * sh.inner + c;
       const int64_t left = sh.inner - c;
       const int64_t lim = i + (left < sh.ept ? left : sh.ept);  // this thread's elements end here
-      const bool vec = aligned && sh.ept == kChunk && sh.inner % kChunk == 0;
+      const bool vec = aligned && sh.ept == kChunk && sh.inner % kChunk == 0 && sh.cl_channels == 0;
       float xv[kChunk], gv[kChunk], ov[kChunk];
-      load_chunk(x, i, lim, vec, xv);
-      if constexpr (kBackward) load_chunk(grad, i, lim, vec, gv);
+      if (sh.cl_channels) {
+        load_strided(x, cl_base(sh, r, c), sh.cl_channels, lim - i, xv);
+        if constexpr (kBackward) load_strided(grad, cl_base(sh, r, c), sh.cl_channels, lim - i, gv);
+      } else {
+        load_chunk(x, i, lim, vec, xv);
+        if constexpr (kBackward) load_chunk(grad, i, lim, vec, gv);
+      }
 #pragma unroll
       for (int k = 0; k < kChunk; ++k) {
         if constexpr (kBackward) {
@@ -107,7 +139,11 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const X* x, const P* para
           ov[k] = op.forward(xv[k], st);
         }
       }
-      store_chunk(out, i, lim, vec, ov);
+      if (sh.cl_channels) {
+        store_strided(out, cl_base(sh, r, c), sh.cl_channels, lim - i, ov);
+      } else {
+        store_chunk(out, i, lim, vec, ov);
+      }
     }
     if constexpr (kBackward) {
       acc = group_sum(acc, sh.tpr < 32 ? sh.tpr : 32);
@@ -155,9 +191,11 @@ void soft_threshold_rows(DType x_type, DType s_type, const void* x, const void* 
 
 void gated_rows(DType x_type, DType la_type, const void* x, const void* log_alpha, const void* grad, void* out,
                 float* partial, int64_t rows, int64_t inner, int64_t channels, const HcCall& hc,
-                cudaStream_t stream) {
+                cudaStream_t stream, bool channels_last) {
   const GateOp op{hc.seed, hc.offset, hc.state, hc_params<float>(hc.beta, hc.gamma, hc.zeta)};
-  launch_rows(x_type, la_type, x, log_alpha, grad, out, partial, row_shape(rows, inner, channels), op, stream);
+  RowShape sh = row_shape(rows, inner, channels);
+  sh.cl_channels = channels_last ? channels : 0;
+  launch_rows(x_type, la_type, x, log_alpha, grad, out, partial, sh, op, stream);
 }
 
 }  // namespace cuda

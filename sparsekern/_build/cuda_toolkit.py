@@ -1,6 +1,8 @@
 """Finds the CUDA toolkit the way users' machines have it.
 
-Order: $CUDA_HOME, then $CUDA_PATH, then the toolkit of the `nvcc` on PATH. That
+Order: $CUDA_HOME, then $CUDA_PATH, then the toolkit of the `nvcc` on PATH, then
+/usr/local/cuda (where torch's cpp_extension looks last too, and where the lent GPU
+machines have nvcc without it being on PATH). That
 nvcc may be a symlink or a wrapper script (e.g. /usr/local/bin/nvcc running
 /usr/local/cuda-13.0/bin/nvcc), so nvcc itself is asked where it lives (its
 `-dryrun` output names its own bin directory); symlinks are followed as a fallback.
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+DEFAULT_HOME = "/usr/local/cuda"
 _RUNTIME_GLOBS = ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib"),
                   os.path.join("targets", "sbsa-linux", "lib"))
 
@@ -50,14 +53,17 @@ def _home_reported_by(nvcc: str) -> str | None:
     return os.path.dirname(match.group(1).strip()) if match else None
 
 
-def find_toolkit(environ: dict[str, str] | None = None) -> Toolkit:
+def find_toolkit(environ: dict[str, str] | None = None, default_home: str = DEFAULT_HOME) -> Toolkit:
     environ = os.environ if environ is None else environ
     for var in ("CUDA_HOME", "CUDA_PATH"):
         if environ.get(var):
             return _usable(environ[var], f"${var}")
     nvcc = shutil.which("nvcc", path=environ.get("PATH"))
     if nvcc is None:
-        return Toolkit(None, "no nvcc on PATH and neither CUDA_HOME nor CUDA_PATH is set")
+        if _usable(default_home, "the default").home:
+            return Toolkit(default_home, f"{default_home} (no nvcc on PATH, CUDA_HOME/CUDA_PATH unset)")
+        return Toolkit(None, f"no nvcc on PATH, neither CUDA_HOME nor CUDA_PATH is set, and {default_home} "
+                             "has no toolkit")
     candidates = [_home_reported_by(nvcc), os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))]
     for home in dict.fromkeys(c for c in candidates if c):
         found = _usable(home, f"the toolkit of {nvcc}")

@@ -2,6 +2,8 @@
 
 Runs each op's forward and backward on fresh random inputs through the public
 ops, compares with the float64 reference, and prints one row per (backend, op).
+Each backend runs on its own device: ``cpu`` on CPU tensors, ``cuda`` and ``triton``
+on CUDA tensors when there is a GPU (``triton`` on CPU tensors when interpreted).
 Exit code 1 if any backend disagrees.
 """
 from __future__ import annotations
@@ -17,17 +19,18 @@ from sparsekern.backends import registry
 SEED, OFFSET = 20240611, 2**32 - 3  # the counter crosses into the high word
 
 
-def _cases(shape: tuple[int, ...]):
+def _cases(shape: tuple[int, ...], device: torch.device):
     """(name, function of tensors, tensor factories) for every differentiable op."""
     rows = shape[0]
-    w = lambda: torch.randn(shape)  # noqa: E731
-    yield "soft_threshold", lambda a, b: sparsekern.soft_threshold(a, b), (w, lambda: torch.randn(rows) - 3)
+    w = lambda: torch.randn(shape, device=device)  # noqa: E731
+    yield "soft_threshold", lambda a, b: sparsekern.soft_threshold(a, b), (
+        w, lambda: torch.randn(rows, device=device) - 3)
     yield "hard_concrete", lambda a: sparsekern.hard_concrete(a, SEED, OFFSET), (w,)
     yield "hard_concrete_eval", lambda a: sparsekern.hard_concrete_eval(a), (w,)
     yield "l0_norm", lambda a: sparsekern.l0_norm(a), (w,)
     yield "gated_weight", lambda a, b: sparsekern.gated_weight(a, b, SEED, OFFSET), (w, w)
     yield "gated_activation", lambda a, b: sparsekern.gated_activation(a, b, SEED, OFFSET), (
-        lambda: torch.randn((8,) + shape[:1] + (5,)), lambda: torch.randn(rows))
+        lambda: torch.randn((8,) + shape[:1] + (5,), device=device), lambda: torch.randn(rows, device=device))
 
 
 def _run(fn, inputs):
@@ -45,17 +48,20 @@ def _rel_error(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
     return worst
 
 
-def check(name: str, dtype: torch.dtype, shape=(64, 3, 7, 7), tol: float | None = None):
-    """Rows of (backend, op, dtype, rel. error, ms, ok) for backend `name` on CPU tensors."""
+def check(name: str, dtype: torch.dtype, shape=(64, 3, 7, 7), tol: float | None = None, device="cpu"):
+    """Rows of (backend, op, dtype, rel. error, ms, ok) for backend `name` on tensors of `device`."""
     tol = tol if tol is not None else {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 2e-2)
+    device = torch.device(device)
     results = []
-    for op, fn, makers in _cases(shape):
+    for op, fn, makers in _cases(shape, device):
         inputs = [m().to(dtype) for m in makers]  # both sides see the same rounded inputs
         with backends.use_backend("torch"):
             want = _run(fn, [t.double() for t in inputs])
         with backends.use_backend(name):
             start = time.perf_counter()
             got = _run(fn, inputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             ms = (time.perf_counter() - start) * 1e3
         err = _rel_error(got, want)
         results.append((name, op, str(dtype).replace("torch.", ""), err, ms, err <= tol))
@@ -74,13 +80,35 @@ def _dtypes(text: str) -> list[torch.dtype]:
     return [DTYPES[d] for d in names]
 
 
-def _why_not(name: str, cpu: torch.device) -> str | None:
-    """None if backend ``name`` can be checked on CPU tensors here, else why not."""
+def device_for(name: str) -> torch.device:
+    """Where backend ``name`` runs: CUDA tensors for cuda, and for triton when there is a GPU and
+    Triton compiles (not interpreted); CPU tensors otherwise."""
+    gpu = torch.cuda.is_available()
+    if name == "cuda" or (name == "triton" and gpu and not registry.triton_interpreted()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _why_not(name: str, device: torch.device) -> str | None:
+    """None if backend ``name`` can be checked on tensors of ``device`` here, else why not."""
     if not backends.is_available(name):
         return {"cpu": "the compiled extension has no CPU kernels (not built, or failed to load)",
                 "cuda": "needs a GPU and the CUDA build of the extension",
                 "triton": "needs triton and a GPU, or TRITON_INTERPRET=1 to interpret it on CPU"}[name]
-    return registry._supports(name, cpu, torch.float32)
+    return registry._supports(name, device, torch.float32)
+
+
+def targets() -> tuple[list[tuple[str, torch.device]], list[str]]:
+    """([(backend, device) to check], [why each other backend is not checked])."""
+    chosen, skipped = [], []
+    for name in ("cpu", "cuda", "triton"):
+        device = device_for(name)
+        reason = _why_not(name, device)
+        if reason is None:
+            chosen.append((name, device))
+        else:
+            skipped.append(f"{name} ({reason})")
+    return chosen, skipped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,27 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sparsekern {sparsekern.__version__}  torch {torch.__version__}")
     print(f"available backends: {', '.join(backends.available_backends())}  (auto on CPU -> "
           f"{backends.resolve_name(cpu)})")
-    names = []
-    for name in ("cpu", "cuda", "triton"):
-        reason = _why_not(name, cpu)
-        if reason is None:
-            names.append(name)
-        else:
-            print(f"not checked: {name} ({reason})")
-    print("each backend is compared with the 'torch' reference run in float64 on the same inputs; "
-          f"ms = one forward + backward on CPU tensors of shape {list(SHAPE)} "
+    chosen, skipped = targets()
+    for line in skipped:
+        print(f"not checked: {line}")
+    print("each backend is compared with the 'torch' reference run in float64 on the same inputs and device; "
+          f"ms = one forward + backward on tensors of shape {list(SHAPE)} "
           f"(gated_activation: {[8, SHAPE[0], 5]}), first call, warm-up included")
-    if not names:
+    if not chosen:
         print("no backend besides the reference is available here: nothing to check")
         return 0
-    print(f"{'backend':<8} {'op':<20} {'dtype':<9} {'rel.err':>9} {'ms':>8}  result")
+    print(f"{'backend':<8} {'device':<7} {'op':<20} {'dtype':<9} {'rel.err':>9} {'ms':>8}  result")
     failures = 0
-    for name in names:
+    for name, device in chosen:
         for dtype in dtypes:
-            for row in check(name, dtype, SHAPE):
+            for row in check(name, dtype, SHAPE, device=device):
                 backend, op, dt, err, ms, ok = row
                 failures += not ok
-                print(f"{backend:<8} {op:<20} {dt:<9} {err:9.2e} {ms:8.2f}  {'ok' if ok else 'MISMATCH'}")
+                print(f"{backend:<8} {device.type:<7} {op:<20} {dt:<9} {err:9.2e} {ms:8.2f}  "
+                      f"{'ok' if ok else 'MISMATCH'}")
     print("all backends agree with the reference" if not failures else f"{failures} mismatches")
     return 1 if failures else 0
 

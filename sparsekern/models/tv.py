@@ -1,4 +1,5 @@
-"""Any torchvision classification model by name (torchvision is optional)."""
+"""Any torchvision classification model by name (torchvision is optional; without it, the
+models of ``BUILT_IN_FALLBACKS``: ResNet-50)."""
 from __future__ import annotations
 
 import importlib
@@ -32,6 +33,8 @@ def check_torchvision_name(name: str, built_in) -> None:
     try:
         tvm = import_torchvision("torchvision.models", needed_for=f"model {name!r}")
     except ImportError as e:
+        if name in BUILT_IN_FALLBACKS:
+            return
         raise ValueError(f"model {name!r}: unknown ({listing}; other names are torchvision models, "
                          "and torchvision is not installed)") from e
     if name not in set(tvm.list_models(module=tvm)):
@@ -39,9 +42,21 @@ def check_torchvision_name(name: str, built_in) -> None:
                          "such as resnet50)")
 
 
-def torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
-    import torchvision.models as tvm  # check_torchvision_name ran first
+def _resnet50(num_classes: int, in_channels: int) -> nn.Module:
+    from sparsekern.models.resnet50 import ResNet50
 
+    return ResNet50(num_classes, in_channels)
+
+
+# torchvision models with an identical definition here, used when torchvision is not installed
+BUILT_IN_FALLBACKS = {"resnet50": _resnet50}
+
+
+def torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    try:
+        import torchvision.models as tvm  # check_torchvision_name ran first
+    except ImportError:
+        return BUILT_IN_FALLBACKS[name](num_classes, in_channels)
     model = tvm.get_model(name, weights=None, num_classes=num_classes)
     if in_channels != 3:
         _replace_first_conv(model, in_channels)

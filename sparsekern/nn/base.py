@@ -121,19 +121,28 @@ class NoiseStream:
     def take_noise(self, numel: int) -> tuple:
         """The op arguments for ``numel`` gates, the stream advanced past them (wrapping mod 2**64).
 
-        Under ``torch.compile``: ``(noise,)``, a tensor copy of the state taken and advanced by one
-        graph op. Eager: ``(seed, offset)`` ints, the cheapest per-call path (the int ops).
+        Under ``torch.compile`` and while a CUDA graph is captured: ``(noise,)``, a tensor copy of
+        the state taken and advanced by one device op, so every replay reads and advances the live
+        counter (host ints would be frozen into the graph, and reading the state would fail during
+        capture). Eager: ``(seed, offset)`` ints, the cheapest per-call path (the int ops).
         """
         if torch.compiler.is_compiling():
             return (noise.take_noise(self.noise_state, numel),)
+        if _graph_capturing():
+            # Replays advance the buffer behind autograd's version counter: from now on eager
+            # forwards read the buffer (a sync) instead of trusting the host copy.
+            self.__dict__["_noise_in_graph"] = True
+            return (noise.take_noise(self.noise_state, numel),)
         state = self.noise_state
-        mirror = self.__dict__.get("_noise_mirror")
+        mirror = None if self.__dict__.get("_noise_in_graph") else self.__dict__.get("_noise_mirror")
         if mirror is not None and mirror[0]() is state and mirror[1] == state._version:
             seed, offset = mirror[2], mirror[3]
         else:  # first call, or the buffer was loaded, moved or written: read it (a device sync on GPUs)
             seed, offset = (unsigned(v) for v in state.tolist())
         new_offset = (offset + numel) % _U64
-        state[1] = _signed(new_offset)  # a device write, no sync
+        # fill_ on a view: a kernel with the value as its argument. Item assignment (state[1] = v)
+        # would copy a CPU scalar tensor to the device, a host sync on CUDA every forward.
+        state[1:].fill_(_signed(new_offset))
         # The host copy of the state saves reading the buffer back (a host sync per layer and step
         # on a GPU); the buffer's identity and version tell when something else changed it.
         self.__dict__["_noise_mirror"] = (weakref.ref(state), state._version, seed, new_offset)
@@ -161,6 +170,11 @@ class NoiseStream:
             state_dict[prefix + "noise_state"] = _noise_from_extra_state(type(self).__name__, old)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+
+def _graph_capturing() -> bool:
+    """A CUDA graph capture is under way on the current stream (never initialises CUDA)."""
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
 def _signed(v: int) -> int:

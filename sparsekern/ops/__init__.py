@@ -8,10 +8,10 @@ tensors' device and dtype (``sparsekern.backends``), then take one of four paths
 | --- | --- | --- |
 | eager, ``cpu``/``cuda`` backend, plain tensors | ``torch.ops.sparsekern_C.<op>``, autograd in C++ (no Python dispatch) | ``fast_path`` |
 | eager, ``torch``/``triton`` backend (float64 on CUDA too), tensor subclasses, functorch transforms, dispatch modes | the ``sparsekern::<op>`` custom op, whose body and backward call the backend's kernels | ``custom_ops`` |
-| the gate ops with ``seed`` a noise tensor ``[seed, offset]`` (the layers' ``noise_state``), eager or traced | ``sparsekern::<op>_at``: on ``cpu``/``cuda`` the kernel reads the counter itself; ``torch``/``triton`` read it on the host | ``noise`` |
+| the gate ops with ``seed`` a noise tensor ``[seed, offset]`` (the layers' ``noise_state``), eager or traced | ``sparsekern::<op>_at``: on ``cpu``/``cuda``/``triton`` the kernel reads the counter itself; ``torch`` takes it as device scalars on CUDA (no sync), host ints on the CPU | ``noise`` |
 | ``torch.compile`` with inductor | deterministic ops lower to their formulas (inductor fuses them); ``<op>_at`` calls ``sparsekern_C::<op>_at`` on ``cpu``/``cuda``, its ``_any`` copy otherwise; backend fixed at compile time | ``inductor`` |
 | other ``torch.compile`` backends (``aot_eager``, ...) | the custom ops, as traced | ``custom_ops``, ``noise`` |
-| CUDA graphs | ``<op>_at`` on ``cuda``: the counter is read in device memory, so each replay draws new noise; ``torch``/``triton`` under capture compute the reference formulas on the device tensors | ``noise`` |
+| CUDA graphs | layers pass their ``noise_state`` while a capture is under way (``nn.base``), so ``<op>_at`` runs: the counter is read in device memory (``cuda``, ``triton``; ``torch`` computes on the device scalars), each replay draws new noise | ``noise`` |
 
 ``dispatch`` holds the backend choice shared by all paths. Every path runs the same kernels on the
 same saved inputs: the same numbers (docs/math.md).

@@ -26,7 +26,7 @@ if extension.compiled_available():
         "soft_threshold", "hard_concrete", "hard_concrete_eval", "l0_norm", "gated_weight", "gated_activation")}
     _uniform_out = _lib.uniform.default
     # The CPU uniform stream as a plain binding: no dispatcher, no Python-side allocation.
-    from sparsekern._C import uniform_cpu
+    from sparsekern._C import uniform_cpu  # noqa: F401  (ops.api calls fast_path.uniform_cpu)
 
 
 def uniform(numel: int, seed: int, offset: int, device: torch.device) -> Tensor:

@@ -5,9 +5,10 @@ offset, ...)`` does (docs/math.md §4) for ``noise = tensor([seed, offset], dtyp
 with the bits of each uint64). A module keeps its noise in such a buffer and advances it
 in place, so under ``torch.compile`` the counter is graph data, not a Python constant that
 dynamo guards on: training steps reuse one graph instead of recompiling every step.
-On the compiled backends the kernels read the tensor themselves (``sparsekern_C::<op>_at``;
-the CUDA ones in device memory, so there is no host sync and CUDA graphs replay the live
-counter); the ``torch`` and ``triton`` backends take the values as ints.
+The kernels read the tensor themselves: ``sparsekern_C::<op>_at`` on the compiled backends and
+``sparsekern_triton::<op>_at`` on Triton (in device memory on CUDA: no host sync, and CUDA graphs
+replay the live counter). The ``torch`` backend takes the two words as 0-dim device tensors on
+CUDA (no sync) and as host ints on the CPU.
 """
 from __future__ import annotations
 
@@ -23,23 +24,25 @@ from sparsekern.ops.dispatch import GATE_DATA_ARGS, backend_name, param_grad_dty
 _HC = "float beta, float gamma, float zeta"
 
 
-def _read(noise: Tensor) -> tuple[int, int]:
-    """(seed, offset) as uint64 ints; a host read (a sync for CUDA tensors)."""
+def _seed_offset(noise: Tensor) -> tuple:
+    """(seed, offset) for the ``torch`` backend's int-seeded kernels. On CUDA, the two 0-dim int64
+    device tensors, which the reference reads on the device (docs/math.md §4): no host sync, and a
+    captured CUDA graph reads the live counter at every replay. On the CPU, host ints (no sync)."""
+    if noise.device.type != "cpu":
+        return noise[0], noise[1]
     seed, offset = noise.tolist()
     return unsigned(seed), unsigned(offset)
 
 
-def _seed_offset(noise: Tensor, backend: str) -> tuple[str, tuple]:
-    """(backend, (seed, offset)) for a kernel that takes them as ints (``torch``, ``triton``).
-
-    While a CUDA graph is being captured the state cannot be read on the host (and a value
-    read then would be frozen into every replay), so the reference backend computes the same
-    numbers (docs/math.md §4) from the device tensors themselves: each replay reads the live counter.
-    The compiled backends need neither: their ``<op>_at`` kernels read the noise tensor themselves.
-    """
-    if noise.is_cuda and torch.cuda.is_current_stream_capturing():
-        return "torch", (noise[0], noise[1])
-    return backend, _read(noise)
+def _kernel(backend: str, name: str, backward: bool, noise: Tensor):
+    """The backend's kernel and the noise arguments it takes. The compiled backends and Triton read
+    the noise tensor themselves (``<op>_at``); the reference takes ``_seed_offset``."""
+    tail = "_backward" if backward else ""
+    if backend in fast_path.BACKENDS:
+        return getattr(torch.ops.sparsekern_C, f"{name}_at{tail}"), (noise.contiguous(),)
+    if backend == "triton":
+        return getattr(backends.module(backend), f"{name}_at{tail}"), (noise.contiguous(),)
+    return getattr(backends.module(backend), name + tail), _seed_offset(noise)
 
 
 def _grad_fakes(data: tuple[Tensor, ...]):
@@ -58,21 +61,14 @@ def _define(name: str, arg_names: tuple[str, ...]):
     def forward(*args):
         data, (noise, beta, gamma, zeta) = args[:n], args[n:]
         data = tuple(t.contiguous() for t in data)
-        backend = backend_name(*data)
-        if backend in fast_path.BACKENDS:  # the kernel reads the noise tensor itself
-            return getattr(torch.ops.sparsekern_C, name + "_at")(*data, noise.contiguous(), beta, gamma, zeta)
-        backend, seed_offset = _seed_offset(noise, backend)
-        return getattr(backends.module(backend), name)(*data, *seed_offset, beta, gamma, zeta)
+        kernel, noise_args = _kernel(backend_name(*data), name, False, noise)
+        return kernel(*data, *noise_args, beta, gamma, zeta)
 
     def backward(grad, *args):
         data, (noise, beta, gamma, zeta, backend) = args[:n], args[n:]
         data, grad = tuple(t.contiguous() for t in data), grad.contiguous()
-        if backend in fast_path.BACKENDS:
-            out = getattr(torch.ops.sparsekern_C, name + "_at_backward")(
-                grad, *data, noise.contiguous(), beta, gamma, zeta)
-        else:
-            backend, seed_offset = _seed_offset(noise, backend)
-            out = getattr(backends.module(backend), name + "_backward")(grad, *data, *seed_offset, beta, gamma, zeta)
+        kernel, noise_args = _kernel(backend, name, True, noise)
+        out = kernel(grad, *data, *noise_args, beta, gamma, zeta)
         return out if n == 1 else tuple(out)
 
     fwd_schema = f"({tensors}, Tensor noise, {_HC}) -> Tensor"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC = os.path.join(ROOT, "csrc")

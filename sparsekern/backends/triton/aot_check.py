@@ -17,26 +17,33 @@ import time
 
 def _variants(k, dtypes):
     """(kernel, argument types, constexprs) for every kernel, dtype and flag combination."""
-    hc = dict(seed="i64", offset="i64", beta="fp32", stretch="fp32", gamma="fp32")
+    hc = dict(noise_ptr="*i64", seed="i64", offset="i64", beta="fp32", stretch="fp32", gamma="fp32")
     rows = dict(rows="i32", inner="i32", n_col_tiles="i32")
+    blocks = sorted({k.flat_config(n)[0] for n in (1, 1 << 30)})  # every BLOCK_SIZE the size rule picks
     yield k.uniform_kernel, dict(out_ptr="*fp32", n="i64", seed="i64", offset="i64"), dict(BLOCK_SIZE=1024)
-    for dt in dtypes:
+    for dt, block, at in itertools.product(dtypes, blocks, (False, True)):  # at: noise read from noise_ptr
         p = f"*{dt}"
         for ev, bw in itertools.product((False, True), repeat=2):
             yield (k.hard_concrete_kernel, dict(la_ptr=p, grad_ptr=p, out_ptr="*fp32" if bw else p, n="i64", **hc),
-                   dict(EVAL=ev, BACKWARD=bw, BLOCK_SIZE=1024))
+                   dict(EVAL=ev, BACKWARD=bw, NOISE_AT=at, BLOCK_SIZE=block))
         for bw in (False, True):
             yield (k.gated_weight_kernel,
                    dict(w_ptr=p, la_ptr=p, grad_ptr=p, out_ptr=p, grad_la_ptr="*fp32", n="i64", **hc),
-                   dict(BACKWARD=bw, BLOCK_SIZE=1024))
+                   dict(BACKWARD=bw, NOISE_AT=at, BLOCK_SIZE=block))
+            if block == blocks[0]:  # row kernels: tiles by row_tile, not by the flat rule
+                yield (k.gated_rows_kernel,
+                       dict(x_ptr=p, la_ptr=p, grad_ptr=p, out_ptr=p, partial_ptr="*fp32", channels="i32", **rows,
+                            **hc),
+                       dict(BACKWARD=bw, NOISE_AT=at, BLOCK_R=32, BLOCK_C=64))
+    for dt in dtypes:
+        p = f"*{dt}"
+        for bw in (False, True):
             yield (k.soft_threshold_kernel, dict(w_ptr=p, s_ptr=p, grad_ptr=p, out_ptr=p, partial_ptr="*fp32", **rows),
                    dict(BACKWARD=bw, BLOCK_R=4, BLOCK_C=1024))
-            yield (k.gated_rows_kernel,
-                   dict(x_ptr=p, la_ptr=p, grad_ptr=p, out_ptr=p, partial_ptr="*fp32", channels="i32", **rows, **hc),
-                   dict(BACKWARD=bw, BLOCK_R=32, BLOCK_C=64))
         yield k.l0_partial_kernel, dict(la_ptr=p, partial_ptr="*fp32", n="i32", shift="fp32"), dict(BLOCK_SIZE=k.L0_BLOCK)
-        yield (k.l0_backward_kernel, dict(la_ptr=p, grad_ptr=p, out_ptr="*fp32", n="i32", shift="fp32"),
-               dict(BLOCK_SIZE=1024))
+        for block in blocks:
+            yield (k.l0_backward_kernel, dict(la_ptr=p, grad_ptr=p, out_ptr="*fp32", n="i32", shift="fp32"),
+                   dict(BLOCK_SIZE=block))
 
 
 def main(argv=None) -> int:
@@ -59,8 +66,6 @@ def main(argv=None) -> int:
         start, count = time.time(), 0
         for kernel, types, consts in _variants(kernels, args.dtypes.split(",")):
             fn = kernel
-            while not isinstance(fn, triton.runtime.jit.JITFunction):
-                fn = fn.fn  # unwrap the autotuner
             signature = {name: "constexpr" if name in consts else types[name] for name in fn.arg_names}
             compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=target)
             if not compiled.asm.get("cubin"):

@@ -1,7 +1,9 @@
 """The ``triton`` backend: every function of ``sparsekern.backends.reference``, on Triton kernels.
 
 Callers (``sparsekern.ops``) pass contiguous float32/float16/bfloat16 tensors
-and seeds/offsets as ints in [0, 2**64); the ops take them as int64.
+and seeds/offsets as ints in [0, 2**64); the ops take them as int64. Beyond the
+reference's functions, ``<op>_at`` take the noise as the int64 tensor [seed, offset]
+that the kernels read themselves (``sparsekern.ops.noise``: no host read of the counter).
 """
 from __future__ import annotations
 
@@ -63,6 +65,30 @@ def gated_activation(x, log_alpha, seed: int, offset: int, beta: float, gamma: f
 
 def gated_activation_backward(grad, x, log_alpha, seed: int, offset: int, beta: float, gamma: float, zeta: float):
     return ops.gated_activation_backward(grad, x, log_alpha, _i64(seed), _i64(offset), beta, gamma, zeta)
+
+
+def hard_concrete_at(log_alpha, noise: Tensor, beta: float, gamma: float, zeta: float):
+    return ops.hard_concrete_at(log_alpha, noise, beta, gamma, zeta)
+
+
+def hard_concrete_at_backward(grad, log_alpha, noise: Tensor, beta: float, gamma: float, zeta: float):
+    return ops.hard_concrete_at_backward(grad, log_alpha, noise, beta, gamma, zeta)
+
+
+def gated_weight_at(weight, log_alpha, noise: Tensor, beta: float, gamma: float, zeta: float):
+    return ops.gated_weight_at(weight, log_alpha, noise, beta, gamma, zeta)
+
+
+def gated_weight_at_backward(grad, weight, log_alpha, noise: Tensor, beta: float, gamma: float, zeta: float):
+    return ops.gated_weight_at_backward(grad, weight, log_alpha, noise, beta, gamma, zeta)
+
+
+def gated_activation_at(x, log_alpha, noise: Tensor, beta: float, gamma: float, zeta: float):
+    return ops.gated_activation_at(x, log_alpha, noise, beta, gamma, zeta)
+
+
+def gated_activation_at_backward(grad, x, log_alpha, noise: Tensor, beta: float, gamma: float, zeta: float):
+    return ops.gated_activation_at_backward(grad, x, log_alpha, noise, beta, gamma, zeta)
 
 
 def uniform(numel: int, seed: int, offset: int, device: torch.device) -> Tensor:

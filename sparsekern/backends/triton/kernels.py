@@ -2,7 +2,7 @@
 
 Two layouts:
 
-* flat kernels walk the tensor as 1-D blocks (autotuned BLOCK_SIZE/num_warps);
+* flat kernels walk the tensor as 1-D blocks (BLOCK_SIZE/num_warps by ``flat_config``);
 * row kernels see the tensor as a [rows, inner] matrix (a row = the group that
   shares a threshold or a gate) in [BLOCK_R, BLOCK_C] tiles. A backward row
   kernel writes the gradient of the big tensor and, in the same pass, one
@@ -17,10 +17,20 @@ import triton.language as tl
 from sparsekern.backends.triton import _math as m
 
 
-def _flat_configs():
-    if m.INTERPRETED:  # one config: the interpreter would "benchmark" every candidate
-        return [triton.Config({"BLOCK_SIZE": 1024}, num_warps=4)]
-    return [triton.Config({"BLOCK_SIZE": b}, num_warps=w) for b, w in ((1024, 4), (2048, 4), (2048, 8), (4096, 8))]
+# Flat kernels: (BLOCK_SIZE, num_warps) by a rule on the size, not by autotuning. An autotuner
+# benchmarks its configs (with syncs) at every new key, and fails when that first happens
+# inside a CUDA graph capture; a rule costs nothing and is capture-safe.
+_SMALL_FLAT = 1 << 20
+
+
+def flat_config(n: int) -> tuple[int, int]:
+    """(BLOCK_SIZE, num_warps) of a flat kernel over n elements; a pure function of size_bucket(n)."""
+    return (1024, 4) if size_bucket(n) <= _SMALL_FLAT else (4096, 8)
+
+
+def size_bucket(n: int) -> int:
+    """The power of two at or above n (1 for n <= 1): sizes that share a launch configuration."""
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
 def row_tile(rows: int, inner: int) -> tuple[int, int, int]:
@@ -41,6 +51,17 @@ def _flat_offsets(n, BLOCK_SIZE: tl.constexpr):
 
 
 @triton.jit
+def _noise(noise_ptr, seed, offset, NOISE_AT: tl.constexpr):
+    """(seed, offset): the int arguments, or with NOISE_AT the int64 pair at noise_ptr (the
+    layers' noise_state), read where the kernel runs: no host sync, and CUDA graph replays
+    read the live counter. Philox takes the int64 bits as the uint64 of docs/math.md §4."""
+    if NOISE_AT:
+        seed = tl.load(noise_ptr)
+        offset = tl.load(noise_ptr + 1)
+    return seed, offset
+
+
+@triton.jit
 def _tile(rows, inner, n_col_tiles, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Row ids, flat int64 offsets and mask of this program's [BLOCK_R, BLOCK_C] tile."""
     pid = tl.program_id(0)
@@ -54,19 +75,19 @@ def _tile(rows, inner, n_col_tiles, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
 
 
 # ---------------------------------------------------------------- flat kernels
-@triton.autotune(configs=_flat_configs(), key=["n"])
 @triton.jit
 def uniform_kernel(out_ptr, n, seed, offset, BLOCK_SIZE: tl.constexpr):
     offs, mask = _flat_offsets(n, BLOCK_SIZE)
     tl.store(out_ptr + offs, tl.rand(seed, offset + offs), mask=mask)
 
 
-@triton.autotune(configs=_flat_configs(), key=["n", "EVAL", "BACKWARD"])
 @triton.jit
-def hard_concrete_kernel(la_ptr, grad_ptr, out_ptr, n, seed, offset, beta, stretch, gamma,
-                         EVAL: tl.constexpr, BACKWARD: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+def hard_concrete_kernel(la_ptr, grad_ptr, out_ptr, n, noise_ptr, seed, offset, beta, stretch, gamma,
+                         EVAL: tl.constexpr, BACKWARD: tl.constexpr, NOISE_AT: tl.constexpr,
+                         BLOCK_SIZE: tl.constexpr):
     """Gate z (forward) or grad * dz/dlog_alpha (backward), sampled or eval."""
     offs, mask = _flat_offsets(n, BLOCK_SIZE)
+    seed, offset = _noise(noise_ptr, seed, offset, NOISE_AT)
     la = tl.load(la_ptr + offs, mask=mask).to(tl.float32)
     if EVAL:
         z, dz = m.eval_gate(la, stretch, gamma)
@@ -79,12 +100,12 @@ def hard_concrete_kernel(la_ptr, grad_ptr, out_ptr, n, seed, offset, beta, stret
         tl.store(out_ptr + offs, m.cast_to(z, out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_flat_configs(), key=["n", "BACKWARD"])
 @triton.jit
-def gated_weight_kernel(w_ptr, la_ptr, grad_ptr, out_ptr, grad_la_ptr, n, seed, offset, beta, stretch, gamma,
-                        BACKWARD: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+def gated_weight_kernel(w_ptr, la_ptr, grad_ptr, out_ptr, grad_la_ptr, n, noise_ptr, seed, offset, beta, stretch,
+                        gamma, BACKWARD: tl.constexpr, NOISE_AT: tl.constexpr, BLOCK_SIZE: tl.constexpr):
     """One gate per weight: out = w * z, or grad_w = g * z and grad_la = g * w * dz together."""
     offs, mask = _flat_offsets(n, BLOCK_SIZE)
+    seed, offset = _noise(noise_ptr, seed, offset, NOISE_AT)
     la = tl.load(la_ptr + offs, mask=mask).to(tl.float32)
     z, dz = m.hard_concrete_sample(la, seed, offset + offs, beta, stretch, gamma)
     w = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
@@ -110,7 +131,6 @@ def l0_partial_kernel(la_ptr, partial_ptr, n, shift, BLOCK_SIZE: tl.constexpr):
     tl.store(partial_ptr + tl.program_id(0), tl.sum(p, axis=0))
 
 
-@triton.autotune(configs=_flat_configs(), key=["n"])
 @triton.jit
 def l0_backward_kernel(la_ptr, grad_ptr, out_ptr, n, shift, BLOCK_SIZE: tl.constexpr):
     offs, mask = _flat_offsets(n, BLOCK_SIZE)
@@ -142,14 +162,15 @@ def soft_threshold_kernel(w_ptr, s_ptr, grad_ptr, out_ptr, partial_ptr, rows, in
 
 @triton.jit
 def gated_rows_kernel(x_ptr, la_ptr, grad_ptr, out_ptr, partial_ptr, rows, inner, n_col_tiles, channels,
-                      seed, offset, beta, stretch, gamma,
-                      BACKWARD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                      noise_ptr, seed, offset, beta, stretch, gamma,
+                      BACKWARD: tl.constexpr, NOISE_AT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """One gate per row: row r uses log_alpha[r % channels] and noise counter offset + r.
 
     Serves gated_weight with per-row gates (channels = rows) and gated_activation
     (x as [B*C, spatial], channels = C: per-example gates). Forward: x * z.
     Backward: grad_x = g * z and partial[row, column tile] = dz * sum(g * x)."""
     r, offs, mask, pid_c = _tile(rows, inner, n_col_tiles, BLOCK_R, BLOCK_C)
+    seed, offset = _noise(noise_ptr, seed, offset, NOISE_AT)
     la = tl.load(la_ptr + r % channels, mask=r < rows).to(tl.float32)
     z, dz = m.hard_concrete_sample(la, seed, offset + r, beta, stretch, gamma)
     x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)

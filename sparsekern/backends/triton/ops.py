@@ -68,10 +68,21 @@ class _InterpretedLaunch:
 
 def _flat(kernel, n: int, *args, **consts) -> None:
     if n > 0:
-        _launch(kernel)[lambda meta: (triton.cdiv(n, meta["BLOCK_SIZE"]),)](*args, **consts)
+        block, warps = k.flat_config(n)
+        _launch(kernel)[(triton.cdiv(n, block),)](*args, **consts, BLOCK_SIZE=block, num_warps=warps)
 
 
-def _rows(kernel, x: Tensor, param: Tensor, grad: Tensor | None, rows: int, *extra) -> tuple[Tensor, Tensor]:
+def _noise_args(noise: Tensor | None, seed: int, offset: int, placeholder: Tensor) -> tuple[tuple, bool]:
+    """(noise_ptr, seed, offset) kernel arguments and NOISE_AT: the kernel reads the noise tensor
+    itself when there is one. placeholder (never read) must be an input, not an output: the
+    interpreter copies every tensor argument back after the launch, and an output passed twice
+    would be overwritten by its unwritten copy."""
+    if noise is None:
+        return (placeholder, seed, offset), False
+    return (noise, 0, 0), True
+
+
+def _rows(kernel, x: Tensor, param: Tensor, grad: Tensor | None, rows: int, *extra, **consts) -> tuple[Tensor, Tensor]:
     """Run a row kernel on x seen as [rows, inner]: (output, partial sums [rows, column tiles])."""
     inner = x.numel() // rows if rows else 0
     block_r, block_c, warps = k.row_tile(rows, inner)
@@ -83,7 +94,7 @@ def _rows(kernel, x: Tensor, param: Tensor, grad: Tensor | None, rows: int, *ext
     if n_programs > 0:
         _launch(kernel)[(n_programs,)](
             x, param, grad if backward else x, out, partial, rows, inner, n_col, *extra,
-            BACKWARD=backward, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
+            BACKWARD=backward, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps, **consts,
         )
     return out, partial
 
@@ -107,11 +118,14 @@ def soft_threshold_backward(grad: Tensor, weight: Tensor, s: Tensor) -> tuple[Te
 
 
 # ---------------------------------------------------------------- hard-concrete gates
-def _gates(grad, log_alpha, seed, offset, beta, gamma, zeta, eval_gate: bool) -> Tensor:
+# The gate ops come twice: with (seed, offset) ints, and as ``<op>_at`` with the noise tensor
+# [seed, offset] (int64) that the kernel reads itself (sparsekern.ops.noise: no host read).
+def _gates(grad, log_alpha, seed, offset, beta, gamma, zeta, eval_gate: bool, noise: Tensor | None = None) -> Tensor:
     out = torch.empty(log_alpha.shape, dtype=F32 if grad is not None else log_alpha.dtype, device=log_alpha.device)
     n = log_alpha.numel()
-    _flat(k.hard_concrete_kernel, n, log_alpha, log_alpha if grad is None else grad, out, n, seed, offset,
-          beta, zeta - gamma, gamma, EVAL=eval_gate, BACKWARD=grad is not None)
+    noise_args, at = _noise_args(noise, seed, offset, log_alpha)
+    _flat(k.hard_concrete_kernel, n, log_alpha, log_alpha if grad is None else grad, out, n, *noise_args,
+          beta, zeta - gamma, gamma, EVAL=eval_gate, BACKWARD=grad is not None, NOISE_AT=at)
     return out
 
 
@@ -124,6 +138,17 @@ def hard_concrete(log_alpha: Tensor, seed: int, offset: int, beta: float, gamma:
 def hard_concrete_backward(grad: Tensor, log_alpha: Tensor, seed: int, offset: int, beta: float, gamma: float,
                            zeta: float) -> Tensor:
     return _gates(grad, log_alpha, seed, offset, beta, gamma, zeta, eval_gate=False)
+
+
+@_op("hard_concrete_at")
+def hard_concrete_at(log_alpha: Tensor, noise: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
+    return _gates(None, log_alpha, 0, 0, beta, gamma, zeta, eval_gate=False, noise=noise)
+
+
+@_op("hard_concrete_at_backward")
+def hard_concrete_at_backward(grad: Tensor, log_alpha: Tensor, noise: Tensor, beta: float, gamma: float,
+                              zeta: float) -> Tensor:
+    return _gates(grad, log_alpha, 0, 0, beta, gamma, zeta, eval_gate=False, noise=noise)
 
 
 @_op("hard_concrete_eval")
@@ -161,18 +186,20 @@ def l0_norm_backward(grad: Tensor, log_alpha: Tensor, beta: float, gamma: float,
 
 
 # ---------------------------------------------------------------- gated weight / activation
-def _gated_weight(grad, weight, log_alpha, seed, offset, beta, gamma, zeta):
+def _gated_weight(grad, weight, log_alpha, seed, offset, beta, gamma, zeta, noise=None):
     """(out or grad_w, grad_la or None): one gate per weight (flat) or per row."""
-    hc = (seed, offset, beta, zeta - gamma, gamma)
     if log_alpha.numel() != weight.numel():
         rows = log_alpha.numel()
-        out, partial = _rows(k.gated_rows_kernel, weight, log_alpha, grad, rows, rows, *hc)
+        noise_args, at = _noise_args(noise, seed, offset, weight)
+        out, partial = _rows(k.gated_rows_kernel, weight, log_alpha, grad, rows, rows, *noise_args,
+                             beta, zeta - gamma, gamma, NOISE_AT=at)
         return out, (partial.sum(1).reshape(log_alpha.shape) if grad is not None else None)
     out = torch.empty_like(weight)
     grad_la = torch.empty(log_alpha.shape, dtype=F32, device=weight.device) if grad is not None else out
     n = weight.numel()
-    _flat(k.gated_weight_kernel, n, weight, log_alpha, weight if grad is None else grad, out, grad_la, n, *hc,
-          BACKWARD=grad is not None)
+    noise_args, at = _noise_args(noise, seed, offset, weight)
+    _flat(k.gated_weight_kernel, n, weight, log_alpha, weight if grad is None else grad, out, grad_la, n, *noise_args,
+          beta, zeta - gamma, gamma, BACKWARD=grad is not None, NOISE_AT=at)
     return out, grad_la
 
 
@@ -188,10 +215,23 @@ def gated_weight_backward(grad: Tensor, weight: Tensor, log_alpha: Tensor, seed:
     return _gated_weight(grad, weight, log_alpha, seed, offset, beta, gamma, zeta)
 
 
-def _gated_activation(grad, x, log_alpha, seed, offset, beta, gamma, zeta):
+@_op("gated_weight_at")
+def gated_weight_at(weight: Tensor, log_alpha: Tensor, noise: Tensor, beta: float, gamma: float,
+                    zeta: float) -> Tensor:
+    return _gated_weight(None, weight, log_alpha, 0, 0, beta, gamma, zeta, noise)[0]
+
+
+@_op("gated_weight_at_backward")
+def gated_weight_at_backward(grad: Tensor, weight: Tensor, log_alpha: Tensor, noise: Tensor, beta: float,
+                             gamma: float, zeta: float) -> tuple[Tensor, Tensor]:
+    return _gated_weight(grad, weight, log_alpha, 0, 0, beta, gamma, zeta, noise)
+
+
+def _gated_activation(grad, x, log_alpha, seed, offset, beta, gamma, zeta, noise=None):
     batch, channels = x.shape[0], x.shape[1]
-    out, partial = _rows(k.gated_rows_kernel, x, log_alpha, grad, batch * channels, channels,
-                         seed, offset, beta, zeta - gamma, gamma)
+    noise_args, at = _noise_args(noise, seed, offset, x)
+    out, partial = _rows(k.gated_rows_kernel, x, log_alpha, grad, batch * channels, channels, *noise_args,
+                         beta, zeta - gamma, gamma, NOISE_AT=at)
     if grad is None:
         return out, None
     return out, partial.sum(1).reshape(batch, channels).sum(0).reshape(log_alpha.shape)
@@ -207,6 +247,18 @@ def gated_activation(x: Tensor, log_alpha: Tensor, seed: int, offset: int, beta:
 def gated_activation_backward(grad: Tensor, x: Tensor, log_alpha: Tensor, seed: int, offset: int, beta: float,
                               gamma: float, zeta: float) -> tuple[Tensor, Tensor]:
     return _gated_activation(grad, x, log_alpha, seed, offset, beta, gamma, zeta)
+
+
+@_op("gated_activation_at")
+def gated_activation_at(x: Tensor, log_alpha: Tensor, noise: Tensor, beta: float, gamma: float,
+                        zeta: float) -> Tensor:
+    return _gated_activation(None, x, log_alpha, 0, 0, beta, gamma, zeta, noise)[0]
+
+
+@_op("gated_activation_at_backward")
+def gated_activation_at_backward(grad: Tensor, x: Tensor, log_alpha: Tensor, noise: Tensor, beta: float,
+                                 gamma: float, zeta: float) -> tuple[Tensor, Tensor]:
+    return _gated_activation(grad, x, log_alpha, 0, 0, beta, gamma, zeta, noise)
 
 
 # ---------------------------------------------------------------- the random stream

@@ -30,6 +30,32 @@ class Distributed:
         self.rank = dist.get_rank() if self.on else 0
         self.world = dist.get_world_size() if self.on else 1
 
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """``model`` in DistributedDataParallel, without its per-step buffer broadcast.
+
+        DDP's default (``broadcast_buffers=True``) copies every buffer from rank 0 before each
+        forward. For a gated layer's ``noise_state`` that write invalidates the layer's host copy
+        of (seed, offset), so every gated layer read the buffer back every step: a host sync per
+        layer and step on CUDA, for nothing: every rank starts from rank 0's buffers (synced here
+        once) and advances its counter by the same amount per step, so all ranks draw rank 0's
+        stream (the same weight gates per step, as one process draws them).
+        BatchNorm statistics are buffers too: rank 0's evolve from rank 0's batches either way
+        (the broadcast only overwrote the others'), and ``sync_buffers`` gives every rank rank
+        0's before each evaluation and checkpoint, where they are read.
+        """
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        self.sync_buffers(model)  # without broadcast_buffers DDP's constructor syncs parameters only
+        return net
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Every buffer (BatchNorm statistics, noise counters) set to rank 0's, in one pass."""
+        if not self.on:
+            return
+        buffers = [b for b in model.buffers() if b.numel()]
+        if buffers:
+            dist._broadcast_coalesced(dist.group.WORLD, buffers, 250 * 2**20, 0)
+
     def sum(self, values: list[float], device) -> list[float]:
         if not self.on:
             return values

@@ -27,7 +27,6 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sparsekern.backends import use_backend
 from sparsekern.data import load_dataset
@@ -43,7 +42,7 @@ from sparsekern.pruning.train.config import PruneConfig
 from sparsekern.pruning.train.distributed import Distributed, resolve_device
 from sparsekern.pruning.train.ema import ParameterEMA
 from sparsekern.pruning.train.evaluation import accuracy, autocast, evaluated, recalibrate
-from sparsekern.pruning.train.fsdp import full_parameters, shard_model, sync_buffers
+from sparsekern.pruning.train.fsdp import full_parameters, shard_model
 from sparsekern.pruning.train.health import check_finite, health_fields
 from sparsekern.pruning.train.lr_schedule import lr_scheduler
 from sparsekern.pruning.train.progress import progress
@@ -132,6 +131,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
         shard_model(model)
+        d.sync_buffers(model)  # then, as under DDP, no per-step broadcast (see Distributed.wrap)
     # With FSDP the parameters outside a forward are shards: what reads or edits them runs on
     # the gathered full tensors (a no-op context otherwise).
     full = (lambda: full_parameters(model)) if config.fsdp else contextlib.nullcontext
@@ -178,7 +178,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
 
     net = model
     if d.on and not config.fsdp:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = d.wrap(model, device)  # no per-step buffer broadcast (see Distributed.wrap)
     show = config.progress and d.rank == 0
 
     def save(extra: dict) -> None:
@@ -215,8 +215,6 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
             bar.update(first)
         plan = epoch_plan(n_train, config.batch_size, config.seed, epoch, d.rank, d.world)
         for i, (x, y, global_batch) in enumerate(source.train(train_ds, plan, epoch, first), start=first):
-            if config.fsdp:
-                sync_buffers(model)  # rank 0's buffers, as DDP broadcasts them before each forward
             with autocast(config, device):
                 logits = net(x)
             # Sum over this rank's share, divided by the global batch, times world (DDP averages):
@@ -255,8 +253,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
                 save({"position": {"batch": i + 1, "sums": sums, "seconds": time.time() - started}})
         loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
         check_finite(loss_sum, epoch, step - 1, config)
-        if config.fsdp:
-            sync_buffers(model)
+        d.sync_buffers(model)  # rank 0's BatchNorm statistics and noise counters on every rank
         recalibrate(model, method, train_ds, config, device)
         with evaluated(ema), torch.no_grad(), full():  # FSDP: each rank runs its share of the test set alone, unsharded
             test_acc = accuracy(model, test_ds, source, d, config)
