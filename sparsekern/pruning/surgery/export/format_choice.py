@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from sparsekern.nn.csr import CSRConv2d, CSRLinear
 
-MIN_BLOCK_S = 2e-3  # calls per timed block: enough that the clock's resolution does not matter
+MIN_BLOCK_S = 1e-3  # calls per timed block: enough that the clock's resolution does not matter
 MARGIN = 0.9  # CSR must beat dense by 10%: a closer race is timing noise, and dense is the simpler layer
 
 
@@ -66,7 +66,7 @@ def _close(a: Tensor, b: Tensor) -> bool:
     return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale))
 
 
-def choose_formats(model: nn.Module, example: Tensor, rounds: int = 15) -> tuple[nn.Module, dict[str, dict]]:
+def choose_formats(model: nn.Module, example: Tensor, rounds: int = 11) -> tuple[nn.Module, dict[str, dict]]:
     """A copy of ``model`` with each layer in its faster correct format, and per layer
     ``{format: dense|csr, dense_us, csr_us, density}`` (the record the export keeps)."""
     out = copy.deepcopy(model).eval()
