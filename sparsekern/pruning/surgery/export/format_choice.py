@@ -66,9 +66,12 @@ def _close(a: Tensor, b: Tensor) -> bool:
     return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale))
 
 
-def choose_formats(model: nn.Module, example: Tensor, rounds: int = 11) -> tuple[nn.Module, dict[str, dict]]:
+def choose_formats(model: nn.Module, example: Tensor, rounds: int = 11,
+                   margin: float | None = None) -> tuple[nn.Module, dict[str, dict]]:
     """A copy of ``model`` with each layer in its faster correct format, and per layer
-    ``{format: dense|csr, dense_us, csr_us, density}`` (the record the export keeps)."""
+    ``{format: dense|csr, dense_us, csr_us, density, checked}`` (the record the export keeps).
+    ``margin``: CSR is kept when its time < margin * dense time (default MARGIN; inf: every correct layer)."""
+    margin = MARGIN if margin is None else margin
     out = copy.deepcopy(model).eval()
     inputs = layer_inputs(out, example)
     records: dict[str, dict] = {}
@@ -80,7 +83,7 @@ def choose_formats(model: nn.Module, example: Tensor, rounds: int = 11) -> tuple
         with torch.no_grad():
             correct = _close(csr(x), layer(x))
         dense_s, csr_s = time_pair(layer, csr, x, rounds) if correct else (float("nan"), float("nan"))
-        use_csr = correct and csr_s < MARGIN * dense_s
+        use_csr = correct and csr_s < margin * dense_s
         records[name] = {"format": "csr" if use_csr else "dense", "dense_us": round(dense_s * 1e6, 2),
                          "csr_us": round(csr_s * 1e6, 2), "density": round(csr.nnz / layer.weight.numel(), 6),
                          "checked": correct}
