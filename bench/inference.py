@@ -177,19 +177,19 @@ def main(argv=None) -> int:
     unknown = [m for m in models if m not in SHAPES]
     if unknown or args.rounds < 1:
         p.error(f"unknown model(s) {unknown} (built in: {', '.join(SHAPES)})" if unknown else "--rounds must be >= 1")
+    dev = device_name("cpu")
+    out = Path(args.out) if args.out else RESULTS / f"{dev}-inference.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python bench/inference.py"] + (argv if argv is not None else sys.argv[1:]))
     rows = []
     for name in models:
         for batch in (int(b) for b in args.batches.split(",")):
             rows += bench(name, batch, args.rounds)
-    table = markdown(rows)
-    print(table)
-    dev = device_name("cpu")
-    out = Path(args.out) if args.out else RESULTS / f"{dev}-inference.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(device=dev, threads=torch.get_num_threads(), torch=torch.__version__,
-                                   rounds=args.rounds, command=" ".join(["python bench/inference.py"] + (argv or
-                                                                                                        sys.argv[1:])),
-                                   rows=rows, table=table), indent=1))
+            # after every (model, batch): a long run that is stopped keeps what it measured
+            out.write_text(json.dumps(dict(device=dev, threads=torch.get_num_threads(), torch=torch.__version__,
+                                           rounds=args.rounds, command=command, rows=rows, table=markdown(rows)),
+                                      indent=1))
+    print(markdown(rows))
     print(f"\nwrote {out}")
     return 0
 
