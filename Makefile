@@ -28,6 +28,9 @@ deps: $(filter $(VENV)/bin/python,$(PY))
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) "torch==$(TORCH_VERSION)"
 	@$(PY) -c "import numpy, pybind11, ninja, pytest, sklearn, matplotlib, tqdm, setuptools, wheel, mlxtend" 2>/dev/null \
 		|| $(PIP) numpy pybind11 ninja pytest scikit-learn matplotlib tqdm setuptools wheel mlxtend
+	@# export formats (none depends on torch, so the CPU torch above stays): `sparsekern export --format ...`
+	@$(PY) -c "import safetensors, onnx, onnxruntime, onnxscript" 2>/dev/null \
+		|| $(PIP) safetensors onnx onnxruntime onnxscript || echo "export packages unavailable: their tests are skipped"
 	@$(PY) -c "import triton" 2>/dev/null || $(PIP) triton || echo "triton unavailable: its backend is skipped"
 	@$(PY) -c "import transformers" 2>/dev/null || $(PIP) --no-deps $(HF_DEPS) || echo "transformers unavailable: its tests are skipped"
 

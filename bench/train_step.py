@@ -16,6 +16,12 @@ are paired: per round, one variant's step over the other's, then the median over
 plain ms / sparsekern ms (> 1: sparsekern faster). ``l0_hc`` / ``dep_l0``: channel gates placed as
 Dep-L0 places them, independent or from the gate generator; ``generator`` = dep_l0 ms / l0_hc ms - 1,
 the generator's cost per step.
+
+Memory (issue 20; off with ``--no-memory``): the peak the allocator hands out during one step, above
+what was live before it (parameters, optimizer state), measured once per variant after the timing:
+``torch.cuda.max_memory_allocated`` on a GPU, on CPU the running sum of torch.profiler's allocation
+and free events (bench/cpu_memory.py says why that is the same quantity). ``mem vs plain`` = plain
+peak / sparsekern peak (> 1: sparsekern holds less), ``mem vs dense`` = peak / dense peak.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_memory import peak_bytes  # noqa: E402
 from ops import RESULTS, device_name, have_matplotlib  # noqa: E402
 from plain_layers import plain_l0_penalty, plainify  # noqa: E402
 
@@ -70,11 +77,12 @@ def build(model_name: str, method: str, device: str) -> tuple[nn.Module, callabl
     return model, None
 
 
-def make_step(model_name: str, method: str, mode: str, device: str, amp: bool):
+def make_step(model_name: str, method: str, mode: str, device: str, amp: bool, batch: int | None = None):
     model, penalty = build(model_name, method, device)
     forward = torch.compile(model, fullgraph=True) if mode == "compile" else model
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-5)
-    args, batch = MODELS[model_name]
+    args, default_batch = MODELS[model_name]
+    batch = batch or default_batch
     gen = torch.Generator(device=device).manual_seed(1)
     size = args["image_size"]
     x = torch.randn(batch, args["in_channels"], size, size, generator=gen, device=device)
@@ -113,11 +121,11 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float, float]:
 
 
 def bench_model(model_name: str, methods, modes, device: str, rounds: int, amp: bool,
-                clock=time.perf_counter) -> dict:
+                clock=time.perf_counter, batch: int | None = None, memory: bool = True) -> dict:
     steps = {}
     for mode in modes:
         for method in methods:
-            step = make_step(model_name, method, mode, device, amp)
+            step = make_step(model_name, method, mode, device, amp, batch)
             for _ in range(3):  # warm up: compile, allocator, autograd caches
                 step()
             steps[(method, mode)] = step
@@ -127,10 +135,13 @@ def bench_model(model_name: str, methods, modes, device: str, rounds: int, amp: 
         for key, step in steps.items():
             samples[key].append(timed(step, device, clock))
     print(f"  {model_name}: {rounds} rounds done", file=sys.stderr, flush=True)
+    peaks = {key: peak_bytes(step, device) for key, step in steps.items()} if memory else {}
     rows = []
     for (method, mode), times in samples.items():
         ms = statistics.median(times) * 1e3
-        rows.append(dict(model=model_name, method=method, mode=mode, ms=ms, samples_ms=[t * 1e3 for t in times]))
+        peak = peaks.get((method, mode))
+        rows.append(dict(model=model_name, method=method, mode=mode, ms=ms, samples_ms=[t * 1e3 for t in times],
+                         peak_step_mb=None if peak is None else peak / 2**20))
     by = {(r["method"], r["mode"]): r["samples_ms"] for r in rows}
     for r in rows:
         # Ratios of steps timed in the same round (next to each other), then their median and
@@ -146,19 +157,28 @@ def bench_model(model_name: str, methods, modes, device: str, rounds: int, amp: 
         # Dep-L0's extra cost: the gate generator (one pass per step) over independent L0-HC gates.
         hc = by.get(("l0_hc", r["mode"]))
         r["generator_cost_vs_l0_hc"] = paired(r["samples_ms"], hc)[0] - 1 if hc and r["method"] == "dep_l0" else None
-    return dict(model=model_name, batch=MODELS[model_name][1], rows=rows)
+        plain_peak, dense_peak = peaks.get((r["method"] + "-plain", r["mode"])), peaks.get(("dense", r["mode"]))
+        ours = peaks.get((r["method"], r["mode"]))
+        r["memory_vs_plain"] = plain_peak / ours if plain_peak and ours and r["method"] in ("str", "l0") else None
+        r["memory_vs_dense"] = ours / dense_peak if ours is not None and dense_peak else None
+    return dict(model=model_name, batch=batch or MODELS[model_name][1], rows=rows)
 
 
 def print_table(result: dict) -> None:
     print(f"\n{result['model']} (batch {result['batch']})")
-    print(f"{'method':<11}{'mode':<9}{'ms/step':>10}{'vs dense':>10}{'sk vs plain [quartiles]':>25}{'generator':>11}")
+    print(f"{'method':<11}{'mode':<9}{'ms/step':>10}{'vs dense':>10}{'sk vs plain [quartiles]':>25}{'generator':>11}"
+          f"{'peak MB':>9}{'mem vs dense':>13}{'mem vs plain':>13}")
     for r in result["rows"]:
         over = f"{r['overhead_vs_dense'] * 100:+.0f}%" if r["overhead_vs_dense"] is not None else "-"
         vs = f"{r['sk_vs_plain']:.2f}x [{r['sk_vs_plain_quartiles'][0]:.2f}-{r['sk_vs_plain_quartiles'][1]:.2f}]" \
             if r["sk_vs_plain"] is not None else ""
         gen = r.get("generator_cost_vs_l0_hc")
         gen = f"{gen * 100:+.0f}%" if gen is not None else ""
-        print(f"{r['method']:<11}{r['mode']:<9}{r['ms']:>10.2f}{over:>10}{vs:>25}{gen:>11}")
+        peak = f"{r['peak_step_mb']:.2f}" if r.get("peak_step_mb") is not None else "-"
+        mem_d = f"{r['memory_vs_dense']:.2f}x" if r.get("memory_vs_dense") is not None else ""
+        mem_p = f"{r['memory_vs_plain']:.2f}x" if r.get("memory_vs_plain") is not None else ""
+        print(f"{r['method']:<11}{r['mode']:<9}{r['ms']:>10.2f}{over:>10}{vs:>25}{gen:>11}"
+              f"{peak:>9}{mem_d:>13}{mem_p:>13}")
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -196,6 +216,9 @@ def main(argv=None) -> int:
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall time, or (CPU, with --threads 1) this process's CPU time, which other jobs on a "
                         "shared machine do not inflate")
+    p.add_argument("--batch", type=int, default=None, help="batch size for every model (default: per model)")
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip the per-step peak memory (one profiled step per variant)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<device>-train-step.json)")
     args = p.parse_args(argv)
     if args.clock == "cpu" and args.device != "cpu":
@@ -212,7 +235,7 @@ def main(argv=None) -> int:
     results = []
     for name in models:
         amp = name == "resnet50"  # batch 256 in bf16 autocast, as GPU training runs
-        results.append(bench_model(name, methods, modes, args.device, args.rounds, amp, clock))
+        results.append(bench_model(name, methods, modes, args.device, args.rounds, amp, clock, args.batch, args.memory))
         print_table(results[-1])
     dev = device_name(args.device)
     out = Path(args.out) if args.out else RESULTS / f"{dev}-train-step.json"

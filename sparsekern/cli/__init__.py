@@ -13,7 +13,7 @@ from sparsekern.cli import common
 COMMANDS = {
     "prune": "train a model densely or with a pruning method into a run directory",
     "report": "print a run's per-layer sparsity table and plot its budget and curves",
-    "export": "write a run's finalized model state_dict",
+    "export": "write a run's finalized model (state_dict, safetensors, onnx or CSR sparse)",
     "demo": "dense vs STR (90 percent sparse) LeNet-300-100 on digits, in a few CPU minutes",
     "selftest": "check every available kernel backend against the reference",
 }

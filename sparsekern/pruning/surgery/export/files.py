@@ -1,0 +1,73 @@
+"""What every export format shares: the architecture metadata that rebuilds the model, and atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+
+from torch import nn
+
+from sparsekern.models import MODELS, build_model
+
+EXPORT_VERSION = 1
+METADATA_KEY = "sparsekern"  # the JSON metadata's key in a safetensors header / ONNX metadata_props
+ARCH_KEYS = ("model", "num_classes", "in_channels", "image_size", "widths")
+
+
+class ExportFileError(ValueError):
+    """An exported file is unreadable, corrupt, or not written by ``sparsekern export``."""
+
+
+def architecture(config: dict, summary: dict) -> dict:
+    """The metadata that rebuilds a run's finalized model (``build_architecture``) plus the input
+    normalization it was trained with; KeyError naming what ``config`` lacks."""
+    data = config["dataset"]
+    return {"sparsekern_export": EXPORT_VERSION, "model": config["model"], "method": config.get("method"),
+            "num_classes": data["num_classes"], "in_channels": data["in_channels"],
+            "image_size": list(data["image_size"]), "widths": summary.get("widths"),
+            "normalization": data.get("normalization")}
+
+
+def build_architecture(meta: dict, where: str) -> nn.Module:
+    """A fresh plain model from export metadata; ExportFileError naming ``where`` if it is not valid."""
+    if not isinstance(meta, dict) or meta.get("sparsekern_export") != EXPORT_VERSION:
+        raise ExportFileError(f"{where}: no sparsekern export metadata of version {EXPORT_VERSION}")
+    missing = [k for k in ARCH_KEYS if k not in meta]
+    if missing:
+        raise ExportFileError(f"{where}: export metadata lacks {', '.join(missing)}")
+    if meta["model"] not in MODELS:  # only built-in names: metadata never makes us import other code
+        raise ExportFileError(f"{where}: model {meta['model']!r} is not a built-in model ({', '.join(MODELS)})")
+    try:
+        size = tuple(meta["image_size"])
+        return build_model(meta["model"], meta["num_classes"], meta["in_channels"], size, widths=meta["widths"])
+    except (TypeError, ValueError) as e:
+        raise ExportFileError(f"{where}: export metadata does not describe a model ({e})") from e
+
+
+def metadata_from_json(text, where: str) -> dict:
+    try:
+        meta = json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise ExportFileError(f"{where}: export metadata is not JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise ExportFileError(f"{where}: export metadata is not a JSON object")
+    return meta
+
+
+def atomic_write_bytes(data: bytes, path: str) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same directory, fsync and rename: a crash
+    leaves the old file or the new one, never part of one."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
