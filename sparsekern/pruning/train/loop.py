@@ -176,9 +176,21 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
         if history:
             write_logs(config.out, history)
 
-    net = model
-    if d.on and not config.fsdp:
-        net = d.wrap(model, device)  # no per-step buffer broadcast (see Distributed.wrap)
+    ddp = d.on and not config.fsdp
+    net = d.wrap(model, device) if ddp else model  # no per-step buffer broadcast (see Distributed.wrap)
+    frozen_seen = method.frozen
+
+    def after_freeze() -> None:
+        """The gates were frozen (a fine-tune epoch, or the L0 controller's freeze mid-epoch). DDP
+        fixed at wrap time which parameters get gradients, so the model is wrapped again; under
+        FSDP a freeze inside ``full()`` reached only the gathered copies, so it is applied again to
+        the sharded parameters (``Method.freeze`` is idempotent)."""
+        nonlocal net, frozen_seen
+        frozen_seen = True
+        method.freeze(model)
+        if ddp:
+            net = d.wrap(model, device)
+
     show = config.progress and d.rank == 0
 
     def save(extra: dict) -> None:
@@ -208,6 +220,8 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
         position = {}
         if epoch >= config.epochs:
             method.freeze(model)
+        if method.frozen and not frozen_seen:
+            after_freeze()
         net.train()
         method.set_gate_modes(model)
         bar = progress(show, steps_per_epoch, f"epoch {epoch + 1}/{all_epochs}")
@@ -236,6 +250,8 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
                 if controller is not None and not method.frozen:
                     controller.step()
                 method.after_step(model)
+            if method.frozen and not frozen_seen:
+                after_freeze()
             if ema is not None:
                 ema.update()
             step += 1
