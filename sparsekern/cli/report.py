@@ -16,7 +16,8 @@ def add_arguments(p) -> None:
 def sparsity_table(summary: dict) -> str:
     from sparsekern.pruning import format_report
 
-    table = format_report({"layers": summary["layers"], "total": summary["total"]})
+    table = format_report({"layers": summary["layers"], "total": summary["total"],
+                           "left_dense": summary.get("left_dense", [])})  # (runs before it had no list)
     return (f"{table}\n\nmethod {summary['method']}, model {summary['model']}, data {summary['data']}: "
             f"test accuracy {summary['accuracy']:.4f}, sparsity of sparsified layers {summary['sparsity']:.4f}, "
             f"FLOPs {summary['flops'] / max(summary['dense_flops'], 1):.2%} of dense")

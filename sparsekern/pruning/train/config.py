@@ -133,5 +133,10 @@ class PruneConfig:
             raise ValueError(f"fsdp must be a bool, got {self.fsdp!r}")
         if self.fsdp and self.amp == "fp16":
             raise ValueError("amp 'fp16' (a GradScaler) is not supported with fsdp; use amp 'bf16'")
+        # STR's fine-tuning folds the thresholds into the weights: on the full weights, which
+        # neither the EMA's copies nor FSDP's shards are.
+        if self.method == "str" and self.finetune_epochs and (self.fsdp or self.ema):
+            raise ValueError("finetune_epochs with method 'str' is not supported together with "
+                             f"{'fsdp' if self.fsdp else 'ema'}")
         if self.lr_milestones and self.lr_schedule != "step":
             raise ValueError("lr_milestones are only for lr_schedule 'step'")

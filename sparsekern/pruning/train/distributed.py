@@ -7,7 +7,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sparsekern.pruning.train.fsdp import full_parameters, shard_model  # noqa: F401  (the FSDP2 helpers, here too)
 
 
 class Distributed:

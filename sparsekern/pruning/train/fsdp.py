@@ -124,12 +124,3 @@ def full_parameters(model: nn.Module):
                 if full._version != version:  # edited in place: every rank keeps its part
                     local = distribute_tensor(full.detach(), p.device_mesh, p.placements, src_data_rank=None)
                     p.to_local().copy_(local.to_local())
-
-
-def sync_buffers(model: nn.Module, src: int = 0) -> None:
-    """Broadcast every buffer from rank ``src`` (as DDP does before each forward): BatchNorm
-    statistics from each rank's own share of a batch would otherwise drift apart."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return
-    for buffer in model.buffers():
-        dist.broadcast(buffer, src)

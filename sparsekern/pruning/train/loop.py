@@ -138,7 +138,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
     optimizer, gate_optimizer = method.optimizers(method.param_groups(model))
     scheduler = lr_scheduler(optimizer, config, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
-    if config.channels_last:
+    if config.channels_last and not config.fsdp:  # (sharded models got it before sharding)
         model.to(memory_format=torch.channels_last)
     source = BatchSource(device, workers=config.workers, channels_last=config.channels_last, seed=config.seed)
     ema = ParameterEMA(model, config.ema) if config.ema else None
@@ -202,6 +202,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
             "scaler": scaler.state_dict() if scaler is not None else {}, **extra,
         }
         if config.fsdp:
+            d.sync_buffers(model)  # DCP may write a replicated buffer from any rank: rank 0's, as under DDP
             save_sharded(config.out, step, model, {"optimizer": optimizer, "gate_optimizer": gate_optimizer},
                          ema, common)
         elif d.rank == 0:
@@ -260,8 +261,9 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
             seen += len(y)
             if bar is not None:
                 bar.update(1)
-                # (under FSDP the sparsity is a gather, which rank 0 alone cannot do)
-                if (getattr(bar, "live", True) and i % 10 == 0 or i == steps_per_epoch - 1) and not config.fsdp:
+                # live bars only (the epoch's last postfix is set below); under FSDP the sparsity is a
+                # gather, which rank 0 alone cannot do
+                if getattr(bar, "live", True) and i % 10 == 0 and not config.fsdp:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                                     sparsity=f"{method.sparsity(model):.3f}")
             if config.checkpoint_every and step % config.checkpoint_every == 0 and i + 1 < len(plan):
@@ -328,6 +330,7 @@ def _summarize(final, model, config, info, method, example, test_ds, source, d, 
         "dense_flops": int(round(report["total"]["dense_flops"])),
         "layers": report["layers"],
         "total": report["total"],
+        "left_dense": report["left_dense"],
         "train_seconds": round(sum(r["seconds"] for r in history), 3),
         "finetune_epochs": config.finetune_epochs,
         **({"widths": widths} if widths is not None else {}),
