@@ -41,6 +41,7 @@ def test_prune_writes_the_run_directory(runs, method):
     summary = json.load(open(os.path.join(out, "summary.json")))
     for key in ("accuracy", "sparsity", "params", "nonzero_params", "flops", "dense_flops"):
         assert key in summary
+    assert summary["left_dense"] == []  # LeNet-300 has no layer a method leaves dense (the report lists them)
     # One epoch is far above chance (0.1); pruning half the weights within that epoch costs accuracy.
     assert (0.5 if method == "dense" else 0.2) < summary["accuracy"] <= 1.0
     assert summary["dense_flops"] == 64 * 300 + 300 * 100 + 100 * 10

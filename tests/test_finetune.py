@@ -61,3 +61,14 @@ def test_l0_finetune_from_the_cli(tmp_path, capsys):
     assert main(["prune", "--method", "l0", "--model", "lenet5", "--epochs", "1", "--finetune-epochs", "1",
                  "--target-sparsity", "0.5", "--no-progress", "--out", out]) == 0
     assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("other", [{"ema": 0.9}, {"fsdp": True}])
+def test_str_finetune_refuses_what_its_fold_cannot_reach(tmp_path, other):
+    """STR's fine-tuning folds the thresholds into the full weights: not into the EMA's copies or
+    FSDP's shards, where the pruned weights would come back. Refused up front, naming the setting."""
+    config = PruneConfig(method="str", target_sparsity=0.5, epochs=1, finetune_epochs=1, out=str(tmp_path), **other)
+    with pytest.raises(ValueError, match=f"finetune_epochs with method 'str' .*{next(iter(other))}"):
+        config.validate()
+    config.finetune_epochs = 0
+    config.validate()  # each alone is fine
