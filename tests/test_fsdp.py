@@ -135,6 +135,7 @@ def test_full_disk_during_a_sharded_save_keeps_the_last_checkpoint(tmp_path, mon
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("sparsekern: error: cannot write the distributed checkpoint")
     assert "No space left on device" in err and f"step-{STEPS:09d}" in err and "is kept" in err
+    assert err.endswith("free some space, then run the same command with --resume")  # as for checkpoint.pt
     assert os.listdir(out / "checkpoint.dcp") == [f"step-{STEPS:09d}"]  # no temporary directory left
     monkeypatch.setattr(FileSystemWriter, "write_data", write_data)
     summary = run_prune(PruneConfig(method="gmp", target_sparsity=0.5, epochs=2, seed=1, progress=False, fsdp=True,

@@ -14,6 +14,7 @@ from sparsekern.pruning.methods.l0 import HC_GATE_LR, HC_LAMBDA
 from sparsekern.pruning.methods.recipes import L0_PAPER_EMA, L0_PAPER_LR, RECIPES, STR_PAPER_S_INIT
 from sparsekern.pruning.train.config import AMP_MODES, METHODS, SCHEDULES, PruneConfig
 from sparsekern.pruning.train.loop import run_prune
+from sparsekern.pruning.train.sharded_checkpoint import CheckpointWriteError
 
 
 def add_arguments(p) -> None:
@@ -139,7 +140,7 @@ def run(args) -> int:
     with small_model_threads(config.model, config.data) as threads:
         try:
             summary = run_prune(config)
-        except OSError as e:
+        except (OSError, CheckpointWriteError) as e:  # (the distributed checkpoint's carries the errno too)
             if e.errno != errno.ENOSPC:
                 raise
             raise CLIError(f"{one_line(e)}; the last checkpoint is intact: free some space, then run the same "

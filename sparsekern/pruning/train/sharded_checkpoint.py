@@ -109,16 +109,24 @@ def _agree(ok: bool) -> bool:
     return bool(flag.item())
 
 
-def _reason(e: BaseException) -> str:
+def _errno(e: BaseException) -> int | None:
+    """The operating system's error number behind ``e``: its own, the first failed rank's inside DCP's
+    CheckpointException, or one quoted in its text."""
     if isinstance(e, OSError) and e.errno is not None:
-        return os.strerror(e.errno)
+        return e.errno
+    for inner in getattr(e, "failures", {}).values():
+        return _errno(inner[0] if isinstance(inner, tuple) else inner)
+    match = re.search(r"\[Errno (\d+)\]", str(e))
+    return int(match.group(1)) if match else None
+
+
+def _reason(e: BaseException) -> str:
+    code = _errno(e)
+    if code is not None:
+        return os.strerror(code)
     for inner in getattr(e, "failures", {}).values():  # DCP's CheckpointException: the first rank's failure
         return _reason(inner[0] if isinstance(inner, tuple) else inner)
-    text = " ".join(str(e).split())
-    match = re.search(r"\[Errno (\d+)\]", text)
-    if match:
-        return os.strerror(int(match.group(1)))
-    return text[:200] or type(e).__name__
+    return " ".join(str(e).split())[:200] or type(e).__name__
 
 
 def save_sharded(out: str, step: int, model: nn.Module, optimizers: dict, ema, extra: dict) -> str:
@@ -183,7 +191,7 @@ def save_sharded(out: str, step: int, model: nn.Module, optimizers: dict, ema, e
 def _write_error(root: str, error, previous: str | None) -> CheckpointWriteError:
     reason = _reason(error) if error is not None else "another rank failed to write its part"
     kept = f"the last complete checkpoint {previous!r} is kept" if previous else "no earlier checkpoint exists"
-    code = getattr(error, "errno", None) or errno.EIO
+    code = (_errno(error) if error is not None else None) or errno.EIO
     return CheckpointWriteError(code, f"cannot write the distributed checkpoint into {root!r}: {reason}; {kept}")
 
 
