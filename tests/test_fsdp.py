@@ -266,3 +266,19 @@ def test_every_method_on_two_ranks(tmp_path, one_process_group):
             single = run_prune(PruneConfig(method=method, model="lenet300", data="digits", epochs=1, seed=2,
                                            progress=False, out=str(tmp_path / f"{method}-single"), **extra))
             _assert_same_run(fsdp, single, tmp_path / f"{method}-1", tmp_path / f"{method}-single")
+
+
+def test_a_step_moved_aside_is_used_only_when_alone(tmp_path):
+    """Saving a step again moves the old directory aside (``.old``) until the new one is in place; a
+    crash in between leaves only the ``.old``, which resume must still find."""
+    from sparsekern.pruning.train.sharded_checkpoint import STATE_FILE, checkpoint_root, latest_checkpoint
+
+    root = checkpoint_root(str(tmp_path))
+    for name in ("step-000000005.old", "step-000000003"):
+        os.makedirs(os.path.join(root, name))
+        open(os.path.join(root, name, STATE_FILE), "wb").close()
+    assert latest_checkpoint(str(tmp_path)) == os.path.join(root, "step-000000005.old")
+    os.makedirs(os.path.join(root, "step-000000005"))
+    assert latest_checkpoint(str(tmp_path)) == os.path.join(root, "step-000000005.old")  # incomplete: no state
+    open(os.path.join(root, "step-000000005", STATE_FILE), "wb").close()
+    assert latest_checkpoint(str(tmp_path)) == os.path.join(root, "step-000000005")

@@ -38,6 +38,7 @@ from sparsekern.pruning.train.checkpoint import CheckpointError, _fsync_dir, loa
 DIRNAME = "checkpoint.dcp"
 STATE_FILE = "state.pt"
 _STEP = re.compile(r"^step-(\d+)$")
+_STEP_OR_OLD = re.compile(r"^step-(\d+)(\.old)?$")  # .old: moved aside while the same step is saved again
 _PLACEHOLDER = "__sparsekern_dcp_tensor__"
 
 
@@ -60,9 +61,9 @@ def latest_checkpoint(out: str) -> str | None:
     root = checkpoint_root(out)
     if not os.path.isdir(root):
         return None
-    steps = [(int(m.group(1)), name) for name in os.listdir(root) if (m := _STEP.match(name))
-             and os.path.isfile(os.path.join(root, name, STATE_FILE))]
-    return os.path.join(root, max(steps)[1]) if steps else None
+    steps = [(int(m.group(1)), not m.group(2), name) for name in os.listdir(root) if (m := _STEP_OR_OLD.match(name))
+             and os.path.isfile(os.path.join(root, name, STATE_FILE))]  # a step's .old only if it alone is left
+    return os.path.join(root, max(steps)[2]) if steps else None
 
 
 # ----------------------------------------------------------------- tensors <-> DCP, the rest <-> state.pt
@@ -171,17 +172,18 @@ def save_sharded(out: str, step: int, model: nn.Module, optimizers: dict, ema, e
         raise _write_error(root, error, previous)
     if rank == 0:  # complete on every rank: publish it, then drop the older ones
         try:
-            if os.path.isdir(final):
-                shutil.rmtree(final)
+            if os.path.isdir(final):  # the same step saved again (after a resume): moved aside, not
+                os.replace(final, final + ".old")  # deleted, until the new one is in place
             os.replace(tmp, final)
             _fsync_dir(root)
+            shutil.rmtree(final + ".old", ignore_errors=True)
         except OSError as e:
             error = e
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             for name in os.listdir(root):
-                m = _STEP.match(name)
-                if m and int(m.group(1)) != step:
+                m = _STEP_OR_OLD.match(name)
+                if m and (int(m.group(1)) != step or m.group(2)):
                     shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     if not _agree(error is None):  # also the barrier: no rank goes on before it is published
         raise _write_error(root, error, previous)
