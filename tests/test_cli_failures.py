@@ -87,17 +87,26 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_resume_is_exact(tmp_path, cap
 
 
 def test_a_full_disk_while_writing_the_logs(tmp_path, capsys, monkeypatch):
-    from sparsekern.pruning.train import run_dir
+    """The disk fills while log.jsonl's temp file is flushed: one line naming log.jsonl, no .tmp left."""
+    real_open, real_fsync, log_fds = os.open, os.fsync, set()
 
-    real = run_dir.json.dumps
+    def open_(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        if "log.jsonl" in os.fspath(path) and os.fspath(path).endswith(".tmp"):
+            log_fds.add(fd)
+        return fd
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def fsync(fd):
+        if fd in log_fds:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
 
-    monkeypatch.setattr(run_dir.json, "dumps", full)  # log.jsonl is written row by row with dumps
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "fsync", fsync)
     out = tmp_path / "logs"
     err = cli_error(PRUNE + ["--epochs", "1", "--out", str(out)], capsys)
-    monkeypatch.setattr(run_dir.json, "dumps", real)
+    monkeypatch.undo()
+    assert log_fds, "the log's temp file was never opened: the test did not exercise the write"
     assert "No space left on device" in err and "log.jsonl" in err
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
 

@@ -14,8 +14,8 @@ from sparsekern._moved import MOVED
 ROOT = pathlib.Path(sparsekern.__file__).parent
 # cli -> pruning -> nn -> ops -> backends; models and data sit beside nn (pruning and cli use them)
 LAYERS = {"backends": 0, "ops": 1, "nn": 2, "models": 2, "data": 2, "pruning": 3, "cli": 4}
-# inside pruning: train -> methods -> control -> surgery -> defaults
-PRUNING_LAYERS = {"defaults": 0, "surgery": 1, "control": 2, "methods": 3, "train": 4}
+# inside pruning: train -> methods -> control -> surgery -> defaults, atomic_files
+PRUNING_LAYERS = {"defaults": 0, "atomic_files": 0, "surgery": 1, "control": 2, "methods": 3, "train": 4}
 
 
 def _module_name(path: pathlib.Path) -> str:

@@ -2,13 +2,13 @@
 atomically), the check that refuses to overwrite a run, and the checks before resuming one."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
+import io
 import json
 import os
 
-from sparsekern.pruning.train.checkpoint import write_failure
+from sparsekern.pruning.atomic_files import atomic_write, write_failure
 from sparsekern.pruning.train.config import RESUME_FREE, PruneConfig
 from sparsekern.pruning.train.distributed import Distributed
 from sparsekern.pruning.train.sharded_checkpoint import checkpoint_root, latest_checkpoint
@@ -16,35 +16,22 @@ from sparsekern.pruning.train.sharded_checkpoint import checkpoint_root, latest_
 LOG_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_acc", "sparsity", "lr", "seconds")
 
 
-@contextlib.contextmanager
-def _written(path: str, newline=None):
-    """A text file written to ``path.tmp`` and renamed over ``path``; a failed write is a WriteError
-    and leaves ``path`` as it was (and no ``.tmp`` behind)."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", newline=newline) as f:
-            yield f
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise write_failure(e, path) from e
+def _write_text(path: str, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_json(path: str, obj) -> None:
-    with _written(path) as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+    _write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_logs(out: str, history: list[dict]) -> None:
     """Rewrite log.csv and log.jsonl from the history (so a resumed run never duplicates rows)."""
-    with _written(os.path.join(out, "log.csv"), newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(history)
-    with _written(os.path.join(out, "log.jsonl")) as f:
-        f.writelines(json.dumps(row) + "\n" for row in history)
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=LOG_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(history)
+    _write_text(os.path.join(out, "log.csv"), table.getvalue())
+    _write_text(os.path.join(out, "log.jsonl"), "".join(json.dumps(row) + "\n" for row in history))
 
 
 def prepare_out(config: PruneConfig, d: Distributed) -> str | None:

@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sparsekern.pruning.train.checkpoint import CheckpointError, _fsync_dir, load_checkpoint, save_checkpoint
+from sparsekern.pruning.atomic_files import fsync_dir
+from sparsekern.pruning.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 DIRNAME = "checkpoint.dcp"
 STATE_FILE = "state.pt"
@@ -175,7 +176,7 @@ def save_sharded(out: str, step: int, model: nn.Module, optimizers: dict, ema, e
             if os.path.isdir(final):  # the same step saved again (after a resume): moved aside, not
                 os.replace(final, final + ".old")  # deleted, until the new one is in place
             os.replace(tmp, final)
-            _fsync_dir(root)
+            fsync_dir(root)
             shutil.rmtree(final + ".old", ignore_errors=True)
         except OSError as e:
             error = e

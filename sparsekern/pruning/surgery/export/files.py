@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
 
 from torch import nn
 
 from sparsekern.models import MODELS, build_model
+from sparsekern.pruning.atomic_files import atomic_write
 
 EXPORT_VERSION = 1
 METADATA_KEY = "sparsekern"  # the JSON metadata's key in a safetensors header / ONNX metadata_props
@@ -55,19 +54,6 @@ def metadata_from_json(text, where: str) -> dict:
 
 
 def atomic_write_bytes(data: bytes, path: str) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same directory, fsync and rename: a crash
-    leaves the old file or the new one, never part of one."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``data`` to ``path`` atomically (``atomic_files.atomic_write``): a crash leaves the old file or
+    the new one, never part of one; a failed write is a WriteError naming ``path``."""
+    atomic_write(path, lambda f: f.write(data))
