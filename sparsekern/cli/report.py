@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from sparsekern.cli.common import CLIError, read_history, read_json, require_run_dir, say
+from sparsekern.pruning.atomic_files import atomic_write
 
 BUDGET_PNG = "sparsity_budget.png"
 CURVES_PNG = "curves.png"
@@ -47,7 +48,7 @@ def plot(run_dir: str, summary: dict, history: list[dict]) -> list[str]:
                      f"overall {100 * summary['sparsity']:.1f}%)")
         fig.tight_layout()
         written.append(os.path.join(run_dir, BUDGET_PNG))
-        fig.savefig(written[-1], dpi=100)
+        atomic_write(written[-1], lambda f: fig.savefig(f, dpi=100, format="png"))
         plt.close(fig)
 
     epochs = [r["epoch"] for r in history]
@@ -63,7 +64,7 @@ def plot(run_dir: str, summary: dict, history: list[dict]) -> list[str]:
     ax.set_title("accuracy and sparsity over training")
     fig.tight_layout()
     written.append(os.path.join(run_dir, CURVES_PNG))
-    fig.savefig(written[-1], dpi=100)
+    atomic_write(written[-1], lambda f: fig.savefig(f, dpi=100, format="png"))
     plt.close(fig)
     return written
 
