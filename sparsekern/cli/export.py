@@ -33,14 +33,9 @@ def add_arguments(p) -> None:
 def finalized_architecture(run_dir: str):
     """A fresh plain model of the run's architecture (what the exported state_dict loads into); a run
     whose export was shrunk records the kept ``widths`` in summary.json."""
-    config = read_json(run_dir, "config.json")
-    widths = read_json(run_dir, "summary.json").get("widths")
-    try:
-        info = config["dataset"]
-        return build_model(config["model"], info["num_classes"], info["in_channels"], tuple(info["image_size"]),
-                           widths=widths)
-    except KeyError as e:
-        raise CLIError(f"{os.path.join(run_dir, 'config.json')!r} lacks {e}") from e
+    meta = _metadata(run_dir)
+    return build_model(meta["model"], meta["num_classes"], meta["in_channels"], tuple(meta["image_size"]),
+                       widths=meta["widths"])
 
 
 def _metadata(run_dir: str) -> dict:
