@@ -113,6 +113,27 @@ def test_two_ranks_killed_then_resumed_on_one_and_on_two_ranks(tmp_path, one_pro
     _assert_same_run(two, reference, again, tmp_path / "single")
 
 
+@pytest.mark.slow
+def test_four_ranks_killed_then_resharded_onto_two(tmp_path, one_process_group):
+    """Saved by 4 ranks (4 shard files), resumed by 2: the run ends as the uninterrupted single-process one."""
+    reference = run_prune(PruneConfig(out=str(tmp_path / "single"), progress=False, **SETTINGS))
+    killed = tmp_path / "killed4"
+    spec = {"runs": [{**SETTINGS, "fsdp": True, "out": str(killed), "kill_after_epoch": 1}]}
+    proc = _torchrun([WORKER, json.dumps(spec)], tmp_path, nproc=4)
+    assert proc.returncode != 0 and "exitcode  : 17" in proc.stderr, proc.stderr[-3000:]  # the kill, no error
+    rows = _rows(proc.stdout)
+    assert sorted(r for r, _, _ in rows) == [0, 1, 2, 3] and len({r[2]["sparsity"] for r in rows}) == 1
+    saved = sorted(os.listdir(killed / "checkpoint.dcp" / f"step-{STEPS:09d}"))
+    assert saved == [".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp", "__3_0.distcp", "state.pt"]
+    args = ["--method", "str", "--target-sparsity", "0.8", "--model", "lenet300", "--data", "digits", "--epochs", "2",
+            "--seed", "3", "--batch-size", "64", "--lr", "0.05", "--no-progress", "--fsdp", "--resume"]
+    proc = _torchrun(["-m", "sparsekern", "prune", "--out", str(killed)] + args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((killed / "summary.json").read_text())
+    assert two["world_size"] == 2
+    _assert_same_run(two, reference, killed, tmp_path / "single")
+
+
 def test_full_disk_during_a_sharded_save_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys, one_process_group):
     from torch.distributed.checkpoint import FileSystemWriter
 
