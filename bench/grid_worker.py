@@ -26,15 +26,25 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs/results")
     p.add_argument("--worker", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--reverse", action="store_true", help="take the jobs from the end (a helper worker)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     jobs = [(case, label, opts, seed) for case in args.cases for label, opts in grid("full")
             if args.labels is None or label in args.labels for seed in range(args.seeds)]
-    for i, (case, label, opts, seed) in enumerate(jobs):
+    order = list(enumerate(jobs))
+    for i, (case, label, opts, seed) in order[::-1] if args.reverse else order:
         if i % args.workers != args.worker:
             continue
+        out = os.path.join(args.runs, case, label, f"seed{seed}")
+        if args.reverse and os.path.exists(os.path.join(out, ".lock")) and not os.path.isfile(os.path.join(out, "summary.json")):
+            print(f"{case} {label} seed{seed}: another worker holds it", flush=True)
+            continue
         start = time.time()
-        s = run_one(case, label, opts, seed, args.epochs, args.runs)
+        try:
+            s = run_one(case, label, opts, seed, args.epochs, args.runs)
+        except Exception as e:  # e.g. the run directory is locked by another worker
+            print(f"{case} {label} seed{seed}: {type(e).__name__}: {e}", flush=True)
+            continue
         print(f"{case} {label} seed{seed} acc {s['accuracy']:.4f} ({time.time() - start:.0f} s)", flush=True)
     return 0
 
