@@ -14,7 +14,7 @@ import time
 import torch
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-from results import CASES, grid, run_one  # noqa: E402
+from results import CASES, grid, run_dir, run_one  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     p.add_argument("--cases", nargs="+", required=True, choices=sorted(CASES))
     p.add_argument("--labels", nargs="*", default=None, help="only these grid labels (default: all)")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--grid", choices=("full", "main"), default="full")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--runs", default="runs/results")
     p.add_argument("--worker", type=int, default=0)
@@ -29,13 +30,13 @@ def main(argv=None) -> int:
     p.add_argument("--reverse", action="store_true", help="take the jobs from the end (a helper worker)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    jobs = [(case, label, opts, seed) for case in args.cases for label, opts in grid("full")
+    jobs = [(case, label, opts, seed) for case in args.cases for label, opts in grid(args.grid)
             if args.labels is None or label in args.labels for seed in range(args.seeds)]
     order = list(enumerate(jobs))
     for i, (case, label, opts, seed) in order[::-1] if args.reverse else order:
         if i % args.workers != args.worker:
             continue
-        out = os.path.join(args.runs, case, label, f"seed{seed}")
+        out = run_dir(args.runs, case, label, seed, args.epochs)
         if args.reverse and os.path.exists(os.path.join(out, ".lock")) and not os.path.isfile(os.path.join(out, "summary.json")):
             print(f"{case} {label} seed{seed}: another worker holds it", flush=True)
             continue

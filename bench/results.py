@@ -32,6 +32,7 @@ TUNED_ON = ("digits", "signal1d")
 SPARSITIES = (0.9, 0.95, 0.98)
 FLOPS = (0.5,)
 GRIDS = ("full", "main")
+DEFAULT_EPOCHS = 10
 
 
 def grid(which: str = "full"):
@@ -47,8 +48,13 @@ def grid(which: str = "full"):
         yield f"dep_l0@{f}", {"method": "dep_l0", "target_flops": f}
 
 
+def run_dir(runs: str, case: str, label: str, seed: int, epochs: int) -> str:
+    """Where a run lives: ``runs/CASE/LABEL/seedN`` at the default 10 epochs, else ``runs/CASE-eEPOCHS/...``."""
+    return os.path.join(runs, case if epochs == DEFAULT_EPOCHS else f"{case}-e{epochs}", label, f"seed{seed}")
+
+
 def run_one(case: str, label: str, opts: dict, seed: int, epochs: int, runs: str) -> dict:
-    out = os.path.join(runs, case, label, f"seed{seed}")
+    out = run_dir(runs, case, label, seed, epochs)
     done = os.path.join(out, "summary.json")
     if os.path.isfile(done):
         with open(done) as f:
@@ -128,33 +134,43 @@ def plot(results: dict, path: str) -> None:
     plt.close(fig)
 
 
-def _case(text: str) -> tuple[str, int | None]:
-    case, _, seeds = text.partition(":")
-    if case not in CASES or (seeds and not (seeds.isdigit() and int(seeds) > 0)):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected CASE or CASE:SEEDS, CASE one of {', '.join(CASES)}")
-    return case, int(seeds) if seeds else None
+def _case(text: str) -> tuple[str, int | None, int | None, str | None]:
+    """CASE[:SEEDS[:EPOCHS[:GRID]]] (empty fields: the command's --seeds / --epochs / --grid)."""
+    parts = text.split(":")
+    case, rest = parts[0], parts[1:] + [""] * (4 - len(parts))
+    seeds, epochs, which = rest[:3]
+    bad = len(parts) > 4 or case not in CASES or which not in ("",) + GRIDS or any(
+        v and not (v.isdigit() and int(v) > 0) for v in (seeds, epochs))
+    if bad:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CASE[:SEEDS[:EPOCHS[:GRID]]], CASE one of "
+                                         f"{', '.join(CASES)}, GRID one of {', '.join(GRIDS)}")
+    return case, int(seeds) if seeds else None, int(epochs) if epochs else None, which or None
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", default=["lenet300-mnist5k"], type=_case,
-                   help=f"cases ({', '.join(CASES)}), each optionally CASE:SEEDS to override --seeds")
+                   help=f"cases ({', '.join(CASES)}), each optionally CASE:SEEDS:EPOCHS:GRID to override "
+                        "--seeds / --epochs / --grid for that case (fields may be empty)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--grid", choices=GRIDS, default="full", help="full: 90/95/98%% sparsity; main: 90%% only")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     p.add_argument("--runs", default="runs/results")
     p.add_argument("--doc", default="docs/results_tables.md")
     p.add_argument("--plot", default="docs/results_accuracy_vs_flops.png")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     results = {}
-    for case, seeds in args.cases:
-        results[case] = {}
-        for label, opts in grid(args.grid):
-            results[case][label] = [run_one(case, label, opts, seed, args.epochs, args.runs)
+    for case, seeds, epochs, which in args.cases:
+        epochs = epochs or args.epochs
+        name = case if epochs == DEFAULT_EPOCHS else f"{case} ({epochs} epochs)"
+        results[name] = {}
+        for label, opts in grid(which or args.grid):
+            results[name][label] = [run_one(case, label, opts, seed, epochs, args.runs)
                                     for seed in range(seeds or args.seeds)]
-            print(case, label, [round(s["accuracy"], 4) for s in results[case][label]], file=sys.stderr, flush=True)
-    cases = " ".join(case + (f":{seeds}" if seeds else "") for case, seeds in args.cases)
+            print(name, label, [round(s["accuracy"], 4) for s in results[name][label]], file=sys.stderr, flush=True)
+    cases = " ".join(":".join([case, str(seeds or ""), str(epochs or ""), which or ""]).rstrip(":")
+                     for case, seeds, epochs, which in args.cases)
     lines = [f"Command: `PYTHONPATH=. python bench/results.py --cases {cases} --seeds {args.seeds} "
              f"--epochs {args.epochs} --grid {args.grid}`", ""]
     lines += worst_case(results)
