@@ -78,8 +78,9 @@ def table(case: str, rows: dict) -> list[str]:
     dense = statistics.mean(s["accuracy"] for s in rows["dense"]) if "dense" in rows else None
     lines = [f"### {case} ({f'{seeds} seeds' if seeds > 1 else '1 seed: no spread'})", "",
              "| method | test acc. % (mean ± std) | worst seed % | worst / dense | sparsity % | FLOPs % of dense | "
-             "reached by training % of target | collapsed | kept widths (seed 0) | s / epoch |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "reached by training % of target | kept by training / allowed | collapsed | kept widths (seed 0) | "
+             "s / epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, summaries in rows.items():
         flops = [s["flops"] / s["dense_flops"] for s in summaries]
         widths = "-".join(map(str, summaries[0].get("widths", []))) or "-"
@@ -89,9 +90,12 @@ def table(case: str, rows: dict) -> list[str]:
         reached = [s["target_control"]["target_reached_by_training"] for s in summaries
                    if "target_reached_by_training" in s.get("target_control", {})]
         reached = f"{100 * min(reached):.0f}-{100 * max(reached):.0f}" if reached else "-"
+        kept = [s["target_control"]["kept_over_budget"] for s in summaries
+                if "kept_over_budget" in s.get("target_control", {})]
+        kept = f"{min(kept):.2f}-{max(kept):.2f}" if kept else "-"
         collapsed = sum(bool(s.get("health", {}).get("collapsed")) for s in summaries)
         lines.append(f"| {label} | {_mean_std(s['accuracy'] for s in summaries)} | {100 * worst:.2f} | {ratio} | "
-                     f"{_mean_std(s['sparsity'] for s in summaries)} | {_mean_std(flops)} | {reached} | "
+                     f"{_mean_std(s['sparsity'] for s in summaries)} | {_mean_std(flops)} | {reached} | {kept} | "
                      f"{collapsed}/{len(summaries)} | {widths} | {per_epoch:.2f} |")
     return lines + [""]
 
@@ -111,6 +115,35 @@ def worst_case(results: dict) -> list[str]:
     lines = ["### Worst case over every data set and seed", "",
              "| method | worst accuracy / dense (mean of the case's dense seeds) | where |", "|---|---|---|"]
     lines += [f"| {label} | {ratio:.3f} | {where} |" for label, (ratio, where) in worst.items()]
+    return lines + [""]
+
+
+def targets(results: dict) -> list[str]:
+    """Issue 17's targets per case, from the means over seeds (points of test accuracy) and the
+    worst seed / dense mean at 90% sparsity and 50% FLOPs."""
+    def mean(rows, label):
+        return statistics.mean(s["accuracy"] for s in rows[label]) if label in rows else None
+
+    def diff(rows, a, b):
+        ma, mb = mean(rows, a), mean(rows, b)
+        return "-" if ma is None or mb is None else f"{100 * (ma - mb):+.2f}"
+
+    lines = ["### Targets per case (differences of mean test accuracy, points)", "",
+             "| case | worst / dense at 90% or 50% FLOPs (method) | L0 - GMP @90% | STR - GMP @90% | "
+             "STR - GMP @95% | STR - GMP @98% | L0 - GMP @95% | L0 - GMP @98% | Dep-L0 - L0-HC @50% FLOPs |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for case, rows in results.items():
+        worst = "-"
+        if "dense" in rows:
+            dense = mean(rows, "dense")
+            pairs = [(min(s["accuracy"] for s in rows[label]) / dense, label) for label in rows
+                     if label.endswith("@0.9") or label.endswith("@0.5")]
+            if pairs:
+                worst = "{:.3f} ({})".format(*min(pairs))
+        lines.append(f"| {case} | {worst} | {diff(rows, 'l0@0.9', 'gmp@0.9')} | {diff(rows, 'str@0.9', 'gmp@0.9')} | "
+                     f"{diff(rows, 'str@0.95', 'gmp@0.95')} | {diff(rows, 'str@0.98', 'gmp@0.98')} | "
+                     f"{diff(rows, 'l0@0.95', 'gmp@0.95')} | {diff(rows, 'l0@0.98', 'gmp@0.98')} | "
+                     f"{diff(rows, 'dep_l0@0.5', 'l0_hc@0.5')} |")
     return lines + [""]
 
 
@@ -174,6 +207,7 @@ def main(argv=None) -> int:
     lines = [f"Command: `PYTHONPATH=. python bench/results.py --cases {cases} --seeds {args.seeds} "
              f"--epochs {args.epochs} --grid {args.grid}`", ""]
     lines += worst_case(results)
+    lines += targets(results)
     for case, rows in results.items():
         lines += table(case, rows)
     with open(args.doc, "w") as f:
