@@ -32,6 +32,7 @@ TUNED_ON = ("digits", "signal1d")
 SPARSITIES = (0.9, 0.95, 0.98)
 FLOPS = (0.5,)
 GRIDS = ("full", "main")
+DEFAULT_EPOCHS = 10
 
 
 def grid(which: str = "full"):
@@ -47,8 +48,13 @@ def grid(which: str = "full"):
         yield f"dep_l0@{f}", {"method": "dep_l0", "target_flops": f}
 
 
+def run_dir(runs: str, case: str, label: str, seed: int, epochs: int) -> str:
+    """Where a run lives: ``runs/CASE/LABEL/seedN`` at the default 10 epochs, else ``runs/CASE-eEPOCHS/...``."""
+    return os.path.join(runs, case if epochs == DEFAULT_EPOCHS else f"{case}-e{epochs}", label, f"seed{seed}")
+
+
 def run_one(case: str, label: str, opts: dict, seed: int, epochs: int, runs: str) -> dict:
-    out = os.path.join(runs, case, label, f"seed{seed}")
+    out = run_dir(runs, case, label, seed, epochs)
     done = os.path.join(out, "summary.json")
     if os.path.isfile(done):
         with open(done) as f:
@@ -72,8 +78,9 @@ def table(case: str, rows: dict) -> list[str]:
     dense = statistics.mean(s["accuracy"] for s in rows["dense"]) if "dense" in rows else None
     lines = [f"### {case} ({f'{seeds} seeds' if seeds > 1 else '1 seed: no spread'})", "",
              "| method | test acc. % (mean ± std) | worst seed % | worst / dense | sparsity % | FLOPs % of dense | "
-             "reached by training % of target | collapsed | kept widths (seed 0) | s / epoch |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "reached by training % of target | kept by training / allowed | collapsed | kept widths (seed 0) | "
+             "s / epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, summaries in rows.items():
         flops = [s["flops"] / s["dense_flops"] for s in summaries]
         widths = "-".join(map(str, summaries[0].get("widths", []))) or "-"
@@ -83,9 +90,12 @@ def table(case: str, rows: dict) -> list[str]:
         reached = [s["target_control"]["target_reached_by_training"] for s in summaries
                    if "target_reached_by_training" in s.get("target_control", {})]
         reached = f"{100 * min(reached):.0f}-{100 * max(reached):.0f}" if reached else "-"
+        kept = [s["target_control"]["kept_over_budget"] for s in summaries
+                if "kept_over_budget" in s.get("target_control", {})]
+        kept = f"{min(kept):.2f}-{max(kept):.2f}" if kept else "-"
         collapsed = sum(bool(s.get("health", {}).get("collapsed")) for s in summaries)
         lines.append(f"| {label} | {_mean_std(s['accuracy'] for s in summaries)} | {100 * worst:.2f} | {ratio} | "
-                     f"{_mean_std(s['sparsity'] for s in summaries)} | {_mean_std(flops)} | {reached} | "
+                     f"{_mean_std(s['sparsity'] for s in summaries)} | {_mean_std(flops)} | {reached} | {kept} | "
                      f"{collapsed}/{len(summaries)} | {widths} | {per_epoch:.2f} |")
     return lines + [""]
 
@@ -105,6 +115,35 @@ def worst_case(results: dict) -> list[str]:
     lines = ["### Worst case over every data set and seed", "",
              "| method | worst accuracy / dense (mean of the case's dense seeds) | where |", "|---|---|---|"]
     lines += [f"| {label} | {ratio:.3f} | {where} |" for label, (ratio, where) in worst.items()]
+    return lines + [""]
+
+
+def targets(results: dict) -> list[str]:
+    """Issue 17's targets per case, from the means over seeds (points of test accuracy) and the
+    worst seed / dense mean at 90% sparsity and 50% FLOPs."""
+    def mean(rows, label):
+        return statistics.mean(s["accuracy"] for s in rows[label]) if label in rows else None
+
+    def diff(rows, a, b):
+        ma, mb = mean(rows, a), mean(rows, b)
+        return "-" if ma is None or mb is None else f"{100 * (ma - mb):+.2f}"
+
+    lines = ["### Targets per case (differences of mean test accuracy, points)", "",
+             "| case | worst / dense at 90% or 50% FLOPs (method) | L0 - GMP @90% | STR - GMP @90% | "
+             "STR - GMP @95% | STR - GMP @98% | L0 - GMP @95% | L0 - GMP @98% | Dep-L0 - L0-HC @50% FLOPs |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for case, rows in results.items():
+        worst = "-"
+        if "dense" in rows:
+            dense = mean(rows, "dense")
+            pairs = [(min(s["accuracy"] for s in rows[label]) / dense, label) for label in rows
+                     if label.endswith("@0.9") or label.endswith("@0.5")]
+            if pairs:
+                worst = "{:.3f} ({})".format(*min(pairs))
+        lines.append(f"| {case} | {worst} | {diff(rows, 'l0@0.9', 'gmp@0.9')} | {diff(rows, 'str@0.9', 'gmp@0.9')} | "
+                     f"{diff(rows, 'str@0.95', 'gmp@0.95')} | {diff(rows, 'str@0.98', 'gmp@0.98')} | "
+                     f"{diff(rows, 'l0@0.95', 'gmp@0.95')} | {diff(rows, 'l0@0.98', 'gmp@0.98')} | "
+                     f"{diff(rows, 'dep_l0@0.5', 'l0_hc@0.5')} |")
     return lines + [""]
 
 
@@ -128,36 +167,47 @@ def plot(results: dict, path: str) -> None:
     plt.close(fig)
 
 
-def _case(text: str) -> tuple[str, int | None]:
-    case, _, seeds = text.partition(":")
-    if case not in CASES or (seeds and not (seeds.isdigit() and int(seeds) > 0)):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected CASE or CASE:SEEDS, CASE one of {', '.join(CASES)}")
-    return case, int(seeds) if seeds else None
+def _case(text: str) -> tuple[str, int | None, int | None, str | None]:
+    """CASE[:SEEDS[:EPOCHS[:GRID]]] (empty fields: the command's --seeds / --epochs / --grid)."""
+    parts = text.split(":")
+    case, rest = parts[0], parts[1:] + [""] * (4 - len(parts))
+    seeds, epochs, which = rest[:3]
+    bad = len(parts) > 4 or case not in CASES or which not in ("",) + GRIDS or any(
+        v and not (v.isdigit() and int(v) > 0) for v in (seeds, epochs))
+    if bad:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CASE[:SEEDS[:EPOCHS[:GRID]]], CASE one of "
+                                         f"{', '.join(CASES)}, GRID one of {', '.join(GRIDS)}")
+    return case, int(seeds) if seeds else None, int(epochs) if epochs else None, which or None
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", default=["lenet300-mnist5k"], type=_case,
-                   help=f"cases ({', '.join(CASES)}), each optionally CASE:SEEDS to override --seeds")
+                   help=f"cases ({', '.join(CASES)}), each optionally CASE:SEEDS:EPOCHS:GRID to override "
+                        "--seeds / --epochs / --grid for that case (fields may be empty)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--grid", choices=GRIDS, default="full", help="full: 90/95/98%% sparsity; main: 90%% only")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     p.add_argument("--runs", default="runs/results")
     p.add_argument("--doc", default="docs/results_tables.md")
     p.add_argument("--plot", default="docs/results_accuracy_vs_flops.png")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     results = {}
-    for case, seeds in args.cases:
-        results[case] = {}
-        for label, opts in grid(args.grid):
-            results[case][label] = [run_one(case, label, opts, seed, args.epochs, args.runs)
+    for case, seeds, epochs, which in args.cases:
+        epochs = epochs or args.epochs
+        name = case if epochs == DEFAULT_EPOCHS else f"{case} ({epochs} epochs)"
+        results[name] = {}
+        for label, opts in grid(which or args.grid):
+            results[name][label] = [run_one(case, label, opts, seed, epochs, args.runs)
                                     for seed in range(seeds or args.seeds)]
-            print(case, label, [round(s["accuracy"], 4) for s in results[case][label]], file=sys.stderr, flush=True)
-    cases = " ".join(case + (f":{seeds}" if seeds else "") for case, seeds in args.cases)
+            print(name, label, [round(s["accuracy"], 4) for s in results[name][label]], file=sys.stderr, flush=True)
+    cases = " ".join(":".join([case, str(seeds or ""), str(epochs or ""), which or ""]).rstrip(":")
+                     for case, seeds, epochs, which in args.cases)
     lines = [f"Command: `PYTHONPATH=. python bench/results.py --cases {cases} --seeds {args.seeds} "
              f"--epochs {args.epochs} --grid {args.grid}`", ""]
     lines += worst_case(results)
+    lines += targets(results)
     for case, rows in results.items():
         lines += table(case, rows)
     with open(args.doc, "w") as f:

@@ -3,7 +3,8 @@ tuned on, without collapsing.
 
 A 1-D signal task (``sparsekern.data.generated``: random-phase chirps, every input sample
 informative), 2,000 training examples, batch 16, 20 epochs (2,500 steps). Measured at the commit
-that added this test (seed 0): dense 0.62 (12 epochs); L0-HC at 50% FLOPs 0.62, L0 at 90% 0.61.
+that added this test (seed 0): dense 0.62 (12 epochs); L0-HC at 50% FLOPs 0.62, L0 at 90% 0.61;
+L0 at 98% (added with the relative constraint gap): 0.559.
 The previous controller (multiplicative lambda on the thresholded count, calibrations pinning it)
 gave 0.48 and 0.34 in this setting: its lambda wound up while the count sat one gate off the
 schedule, and the final calibration pruned what training had not.
@@ -27,11 +28,15 @@ def signals(tmp_path_factory):
     return str(path)
 
 
-@pytest.mark.parametrize("method, options, measured", [
-    ("l0_hc", {"target_flops": 0.5}, lambda s: s["flops"] / s["dense_flops"]),
-    ("l0", {"target_sparsity": 0.9}, lambda s: 1 - s["sparsity"]),
+@pytest.mark.parametrize("method, options, measured, least", [
+    ("l0_hc", {"target_flops": 0.5}, lambda s: s["flops"] / s["dense_flops"], 0.55),
+    ("l0", {"target_sparsity": 0.9}, lambda s: 1 - s["sparsity"], 0.55),
+    # 2% of the weights allowed: measured 0.559, kept 1.15x the budget before the calibration;
+    # with the violation in absolute terms (c - b) training kept 5.4x the budget, the
+    # calibration removed 8.9 points at once and the run collapsed (0.301)
+    ("l0", {"target_sparsity": 0.98}, lambda s: 1 - s["sparsity"], 0.45),
 ])
-def test_gated_methods_train_to_their_target_on_held_out_signals(tmp_path, signals, method, options, measured):
+def test_gated_methods_train_to_their_target_on_held_out_signals(tmp_path, signals, method, options, measured, least):
     summary = run_prune(PruneConfig(method=method, model="lenet300", data=signals, epochs=20, batch_size=16,
                                     seed=0, out=str(tmp_path / method), progress=False, **options))
     wanted = options.get("target_flops", 1 - options.get("target_sparsity", 0))
@@ -40,8 +45,9 @@ def test_gated_methods_train_to_their_target_on_held_out_signals(tmp_path, signa
     # training itself reached the target; the calibration only settled the boundary gates
     assert control["target_reached_by_training"] > 0.9, control
     assert control["calibration_moved"] < 0.05, control
+    assert control["kept_over_budget"] < 1.5, control  # measured relative to what the target allows
     assert not summary["health"]["collapsed"], summary["health"]
-    assert summary["accuracy"] > 0.55, summary["accuracy"]  # dense: 0.62; the old controller: 0.48 / 0.34
+    assert summary["accuracy"] > least, summary["accuracy"]  # dense: 0.62; the old controller: 0.48 / 0.34
 
 
 def test_health_flags_a_collapse():

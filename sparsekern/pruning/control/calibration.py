@@ -1,7 +1,7 @@
 """Land a gated model on a target: keep the k best-placed gates, with k found by bisection.
 
-The lambda controller (``TargetLambda``) steers training towards the target, but gates open
-and close in steps, and a Dep-L0 generator saturates (its outputs sit at +-log 100, where a
+The target controller (``constraint.DualLambda``; ``TargetLambda`` for the L0 paper recipe)
+steers training towards the target, but gates open and close in steps, and a Dep-L0 generator saturates (its outputs sit at +-log 100, where a
 common shift of log_alpha cannot separate them), so training can miss by several points.
 
 The calibration puts all gates in one keep order and keeps a prefix of it. Two orders:

@@ -54,10 +54,12 @@ def _travel_lr(method, travel: float) -> float:
 
 
 class L0(Method):
-    """L0 of Louizos et al. with ``recipes``' gates (one per input neuron of a Linear, per output
-    map of a conv); ``lam`` per open weight / N, or ``target_sparsity`` adapts lambda
-    (``TargetLambda``). ``recipe="paper"``: the reference code's training (Adam on everything,
-    L2 inside the penalty, log_alpha clamped after each step)."""
+    """L0 of Louizos et al., one gate per weight (``defaults.L0_GRANULARITY``); ``lam`` per open
+    weight / N, or ``target_sparsity``: a constraint on the expected density
+    (``constraint.DualLambda``, then calibration, frozen gates and recovery). ``recipe="paper"``:
+    the paper's gates (one per input neuron of a Linear, per output map of a conv) and the
+    reference code's training (Adam on everything, L2 inside the penalty, log_alpha clamped
+    after each step), its lambda adapted by ``TargetLambda`` under a target."""
     name = "l0"
     takes = ("lam", "gate_lr", "target_sparsity")
     gate_lr_default = defaults.L0_GATE_LR
@@ -126,8 +128,9 @@ class L0(Method):
 class ChannelL0(Method):
     """Structured channel gates (SPEC 3): independent (``l0_hc``) or from Dep-L0's generator
     (``dep_l0``, ``dependency`` forward/backward); same placement and the same coupled penalty,
-    so the two differ only in the dependency. ``target_flops`` adapts lambda (per FLOP) to land
-    on that fraction of the dense FLOPs; else ``lam`` per weight of the chain (the paper's)."""
+    so the two differ only in the dependency. ``target_flops``: a constraint on the expected
+    FLOPs fraction (``constraint.DualLambda``), landing on that fraction of the dense FLOPs;
+    else ``lam`` per weight of the chain (the paper's)."""
     name = "l0_hc"
     takes = ("lam", "gate_lr", "target_flops")
     gate_lr_default = HC_GATE_LR

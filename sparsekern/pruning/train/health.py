@@ -23,6 +23,7 @@ def check_finite(loss: float, epoch: int, step: int, config: PruneConfig) -> Non
 COLLAPSE_DROP = 0.2  # training accuracy this far (relative) below its own peak, later in the run
 NEAR_CHANCE = 0.1  # final accuracy within this fraction of the way from chance to 1
 CONTROLLER_SHORTFALL = 0.8  # training reached less than this fraction of the target on its own
+CONTROLLER_EXCESS = 1.5  # or kept more than this many times the allowed cost (density / FLOPs)
 
 
 def run_health(history: list[dict], accuracy: float, num_classes: int, control: dict | None = None) -> dict:
@@ -32,7 +33,9 @@ def run_health(history: list[dict], accuracy: float, num_classes: int, control: 
     below its own peak in a later epoch, or the final test accuracy is near chance (less than
     ``NEAR_CHANCE`` of the way from 1/classes to 1). ``warnings`` says it in words, and also when a
     target controller reached less than ``CONTROLLER_SHORTFALL`` of its target before the final
-    calibration pruned the rest (``control``: the controller's ``record()``).
+    calibration pruned the rest, or kept more than ``CONTROLLER_EXCESS`` times the allowed cost (at
+    a 98% target, 90% pruned is 92% of the target but 5x the allowed density; ``control``: the
+    controller's ``record()``).
     """
     out: dict = {"warnings": []}
     if history:
@@ -55,6 +58,10 @@ def run_health(history: list[dict], accuracy: float, num_classes: int, control: 
     if reached is not None and reached < CONTROLLER_SHORTFALL:
         out["warnings"].append(f"target: training reached only {100 * reached:.0f}% of the target on its own; "
                                f"the calibration moved {100 * control['calibration_moved']:.1f} points at once")
+    excess = (control or {}).get("kept_over_budget")
+    if excess is not None and excess > CONTROLLER_EXCESS and (reached is None or reached >= CONTROLLER_SHORTFALL):
+        out["warnings"].append(f"target: training kept {excess:.1f}x the allowed cost; the calibration removed "
+                               f"{100 * (1 - 1 / excess):.0f}% of what training kept at once")
     return out
 
 
