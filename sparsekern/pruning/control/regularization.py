@@ -40,17 +40,6 @@ def coupled_penalty(gates, lam: float, cost: str = "weights", clamp: bool = Fals
     return total
 
 
-def dense_chain_cost(gates, cost: str = "weights") -> float:
-    """``coupled_penalty`` at lam = 1 with every channel open (the dense network's cost)."""
-    total, previous = 0.0, None
-    for gate in gates:
-        link = gate.chain
-        previous = float(link.in_channels) if previous is None else previous
-        total += previous * gate.num_channels * link.kernel_area * (link.positions if cost == "flops" else 1.0)
-        previous = float(gate.num_channels)
-    return total
-
-
 def regularization(model: nn.Module, *, num_samples: int | None = None, lam: float = L0_LAMBDA,
                    prior_prec: float = 0.0, cost: str = "weights", clamp: bool = False, flops_weighted: bool = False,
                    example_input=None, reference_terms: bool = False) -> Tensor:

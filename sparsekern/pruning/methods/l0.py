@@ -7,7 +7,7 @@ from sparsekern.pruning import defaults
 from sparsekern.pruning.control import constraint
 from sparsekern.pruning.control.calibration import calibrate_gates
 from sparsekern.pruning.control.lambda_control import TargetLambda
-from sparsekern.pruning.control.regularization import dense_chain_cost, regularization
+from sparsekern.pruning.control.regularization import regularization
 from sparsekern.pruning.methods import recipes
 from sparsekern.pruning.methods.base import Method, flops_fraction
 from sparsekern.pruning.surgery.channel_gating import chained_gates, measure_positions
@@ -20,7 +20,6 @@ from sparsekern.pruning.surgery.sparsify import sparsify
 # Structured gates (SPEC 3): the coupled penalty undivided by N; lambda per (k^2 C_in C_out) weight
 # (cost="weights") or per multiply-accumulate (cost="flops", what the FLOPs target controls).
 HC_LAMBDA = 1e-6
-TARGET_LAMBDA_START = 1.0  # --target-flops: initial weight of the expected FLOPs fraction
 HC_GATE_LR = 1e-3  # SPEC 3: Adam, lr 1e-3, no decay, for the generator / independent log_alpha
 # Under a target, unless --gate-lr is given, the gates' Adam rate is set by the length of the
 # pruning phase: Adam moves a parameter by about its rate per step whatever the gradient's

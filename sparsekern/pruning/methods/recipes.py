@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import torch
 from torch import nn
 
 from sparsekern.pruning.surgery.modules import gate_modules
@@ -54,11 +53,6 @@ def sparsify_l0_paper(model: nn.Module) -> nn.Module:
             model = sparsify(model, "l0", include="re:^(" + "|".join(map(re.escape, names)) + ")$",
                              granularity=granularity, drop_rate=L0_PAPER_DROP_RATE)
     return model
-
-
-def l0_paper_optimizer(model: nn.Module, lr: float = L0_PAPER_LR) -> torch.optim.Adam:
-    """Adam on every parameter, no weight decay."""
-    return torch.optim.Adam(model.parameters(), lr=lr)
 
 
 def clamp_log_alpha(model: nn.Module) -> None:
