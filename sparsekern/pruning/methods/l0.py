@@ -198,8 +198,7 @@ class ChannelL0(Method):
             gates = chained_gates(model)
             return self.target.lam * self.scale * constraint.chain_cost(
                 gates, [g.open_probability().sum() for g in gates])
-        lam = self.lam if self.target is None else self.target.lam * self.scale
-        return regularization(model, num_samples=1, lam=lam, cost=self.cost, clamp=True)
+        return regularization(model, num_samples=1, lam=self.lam, cost=self.cost, clamp=True)  # no target
 
     def widths(self, exported):
         return model_widths(exported) if hasattr(exported, "gate_sites") else None

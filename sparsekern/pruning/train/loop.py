@@ -120,6 +120,7 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
     total_steps = steps_per_epoch * config.epochs  # the pruning phase; fine-tuning comes after
     all_epochs = config.epochs + config.finetune_epochs
     method = METHOD_CLASSES[config.method](config)
+
     def fresh_model():
         model = build_model(config.model, info["num_classes"], info["in_channels"], info["image_size"])
         return method.sparsify(model).to(device)
@@ -127,9 +128,9 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
     model = fresh_model()
     example = test_ds[0][0].unsqueeze(0).to(device)
     controller = method.controller(model, total_steps, example)
+    if config.channels_last:  # before sharding: FSDP2 shards the tensors it is given
+        model.to(memory_format=torch.channels_last)
     if config.fsdp:  # after the controller (built on the full model), before the optimizers (on the shards)
-        if config.channels_last:
-            model.to(memory_format=torch.channels_last)
         shard_model(model)
         d.sync_buffers(model)  # then, as under DDP, no per-step broadcast (see Distributed.wrap)
     # With FSDP the parameters outside a forward are shards: what reads or edits them runs on
@@ -138,8 +139,6 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
     optimizer, gate_optimizer = method.optimizers(method.param_groups(model))
     scheduler = lr_scheduler(optimizer, config, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
-    if config.channels_last and not config.fsdp:  # (sharded models got it before sharding)
-        model.to(memory_format=torch.channels_last)
     source = BatchSource(device, workers=config.workers, channels_last=config.channels_last, seed=config.seed)
     ema = ParameterEMA(model, config.ema) if config.ema else None
 
