@@ -17,6 +17,12 @@ from sparsekern.pruning.train.loop import PruneConfig, run_prune
 KILLED = 17
 
 
+def _emit(line: str) -> None:
+    """One write(2) per line: the ranks share stdout, and a pipe keeps writes under PIPE_BUF whole,
+    where print's separate text and newline writes could interleave with another rank's."""
+    os.write(sys.stdout.fileno(), (line + "\n").encode())
+
+
 def main() -> None:
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))
@@ -28,13 +34,13 @@ def main() -> None:
         tag = f"{run['method']} {int(run.get('fsdp', False))}"
 
         def on_epoch_end(epoch, row, tag=tag, kill=kill):
-            print(f"ROW {rank} {tag} {json.dumps(row)}", flush=True)
+            _emit(f"ROW {rank} {tag} {json.dumps(row)}")
             if epoch == kill:
                 os._exit(KILLED)
 
         summary = run_prune(PruneConfig(progress=False, **run), on_epoch_end=on_epoch_end)
         if rank == 0:
-            print(f"SUMMARY {tag} {json.dumps(summary)}", flush=True)
+            _emit(f"SUMMARY {tag} {json.dumps(summary)}")
     dist.destroy_process_group()
 
 

@@ -186,7 +186,8 @@ def _make_dry_run(tmp_path, managed: bool, *extra) -> str:
     fake = tmp_path / "python3"
     fake.write_text(f"#!/bin/sh\necho {int(managed)}\n")
     fake.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k != "PY"}
+    # not PY, nor the variables of an enclosing make (`make test PY=...` passes PY down in MAKEFLAGS)
+    env = {k: v for k, v in os.environ.items() if k not in ("PY", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     proc = subprocess.run(["make", "-n", "-C", ROOT, "demo", f"SYSTEM_PY={fake}", *extra], capture_output=True,
                           text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
