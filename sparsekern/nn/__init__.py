@@ -6,6 +6,7 @@ Every weight layer subclasses nn.Linear / nn.Conv2d (drop-in) and ``SparseModule
 """
 from sparsekern.nn.base import NoiseStream, SparseModule
 from sparsekern.nn.channel_gate import ChannelGate
+from sparsekern.nn.head_gate import HeadGate
 from sparsekern.nn.generator import GateGenerator, GeneratorOutput
 from sparsekern.nn.gates import HardConcreteGates, gate_open_probability, log_alpha_init
 from sparsekern.nn.l0_layers import L0Conv2d, L0Linear
@@ -19,6 +20,6 @@ MASKED_LAYERS = (MaskedLinear, MaskedConv2d)
 __all__ = [
     "DEFAULT_S_INIT", "L0_LAYERS", "MASKED_LAYERS", "STR_LAYERS",
     "ChannelGate", "GateGenerator", "GeneratorOutput",
-    "HardConcreteGates", "L0Conv2d", "L0Linear", "MaskedConv2d", "MaskedLinear", "NoiseStream",
+    "HardConcreteGates", "HeadGate", "L0Conv2d", "L0Linear", "MaskedConv2d", "MaskedLinear", "NoiseStream",
     "STRConv2d", "STRLinear", "SparseModule", "gate_open_probability", "log_alpha_init",
 ]

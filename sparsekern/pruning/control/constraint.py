@@ -193,6 +193,6 @@ def chain_cost(gates, counts) -> float:
     for gate, count in zip(gates, counts):
         link = gate.chain
         previous = float(link.in_channels) if previous is None else previous
-        total = total + previous * count * link.kernel_area * link.positions
+        total = total + link.term(previous, count, True)
         previous = count
     return total

@@ -28,13 +28,10 @@ def coupled_penalty(gates, lam: float, cost: str = "weights", clamp: bool = Fals
         if previous is None:
             previous = torch.tensor(float(link.in_channels), device=gate.gate_log_alpha().device)
         current = _expected_channels(gate, clamp)
-        scale = lam * link.kernel_area
-        if cost == "flops":
-            if link.positions is None:
-                raise ValueError("regularization: cost='flops' needs example_input (once) to measure the "
-                                 "output H*W of the gated layers")
-            scale *= link.positions
-        term = previous * current * scale
+        if cost == "flops" and link.positions is None:
+            raise ValueError("regularization: cost='flops' needs example_input (once) to measure the "
+                             "output H*W of the gated layers")
+        term = lam * link.term(previous, current, cost == "flops")
         total = term if total is None else total + term
         previous = current
     return total

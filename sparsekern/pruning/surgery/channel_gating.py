@@ -30,6 +30,20 @@ class ChainLink:
     kernel_area: int
     in_channels: int
     positions: float | None = None
+    # A head or neuron gate of a transformer (``transformer_gating``): its cost is its own, not
+    # a product with the previous gate's. Per open channel: ``unit_weights`` weights, and per
+    # example ``unit_flops * T + unit_quadratic * T^2`` FLOPs (T = positions, the sequence length).
+    unit_weights: float | None = None
+    unit_flops: float = 0.0
+    unit_quadratic: float = 0.0
+
+    def term(self, previous, current, flops: bool):
+        """The cost of this link with ``previous`` open channels before it and ``current`` in it."""
+        if self.unit_weights is not None:
+            if not flops:
+                return current * self.unit_weights
+            return current * (self.unit_flops * self.positions + self.unit_quadratic * self.positions ** 2)
+        return previous * current * self.kernel_area * (self.positions if flops else 1)
 
 
 class GatedModule(nn.Sequential):
@@ -137,7 +151,8 @@ def measure_positions(model: nn.Module, example_input) -> None:
     seen = {}
 
     def hook(module, inputs, output):
-        seen[module] = output.numel() / output.shape[0] / module.num_channels  # per example: H*W, or T
+        # per example: H*W, or T (a head gate's channel is head_dim wide)
+        seen[module] = output.numel() / output.shape[0] / module.num_channels / getattr(module, "head_dim", 1)
 
     hooked_eval_forward(model, example_input, [(g, hook) for g in gates])
     for g in gates:

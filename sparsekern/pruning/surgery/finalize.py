@@ -23,7 +23,8 @@ and state_dict keys, each gate folded into its BatchNorm or layer (closed channe
 ``GatedModule`` wrappers and Dep-L0's generator gone. torch's MultiheadAttention and Hugging
 Face's Conv1D come back as their own types. Built-in models gated by
 ``sparsify(model, "l0_hc" | "dep_l0")`` are shrunk by ``shrink_model`` (any architecture
-they have: VGG-16, ResNet-20/56, LeNets).
+they have: VGG-16, ResNet-20/56, LeNets). Transformers with head and neuron gates
+(``transformer_gating``) are folded and shrunk by ``transformer_shrink.shrink_transformer``.
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ from sparsekern.nn import L0_LAYERS, ChannelGate, GateGenerator, HardConcreteGat
 from sparsekern.nn.attention import SparseMultiheadAttention
 from sparsekern.pruning.surgery.channel_gating import GatedModule
 from sparsekern.pruning.surgery.shrink import shrink_model, slice_inputs, slice_outputs
+from sparsekern.pruning.surgery.transformer_gating import transformer_gates
+from sparsekern.pruning.surgery.transformer_shrink import shrink_transformer
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
@@ -215,6 +218,8 @@ def finalize(model: nn.Module, *, shrink: bool = True) -> nn.Module:
         raise ValueError("finalize: a lone ChannelGate has no layer to fold into")
     if shrink and _gated_built_in(model):
         return shrink_model(model)
+    if transformer_gates(model):  # heads and neurons: their own folding and removal
+        return shrink_transformer(model, shrink=shrink)
     out = copy.deepcopy(model).eval()
     dead_out: dict[int, Tensor] = {}
     dead_in: dict[int, Tensor] = {}

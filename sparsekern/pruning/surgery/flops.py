@@ -5,6 +5,9 @@ FLOPs here are multiply-accumulates per example (the STR paper's convention): a 
 producing ``out`` values per example, each a dot product of ``weight.numel() / out_channels``
 terms (in_features, or in_channels/groups * kh * kw), costs ``out * that``; biases,
 activations, BatchNorm and pooling are not counted. The conv output size is the real one.
+The attentions of the transformers ``transformer_sites`` knows also count their two T x T
+products (2 T^2 x the context width per example, T the example's sequence length: the FLOPs
+of a transformer are stated at the example's length).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from torch import Tensor, nn
 
 from sparsekern.nn import ChannelGate, GateGenerator
 from sparsekern.nn.conv1d import is_conv1d
+from sparsekern.pruning.surgery.transformer_sites import AttentionSite, layer, transformer_sites
 
 
 @dataclass
@@ -23,6 +27,7 @@ class TraceEvent:
     name: str
     module: nn.Module
     dense_flops: float = 0.0
+    attention: bool = False  # the T x T products of an attention (``module``: its output projection)
 
 
 def _batch_size(example_input) -> int:
@@ -63,10 +68,20 @@ def trace(model: nn.Module, example_input) -> list[TraceEvent]:
             events.append(TraceEvent(name, module, output.numel() / batch * per_value))
         return hook
 
+    def attention_hook(site):
+        def hook(module, inputs, output):
+            # scores q k^T and context p v of every query head over the input's T positions
+            context = inputs[0]
+            t = context.shape[-2] if context.dim() > 2 else 1
+            events.append(TraceEvent(f"{site.name}.attention", module, 2.0 * t * t * context.shape[-1], True))
+        return hook
+
     # A Dep-L0 generator's Linears make gates, not predictions: not layers of the network.
     generator_parts = {id(p) for m in model.modules() if isinstance(m, GateGenerator) for p in m.modules()}
     hooks = [(m, hook_for(n)) for n, m in model.named_modules()
              if (isinstance(m, (nn.Linear, nn.Conv2d, ChannelGate)) or is_conv1d(m)) and id(m) not in generator_parts]
+    hooks += [(layer(model, site.out), attention_hook(site)) for site in transformer_sites(model)
+              if isinstance(site, AttentionSite)]
     hooked_eval_forward(model, example_input, hooks)
     return events
 
@@ -77,7 +92,7 @@ def record_flops_per_weight(model: nn.Module, example_input) -> dict[str, float]
     totals: dict[str, float] = {}
     modules: dict[str, nn.Module] = {}
     for e in trace(model, example_input):
-        if not isinstance(e.module, ChannelGate):
+        if not isinstance(e.module, ChannelGate) and not e.attention:
             totals[e.name] = totals.get(e.name, 0.0) + e.dense_flops
             modules[e.name] = e.module
     for name, flops in totals.items():

@@ -8,9 +8,11 @@ from sparsekern.nn import L0_LAYERS, ChannelGate, SparseModule
 from sparsekern.nn.conv1d import is_conv1d
 from sparsekern.pruning.surgery.flops import TraceEvent, trace
 from sparsekern.pruning.surgery.left_dense import left_dense
+from sparsekern.pruning.surgery.transformer_gating import transformer_gates
+from sparsekern.pruning.surgery.transformer_sites import AttentionSite, layer, out_features
 
 
-def _channel_masks(events: list[TraceEvent]) -> dict[int, dict[str, Tensor]]:
+def _channel_masks(events: list[TraceEvent], skip=frozenset()) -> dict[int, dict[str, Tensor]]:
     """Kept output/input channels per layer (by event index) implied by structured gates.
 
     A ChannelGate's closed channels remove the matching outputs of the layer run just before
@@ -18,9 +20,10 @@ def _channel_masks(events: list[TraceEvent]) -> dict[int, dict[str, Tensor]]:
     units remove the matching inputs of the next layer, an ``in``-gated one's closed inputs
     the matching outputs of the layer before. Sizes must match (or the next layer's
     inputs be a multiple, as after a Flatten), otherwise the gate is ignored for FLOPs.
+    Gates in ``skip`` (ids; a transformer's head and neuron gates) are left to ``_transformer_masks``.
     """
     masks: dict[int, dict[str, Tensor]] = {}
-    layer_idx = [i for i, e in enumerate(events) if not isinstance(e.module, ChannelGate)]
+    layer_idx = [i for i, e in enumerate(events) if not isinstance(e.module, ChannelGate) and not e.attention]
 
     def restrict(i: int, side: str, kept: Tensor) -> None:
         if is_conv1d(events[i].module):  # [in, out] weights: its gates are in its own weight
@@ -38,6 +41,8 @@ def _channel_masks(events: list[TraceEvent]) -> dict[int, dict[str, Tensor]]:
 
     for i, e in enumerate(events):
         m = e.module
+        if id(m) in skip or e.attention:
+            continue
         before = [j for j in layer_idx if j < i]
         if isinstance(m, L0_LAYERS) and m.granularity == "in":
             if before and events[before[-1]].module.weight.shape[0] == m.weight.shape[1]:
@@ -55,6 +60,36 @@ def _channel_masks(events: list[TraceEvent]) -> dict[int, dict[str, Tensor]]:
         if after:
             restrict(after[0], "in", kept)
     return masks
+
+
+def _transformer_masks(model: nn.Module, events: list[TraceEvent], masks: dict) -> dict[int, Tensor]:
+    """Add the kept rows/columns of a transformer's head and neuron gates to ``masks``; returns
+    {id(output projection): kept fraction of its heads} for the attention rows."""
+    where: dict[int, list[int]] = {}
+    for i, e in enumerate(events):
+        if not isinstance(e.module, ChannelGate) and not e.attention:
+            where.setdefault(id(e.module), []).append(i)
+
+    def put(module, side, kept):
+        for i in where.get(id(module), []):
+            old = masks.setdefault(i, {}).get(side)
+            masks[i][side] = kept if old is None else old & kept
+
+    fractions = {}
+    for site, gate in transformer_gates(model):
+        kept = gate.kept()
+        if isinstance(site, AttentionSite):
+            kept = kept.repeat_interleave(site.head_dim)
+            for name in site.qkv:
+                m = layer(model, name)
+                put(m, "out", kept.repeat(out_features(m) // kept.numel()))  # GPT-2's q|k|v: 3 copies
+            put(layer(model, site.out), "in", kept)
+            fractions[id(layer(model, site.out))] = kept.float().mean()
+        else:
+            for name in site.up:
+                put(layer(model, name), "out", kept)
+            put(layer(model, site.down), "in", kept)
+    return fractions
 
 
 def _kept_nonzeros(weight: Tensor, kept: dict[str, Tensor]) -> int:
@@ -83,14 +118,25 @@ def sparsity_report(model: nn.Module, example_input, *, count_closed_channels: b
     embeddings, norms, layers not selected; see ``left_dense.left_dense``).
     """
     events = trace(model, example_input)
-    masks = _channel_masks(events)
+    with torch.no_grad():
+        masks = _channel_masks(events, skip={id(g) for _, g in transformer_gates(model)})
+        head_fractions = _transformer_masks(model, events, masks)
     rows: dict[str, dict] = {}
     with torch.no_grad():
         for i, e in enumerate(events):
             m = e.module
             if isinstance(m, ChannelGate):
                 continue
+            if e.attention:  # no weights; its FLOPs shrink with the heads kept
+                row = rows.setdefault(e.name, {"name": e.name, "type": "attention", "sparse": False, "params": 0,
+                                               "nonzeros": 0, "sparsity": 0.0, "dense_flops": 0.0,
+                                               "effective_flops": 0.0})
+                row["dense_flops"] += e.dense_flops
+                row["effective_flops"] += e.dense_flops * float(head_fractions.get(id(m), 1.0))
+                continue
             weight = m.effective_weight() if isinstance(m, SparseModule) else m.weight
+            if is_conv1d(m):  # [in, out]: the masks index [out, in]
+                weight = weight.t()
             density = _kept_nonzeros(weight, masks.get(i, {})) / weight.numel()
             row = rows.get(e.name)
             if row is None:

@@ -15,6 +15,8 @@ from sparsekern.pruning import defaults
 from sparsekern.pruning.surgery.attention import attention_out_projs, protect_attention
 from sparsekern.pruning.surgery.channel_gating import gate_channels
 from sparsekern.pruning.surgery.modules import tied_weights
+from sparsekern.pruning.surgery.transformer_gating import gate_transformer, is_pretrained_model
+from sparsekern.pruning.surgery.transformer_sites import transformer_sites
 
 LAYER_TYPES = {
     "str": {nn.Linear: STRLinear, nn.Conv2d: STRConv2d},
@@ -128,6 +130,10 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
 def _gate(model: nn.Module, method: str, *, dependency: str | None = None, layers=None) -> nn.Module:
     if method == "l0_hc" and dependency is not None:
         raise ValueError("sparsify: dependency applies to method 'dep_l0' only")
-    gate_channels(model, dependency or STRUCTURED[method], layers=layers)
+    dependency = dependency or STRUCTURED[method]
+    if layers is None and not hasattr(model, "gate_sites") and (transformer_sites(model) or is_pretrained_model(model)):
+        gate_transformer(model, dependency)  # heads and neurons (an unknown HF architecture: its error)
+    else:
+        gate_channels(model, dependency, layers=layers)
     protect_attention(model)  # an encoder holding gates must not pack nested tensors
     return model

@@ -1,0 +1,147 @@
+"""Where transformers take structured gates: one per attention head and one per FFN neuron.
+
+``transformer_sites(model)`` finds, per layer, the attention (its q/k/v projections, or GPT-2's
+fused ``c_attn``, and its output projection) and the MLP (its up projections and its down
+projection) by the module names the supported architectures use:
+
+- BERT / RoBERTa: ``attention.self.{query,key,value}`` -> ``attention.output.dense``;
+  ``intermediate.dense`` -> ``output.dense``
+- GPT-2: ``attn.c_attn`` (q|k|v, Conv1D) -> ``attn.c_proj``; ``mlp.c_fc`` -> ``mlp.c_proj``
+- ViT, Llama-style and the built-in ``transformer``: ``{q,k,v}_proj`` -> ``o_proj``;
+  ``fc1`` -> ``fc2`` or ``{gate,up}_proj`` -> ``down_proj``
+
+A head gate sits on the input of the output projection, a neuron gate on the input of the down
+projection (``GatedInput``), so a closed head or neuron is exactly 0 where it is consumed.
+Grouped-query attention (fewer k/v heads than query heads) is refused: a query head's k/v rows
+are shared with other heads, so closing it alone removes no k/v weight.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from sparsekern.nn.conv1d import is_conv1d
+
+
+class GatedInput(nn.Sequential):
+    """A gate then the layer it feeds (a head gate before an output projection, a neuron gate
+    before a down projection)."""
+
+
+@dataclass
+class AttentionSite:
+    name: str  # the attention module (its head attributes are rewritten when heads are removed)
+    qkv: tuple[str, ...]  # q, k, v projections (one fused Conv1D for GPT-2)
+    out: str  # the output projection
+    heads: int
+    head_dim: int
+
+
+@dataclass
+class MlpSite:
+    name: str
+    up: tuple[str, ...]  # the projections making the intermediate neurons (gate and up for Llama)
+    down: str
+    width: int
+
+
+def _get(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        return None
+    return module[1] if isinstance(module, GatedInput) else module
+
+
+def layer(model: nn.Module, name: str) -> nn.Module:
+    """The layer ``name`` (inside its ``GatedInput`` when gated)."""
+    return _get(model, name)
+
+
+def _is_layer(m) -> bool:
+    return isinstance(m, nn.Linear) or is_conv1d(m)
+
+
+def out_features(m: nn.Module) -> int:
+    return m.nf if is_conv1d(m) else m.weight.shape[0]
+
+
+def in_features(m: nn.Module) -> int:
+    return m.weight.shape[0] if is_conv1d(m) else m.weight.shape[1]
+
+
+def _heads(model: nn.Module, attention: nn.Module, name: str) -> int:
+    for attr in ("num_heads", "num_attention_heads"):
+        h = getattr(attention, attr, None)
+        if isinstance(h, int):
+            return h
+    config = getattr(model, "config", None)
+    h = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    if not isinstance(h, int):
+        raise ValueError(f"structured gates: cannot tell the head count of attention {name!r}")
+    return h
+
+
+def _attention(model, name, module) -> AttentionSite | None:
+    def sub(*parts):
+        return tuple(f"{name}.{p}" for p in parts)
+
+    if all(_is_layer(_get(model, n)) for n in sub("q_proj", "k_proj", "v_proj", "o_proj")):
+        qkv, out = sub("q_proj", "k_proj", "v_proj"), f"{name}.o_proj"
+    elif all(_is_layer(_get(model, n)) for n in sub("self.query", "self.key", "self.value", "output.dense")):
+        qkv, out = sub("self.query", "self.key", "self.value"), f"{name}.output.dense"
+        name = f"{name}.self"
+    elif is_conv1d(_get(model, f"{name}.c_attn")) and is_conv1d(_get(model, f"{name}.c_proj")) \
+            and getattr(module, "is_cross_attention", False) is False and hasattr(module, "split_size"):
+        qkv, out = (f"{name}.c_attn",), f"{name}.c_proj"
+    else:
+        return None
+    heads = _heads(model, model.get_submodule(name), name)
+    width = in_features(_get(model, out))
+    if heads < 1 or width % heads:
+        raise ValueError(f"structured gates: {name}: {heads} heads do not divide the attention width {width}")
+    d = width // heads
+    q_rows = sum(out_features(_get(model, n)) for n in qkv)
+    if q_rows != 3 * width:
+        raise ValueError(f"structured gates: {name}: q/k/v give {q_rows} rows, not 3 x {width} (grouped-query "
+                         "attention, fewer k/v heads than query heads, is not supported: a query head shares "
+                         "its k/v rows)")
+    return AttentionSite(name, qkv, out, heads, d)
+
+
+def _mlp(model, name) -> MlpSite | None:
+    for ups, down in ((("gate_proj", "up_proj"), "down_proj"), (("fc1",), "fc2"), (("c_fc",), "c_proj")):
+        mods = [_get(model, f"{name}.{u}") for u in ups]
+        d = _get(model, f"{name}.{down}")
+        if all(_is_layer(m) for m in mods) and _is_layer(d):
+            width = in_features(d)
+            if any(out_features(m) != width for m in mods):
+                raise ValueError(f"structured gates: {name}: the up projections do not give {width} neurons")
+            return MlpSite(name, tuple(f"{name}.{u}" for u in ups), f"{name}.{down}", width)
+    return None
+
+
+def _bert_mlp(model, name) -> MlpSite | None:
+    """BERT's layer: ``intermediate.dense`` -> ``output.dense``."""
+    up, down = _get(model, f"{name}.intermediate.dense"), _get(model, f"{name}.output.dense")
+    if _is_layer(up) and _is_layer(down) and out_features(up) == in_features(down):
+        return MlpSite(f"{name}.intermediate", (f"{name}.intermediate.dense",), f"{name}.output.dense",
+                       in_features(down))
+    return None
+
+
+def transformer_sites(model: nn.Module) -> list[AttentionSite | MlpSite]:
+    """The attention and MLP sites of ``model`` in module order (module docstring); [] if none."""
+    sites, taken = [], set()
+    for name, module in model.named_modules():
+        if isinstance(module, GatedInput) or any(name == t or name.startswith(t + ".") for t in taken):
+            continue
+        site = None
+        if name and not name.endswith(".self"):
+            site = _attention(model, name, module) or _mlp(model, name) or _bert_mlp(model, name)
+        if site is not None:
+            sites.append(site)
+            taken.add(site.name if isinstance(site, MlpSite) or not site.name.endswith(".self")
+                      else site.name[:-len(".self")])
+    return sites
