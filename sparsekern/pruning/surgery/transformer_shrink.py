@@ -9,7 +9,7 @@ to the kept heads. A layer whose gates all closed keeps one head (or neuron) who
 columns are zero: the function is exact and the model stays loadable; it is counted as kept.
 
 The new shapes are recorded in ``model.sparsekern_shapes`` ({layer: [in, out]}) and
-``model.sparsekern_heads`` ({attention: heads}), and for a Hugging Face model in its config too,
+``model.sparsekern_heads`` ({attention: [heads, head_dim]}), and for a Hugging Face model in its config too,
 so ``hf_export`` can write a config that rebuilds the shrunk model.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def shrink_transformer(model: nn.Module, *, shrink: bool = True) -> nn.Module:
     (module docstring); ``shrink=False`` keeps every head and neuron (closed ones as zeros)."""
     out = copy.deepcopy(model).eval()
     shapes: dict[str, list[int]] = {}
-    heads: dict[str, int] = {}
+    heads: dict[str, list[int]] = {}
     for site, gate in transformer_gates(out):
         z = gate.eval_gates().detach()
         attention = isinstance(site, AttentionSite)
@@ -95,7 +95,7 @@ def shrink_transformer(model: nn.Module, *, shrink: bool = True) -> nn.Module:
             for attr in HEAD_WIDTHS:
                 if isinstance(getattr(module, attr, None), int):
                     setattr(module, attr, count * d)
-            heads[site.name] = count
+            heads[site.name] = [count, d]
     for parent in list(out.modules()):
         for key, child in list(parent.named_children()):
             if isinstance(child, GateGenerator):
