@@ -3,7 +3,9 @@
 Built in (each with ``gate_sites()`` and ``widths``, see ``models.sites``):
 ``lenet300`` (LeNet-300-100), ``lenet5`` (LeNet-5-Caffe), ``vgg16``,
 ``resnet20``, ``resnet56`` (CIFAR-style, any input >= 4x4, e.g. 1x8x8 digits or
-3x32x32 CIFAR); any other name is looked up in torchvision when it is installed.
+3x32x32 CIFAR); ``transformer`` (token ids [N, T]: ``in_channels`` is the vocabulary size,
+``image_size`` the sequence length T or (1, T); ``widths`` heads and FFN neurons per layer,
+see ``models.transformer``); any other name is looked up in torchvision when it is installed.
 """
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from torch import nn
 
 from sparsekern.models.lenet import lenet5, lenet300
 from sparsekern.models.resnet import resnet20, resnet56
+from sparsekern.models.transformer import transformer
 from sparsekern.models.tv import check_torchvision_name, torchvision_model
 from sparsekern.models.vgg import vgg16
 
-MODELS = {"lenet300": lenet300, "lenet5": lenet5, "vgg16": vgg16, "resnet20": resnet20, "resnet56": resnet56}
+MODELS = {"lenet300": lenet300, "lenet5": lenet5, "vgg16": vgg16, "resnet20": resnet20, "resnet56": resnet56,
+          "transformer": transformer}
 
 
 def check_model_name(name: str) -> None:
@@ -39,7 +43,7 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size, *, wi
     if len(size) != 2 or any(not isinstance(s, int) or s < 1 for s in size):
         raise ValueError(f"build_model: image_size must be an int or (H, W) of positive ints, got {image_size!r}")
     if name in MODELS:
-        if name != "lenet300" and min(size) < 4:
+        if name not in ("lenet300", "transformer") and min(size) < 4:
             raise ValueError(f"build_model: {name} needs images of at least 4x4, got {size}")
         return MODELS[name](num_classes, in_channels, size, widths)
     if widths is not None:

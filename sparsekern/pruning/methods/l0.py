@@ -16,6 +16,7 @@ from sparsekern.pruning.surgery.modules import global_sparsity
 from sparsekern.pruning.surgery.report import sparsity_report
 from sparsekern.pruning.surgery.shrink import model_widths, shrink_model
 from sparsekern.pruning.surgery.sparsify import sparsify
+from sparsekern.pruning.surgery.transformer_gating import transformer_gates
 
 # Structured gates (SPEC 3): the coupled penalty undivided by N; lambda per (k^2 C_in C_out) weight
 # (cost="weights") or per multiply-accumulate (cost="flops", what the FLOPs target controls).
@@ -201,9 +202,13 @@ class ChannelL0(Method):
         return regularization(model, num_samples=1, lam=self.lam, cost=self.cost, clamp=True)  # no target
 
     def widths(self, exported):
+        if hasattr(exported, "transformer_widths"):  # the built-in transformer: heads and neurons
+            return exported.transformer_widths()
         return model_widths(exported) if hasattr(exported, "gate_sites") else None
 
     def export(self, model):
+        if transformer_gates(model):  # heads and neurons removed (transformer_shrink)
+            return finalize(model)
         if hasattr(model, "gate_sites"):
             return shrink_model(model)
         return finalize(model, shrink=False).eval()

@@ -144,4 +144,6 @@ def transformer_sites(model: nn.Module) -> list[AttentionSite | MlpSite]:
             sites.append(site)
             taken.add(site.name if isinstance(site, MlpSite) or not site.name.endswith(".self")
                       else site.name[:-len(".self")])
-    return sites
+    # in the order their gated layers run (BERT's layer holds its MLP and, below it, its attention)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(sites, key=lambda s: order[s.out if isinstance(s, AttentionSite) else s.down])
