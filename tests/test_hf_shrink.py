@@ -1,0 +1,78 @@
+"""Shrinking a gated transformer (issue 19, item 3): the shrunk model computes the gated eval
+model's function, has the weights and FLOPs its report said, and reloads: Hugging Face models
+through ``AutoModel.from_pretrained`` in a process where sparsekern cannot be imported, the
+built-in transformer through ``build_model(widths=)``."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import sparsekern as sk
+from sparsekern.nn import ChannelGate
+from sparsekern.pruning.surgery.export.hf_pretrained import save_shrunk_pretrained
+from sparsekern.pruning.surgery.report import sparsity_report
+from transformer_cases import (HIDDEN, MODELS, SEQ, VOCAB, _close_some, _empty_head_layers, _forward, _input, _model,
+                               _one_head_flops, _positions, build_model)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_shrunk_model_matches_the_gated_one_and_its_report(kind, tmp_path):
+    gated = sk.sparsify(_model(kind), "l0_hc")
+    _close_some(gated)
+    x = _input(kind)
+    gated.eval()
+    with torch.no_grad():
+        expected = _forward(gated, x)
+    gated_report = sparsity_report(gated, x, count_closed_channels=True)["total"]
+    shrunk = sk.finalize(gated)
+    assert not any(isinstance(m, ChannelGate) for m in shrunk.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(_forward(shrunk, x), expected, rtol=0, atol=1e-5)
+    report = sparsity_report(shrunk, x)
+    # what the gated model's report says is left is what the shrunk model has (one head with
+    # zeroed output columns stays where a layer's heads all closed, and counts)
+    kept_heads = [n for n, _ in shrunk.sparsekern_heads.values()]
+    assert 1 in kept_heads
+    empty = _empty_head_layers(gated)
+    assert report["total"]["params"] == gated_report["nonzeros"] + sum(4 * s.head_dim * HIDDEN for s in empty)
+    assert report["total"]["dense_flops"] == pytest.approx(gated_report["effective_flops"]
+                                                           + _one_head_flops(empty, _positions(kind)))
+    assert any(r["type"] == "attention" for r in report["layers"])
+    if kind == "transformer":  # build_model rebuilds the shrunk shape, and the state_dict loads into it
+        rebuilt = build_model("transformer", 3, VOCAB, SEQ, widths=shrunk.transformer_widths()).eval()
+        rebuilt.load_state_dict(shrunk.state_dict())
+        with torch.no_grad():
+            assert torch.equal(rebuilt(x), _forward(shrunk, x))
+        return
+    save_shrunk_pretrained(shrunk, str(tmp_path))
+    with torch.no_grad():
+        torch.save((x, _forward(shrunk, x)), tmp_path / "expected.pt")
+    # a fresh interpreter where importing sparsekern fails: only torch and transformers load it
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] == "sparsekern":
+                    raise ImportError("sparsekern is blocked")
+        sys.meta_path.insert(0, Block())
+        import torch, transformers
+        model = transformers.AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
+        x, expected = torch.load({str(tmp_path / "expected.pt")!r})
+        with torch.no_grad():
+            got = model(x).last_hidden_state
+        # the reload runs HF's default attention kernel (sdpa), the test the eager one
+        assert torch.allclose(got, expected, rtol=0, atol=1e-5), (got - expected).abs().max()
+        print("params", sum(p.numel() for p in model.parameters()), type(model).__name__)
+    """)
+    env = {**os.environ, "PYTHONPATH": "", "TRANSFORMERS_VERBOSITY": "error"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"params {sum(p.numel() for p in shrunk.parameters())} Shrunk" in done.stdout
