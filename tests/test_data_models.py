@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sparsekern.data import load_dataset
-from sparsekern.models import MODELS, build_model
+from sparsekern.models import MODELS, SEQUENCE_MODELS, build_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -142,7 +142,10 @@ def test_missing_data_errors(tmp_path):
 def test_every_model_builds_and_runs(name, channels, size):
     torch.manual_seed(0)
     model = build_model(name, 10, channels, size)
-    out = model(torch.randn(2, channels, size, size))
+    if name in SEQUENCE_MODELS:  # token ids: in_channels is the vocabulary, image_size the length
+        out = model(torch.randint(0, channels, (2, size)))
+    else:
+        out = model(torch.randn(2, channels, size, size))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 

@@ -20,6 +20,9 @@ from sparsekern.models.vgg import vgg16
 MODELS = {"lenet300": lenet300, "lenet5": lenet5, "vgg16": vgg16, "resnet20": resnet20, "resnet56": resnet56,
           "transformer": transformer}
 
+SEQUENCE_MODELS = ("transformer",)  # token ids [N, T] in; the others take images [N, C, H, W]
+IMAGE_MODELS = tuple(name for name in MODELS if name not in SEQUENCE_MODELS)
+
 
 def check_model_name(name: str) -> None:
     """ValueError listing the built-in names unless ``name`` is built in or a torchvision model."""
@@ -52,4 +55,4 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size, *, wi
     return torchvision_model(name, num_classes, in_channels)
 
 
-__all__ = ["MODELS", "build_model", "check_model_name"]
+__all__ = ["IMAGE_MODELS", "MODELS", "SEQUENCE_MODELS", "build_model", "check_model_name"]
