@@ -194,3 +194,32 @@ def test_built_in_transformer_checks_its_input_and_widths():
         model(torch.randn(2, 8))
     with pytest.raises(ValueError, match="widths for transformer must be 4 positive ints"):
         build_model("transformer", 3, VOCAB, SEQ, widths=[4, 128])
+
+
+def test_torch_encoder_layers_get_neuron_gates_and_shrink():
+    class Classifier(nn.Module):  # Dep-L0 registers its generator on the model: not a Sequential
+        def __init__(self):
+            super().__init__()
+            layer = nn.TransformerEncoderLayer(HIDDEN, HEADS, 96, dropout=0.0, batch_first=True)
+            self.net = nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
+                                     nn.Linear(HIDDEN, 3))
+
+        def forward(self, x):
+            return self.net(x)
+
+    torch.manual_seed(0)
+    holder = sk.sparsify(Classifier(), "dep_l0")
+    gates = [g for _, g in transformer_gates(holder)]
+    assert [(type(g).__name__, g.num_channels) for g in gates] == [("ChannelGate", 96)] * 2
+    with torch.no_grad():
+        holder.gate_generator.offset[:30] = -30.0  # close 30 neurons of layer 0
+    x = torch.randn(2, SEQ, HIDDEN)
+    holder.eval()
+    with torch.no_grad():
+        expected = holder(x)
+        shrunk = sk.finalize(holder)
+        torch.testing.assert_close(shrunk(x), expected, rtol=0, atol=1e-5)
+    kept = [int(g.kept().sum()) for g in gates]  # the generator's first pass may close a few more
+    assert kept[0] <= 96 - 30
+    assert [shrunk.net[0].layers[i].linear1.out_features for i in (0, 1)] == kept
+    assert [shrunk.net[0].layers[i].linear2.in_features for i in (0, 1)] == kept

@@ -9,6 +9,9 @@ projection) by the module names the supported architectures use:
 - GPT-2: ``attn.c_attn`` (q|k|v, Conv1D) -> ``attn.c_proj``; ``mlp.c_fc`` -> ``mlp.c_proj``
 - ViT, Llama-style and the built-in ``transformer``: ``{q,k,v}_proj`` -> ``o_proj``;
   ``fc1`` -> ``fc2`` or ``{gate,up}_proj`` -> ``down_proj``
+- ``nn.TransformerEncoderLayer``: neurons only, ``linear1`` -> ``linear2``
+  (torch's MultiheadAttention fixes the head width to embed_dim / num_heads, so it cannot lose
+  heads: the built-in ``transformer`` is the encoder whose heads can be removed)
 
 A head gate sits on the input of the output projection, a neuron gate on the input of the down
 projection (``GatedInput``), so a closed head or neuron is exactly 0 where it is consumed.
@@ -122,6 +125,16 @@ def _mlp(model, name) -> MlpSite | None:
     return None
 
 
+def _torch_mlp(model, name, module) -> MlpSite | None:
+    """``nn.TransformerEncoderLayer``'s feed-forward: ``linear1`` -> ``linear2`` (its attention is
+    torch's MultiheadAttention, whose head width is fixed by embed_dim / num_heads: no head gates)."""
+    if isinstance(module, nn.TransformerEncoderLayer):
+        up, down = _get(model, f"{name}.linear1"), _get(model, f"{name}.linear2")
+        if isinstance(up, nn.Linear) and isinstance(down, nn.Linear):
+            return MlpSite(name, (f"{name}.linear1",), f"{name}.linear2", down.in_features)
+    return None
+
+
 def _bert_mlp(model, name) -> MlpSite | None:
     """BERT's layer: ``intermediate.dense`` -> ``output.dense``."""
     up, down = _get(model, f"{name}.intermediate.dense"), _get(model, f"{name}.output.dense")
@@ -139,7 +152,8 @@ def transformer_sites(model: nn.Module) -> list[AttentionSite | MlpSite]:
             continue
         site = None
         if name and not name.endswith(".self"):
-            site = _attention(model, name, module) or _mlp(model, name) or _bert_mlp(model, name)
+            site = (_attention(model, name, module) or _mlp(model, name) or _bert_mlp(model, name)
+                    or _torch_mlp(model, name, module))
         if site is not None:
             sites.append(site)
             taken.add(site.name if isinstance(site, MlpSite) or not site.name.endswith(".self")
