@@ -166,8 +166,13 @@ def test_grouped_query_attention_is_refused_whole():
 
 def test_heads_that_do_not_divide_are_refused():
     model = _model("transformer")
-    model.layers[1].attention.num_heads = 3
+    model.layers[1].attention.head_dim = 24
     before = list(model.state_dict())
+    with pytest.raises(ValueError, match=r"layers\.1\.attention: head_dim 24 does not divide the attention width 64"):
+        sk.sparsify(model, "l0_hc")
+    _unchanged(model, before)
+    del model.layers[1].attention.head_dim  # no head width: the head count must divide
+    model.layers[1].attention.num_heads = 3
     with pytest.raises(ValueError, match=r"layers\.1\.attention: 3 heads do not divide the attention width 64"):
         sk.sparsify(model, "l0_hc")
     _unchanged(model, before)

@@ -74,16 +74,23 @@ def in_features(m: nn.Module) -> int:
     return m.weight.shape[0] if is_conv1d(m) else m.weight.shape[1]
 
 
-def _heads(model: nn.Module, attention: nn.Module, name: str) -> int:
-    for attr in ("num_heads", "num_attention_heads"):
-        h = getattr(attention, attr, None)
-        if isinstance(h, int):
-            return h
+def _heads(model: nn.Module, attention: nn.Module, name: str, width: int) -> tuple[int, int]:
+    """(heads, head_dim) of an attention whose context is ``width`` wide. The module's head width
+    comes first: a shrunk model keeps it while its head count differs from the config's."""
+    for attr in ("head_dim", "attention_head_size"):
+        d = getattr(attention, attr, None)
+        if isinstance(d, int) and not isinstance(d, bool):
+            if d < 1 or width % d:
+                raise ValueError(f"structured gates: {name}: head_dim {d} does not divide the attention width {width}")
+            return width // d, d
     config = getattr(model, "config", None)
-    h = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
-    if not isinstance(h, int):
-        raise ValueError(f"structured gates: cannot tell the head count of attention {name!r}")
-    return h
+    for h in (getattr(attention, "num_heads", None), getattr(attention, "num_attention_heads", None),
+              getattr(config, "num_attention_heads", None)):
+        if isinstance(h, int) and not isinstance(h, bool):
+            if h < 1 or width % h:
+                raise ValueError(f"structured gates: {name}: {h} heads do not divide the attention width {width}")
+            return h, width // h
+    raise ValueError(f"structured gates: cannot tell the head count of attention {name!r}")
 
 
 def _attention(model, name, module) -> AttentionSite | None:
@@ -100,11 +107,8 @@ def _attention(model, name, module) -> AttentionSite | None:
         qkv, out = (f"{name}.c_attn",), f"{name}.c_proj"
     else:
         return None
-    heads = _heads(model, model.get_submodule(name), name)
     width = in_features(_get(model, out))
-    if heads < 1 or width % heads:
-        raise ValueError(f"structured gates: {name}: {heads} heads do not divide the attention width {width}")
-    d = width // heads
+    heads, d = _heads(model, model.get_submodule(name), name, width)
     q_rows = sum(out_features(_get(model, n)) for n in qkv)
     if q_rows != 3 * width:
         raise ValueError(f"structured gates: {name}: q/k/v give {q_rows} rows, not 3 x {width} (grouped-query "
