@@ -28,6 +28,7 @@ class TraceEvent:
     module: nn.Module
     dense_flops: float = 0.0
     attention: bool = False  # the T x T products of an attention (``module``: its output projection)
+    sequence_length: int = 0  # T, for an attention
 
 
 def _batch_size(example_input) -> int:
@@ -73,7 +74,7 @@ def trace(model: nn.Module, example_input) -> list[TraceEvent]:
             # scores q k^T and context p v of every query head over the input's T positions
             context = inputs[0]
             t = context.shape[-2] if context.dim() > 2 else 1
-            events.append(TraceEvent(f"{site.name}.attention", module, 2.0 * t * t * context.shape[-1], True))
+            events.append(TraceEvent(f"{site.name}.attention", module, 2.0 * t * t * context.shape[-1], True, t))
         return hook
 
     # A Dep-L0 generator's Linears make gates, not predictions: not layers of the network.

@@ -130,7 +130,7 @@ def sparsity_report(model: nn.Module, example_input, *, count_closed_channels: b
             if e.attention:  # no weights; its FLOPs shrink with the heads kept
                 row = rows.setdefault(e.name, {"name": e.name, "type": "attention", "sparse": False, "params": 0,
                                                "nonzeros": 0, "sparsity": 0.0, "dense_flops": 0.0,
-                                               "effective_flops": 0.0})
+                                               "effective_flops": 0.0, "sequence_length": e.sequence_length})
                 row["dense_flops"] += e.dense_flops
                 row["effective_flops"] += e.dense_flops * float(head_fractions.get(id(m), 1.0))
                 continue
@@ -184,6 +184,9 @@ def format_report(report: dict) -> str:
     t = report["total"]
     for r in report.get("left_dense", []):
         out.append(f"left dense: {r['name'] or '(model)'} ({r['type']}, {r['params']} params): {r['reason']}")
+    lengths = sorted({r["sequence_length"] for r in report["layers"] if r["type"] == "attention"})
+    if lengths:
+        out.append(f"attention FLOPs (the T x T products) at sequence length {', '.join(map(str, lengths))}")
     if t.get("effective_flops"):
         out.append(f"FLOPs reduction: {t['flops_reduction']:.2f}x (FLOPs = multiply-accumulates per example)")
     return "\n".join(out)
