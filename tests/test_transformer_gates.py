@@ -204,3 +204,26 @@ def test_torch_encoder_layers_get_neuron_gates_and_shrink():
     assert kept[0] <= 96 - 30
     assert [shrunk.net[0].layers[i].linear1.out_features for i in (0, 1)] == kept
     assert [shrunk.net[0].layers[i].linear2.in_features for i in (0, 1)] == kept
+
+
+def test_gating_twice_is_refused():
+    model = sk.sparsify(_model("transformer"), "l0_hc")
+    with pytest.raises(ValueError, match="^structured gates: the model already has channel gates$"):
+        sk.sparsify(model, "dep_l0")
+
+
+def test_an_mlp_head_alone_keeps_a_cnn_on_its_conv_gates():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)
+            self.head = nn.Module()
+            self.head.fc1, self.head.fc2 = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.bn(self.conv(x)).mean((2, 3))
+            return self.head.fc2(self.head.fc1(x).relu())
+
+    model = sk.sparsify(Net(), "l0_hc")
+    assert [g.num_channels for g in chained_gates(model)] == [4] and not transformer_gates(model)
+

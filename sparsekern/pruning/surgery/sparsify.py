@@ -15,8 +15,7 @@ from sparsekern.pruning import defaults
 from sparsekern.pruning.surgery.attention import attention_out_projs, protect_attention
 from sparsekern.pruning.surgery.channel_gating import gate_channels
 from sparsekern.pruning.surgery.modules import tied_weights
-from sparsekern.pruning.surgery.transformer_gating import gate_transformer, is_pretrained_model
-from sparsekern.pruning.surgery.transformer_sites import transformer_sites
+from sparsekern.pruning.surgery.transformer_gating import gate_transformer, is_transformer
 
 LAYER_TYPES = {
     "str": {nn.Linear: STRLinear, nn.Conv2d: STRConv2d},
@@ -92,6 +91,8 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
     built-in placement, else the Conv2d -> BatchNorm2d pairs torch.fx finds). A gate after a
     Linear gates its output's last dim, so a Linear applied to a sequence [B, T, D] (e.g.
     ``"encoder.layers.0.linear1"``) gets one gate per neuron (``ChannelGate(channel_dim=-1)``).
+    Transformers without ``layers=`` (``transformer_gating.is_transformer``) get one gate per
+    attention head and per FFN neuron instead (``transformer_gating.gate_transformer``).
     """
     if method not in LAYER_TYPES and method not in STRUCTURED:
         raise ValueError(f"sparsify: method must be one of {sorted(LAYER_TYPES) + sorted(STRUCTURED)}, got {method!r}")
@@ -131,7 +132,7 @@ def _gate(model: nn.Module, method: str, *, dependency: str | None = None, layer
     if method == "l0_hc" and dependency is not None:
         raise ValueError("sparsify: dependency applies to method 'dep_l0' only")
     dependency = dependency or STRUCTURED[method]
-    if layers is None and not hasattr(model, "gate_sites") and (transformer_sites(model) or is_pretrained_model(model)):
+    if layers is None and not hasattr(model, "gate_sites") and is_transformer(model):
         gate_transformer(model, dependency)  # heads and neurons (an unknown HF architecture: its error)
     else:
         gate_channels(model, dependency, layers=layers)

@@ -45,8 +45,20 @@ def is_pretrained_model(model: nn.Module) -> bool:
     return any(c.__module__.startswith("transformers.") and c.__name__ == "PreTrainedModel" for c in type(model).__mro__)
 
 
+def is_transformer(model: nn.Module) -> bool:
+    """Whether ``sparsify(model, "l0_hc" | "dep_l0")`` without ``layers=`` places head and neuron
+    gates: a Hugging Face model (an unknown one gets ``gate_transformer``'s error), or a model with
+    an attention ``transformer_sites`` knows or an ``nn.TransformerEncoderLayer``. (An ``fc1`` ->
+    ``fc2`` head alone does not make a CNN a transformer: it keeps its conv -> BatchNorm gates.)"""
+    if is_pretrained_model(model) or any(isinstance(m, nn.TransformerEncoderLayer) for m in model.modules()):
+        return True
+    return any(isinstance(s, AttentionSite) for s in transformer_sites(model))
+
+
 def gate_transformer(model: nn.Module, dependency: str | None = None) -> list[ChannelGate]:
     """Insert the head and neuron gates (module docstring) in place; returns them in order."""
+    if any(isinstance(m, ChannelGate) for m in model.modules()):
+        raise ValueError("structured gates: the model already has channel gates")
     sites = transformer_sites(model)
     if not sites:
         raise ValueError(f"structured gates: {type(model).__name__} is an architecture without built-in head/neuron "
