@@ -16,7 +16,7 @@ from sparsekern.nn import ChannelGate
 from sparsekern.pruning.surgery.export.hf_pretrained import save_shrunk_pretrained
 from sparsekern.pruning.surgery.report import sparsity_report
 from sparsekern.pruning.surgery.transformer_sites import AttentionSite, transformer_sites
-from transformer_cases import (HEADS, HIDDEN, MODELS, SEQ, VOCAB, _close_some, _empty_head_layers, _forward, _input, _model,
+from transformer_cases import (HEADS, MODELS, SEQ, VOCAB, _close_some, _empty_head_layers, _forward, _input, _model, _one_group_weights,
                                _one_head_flops, _positions, build_model)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +30,7 @@ def _shrunk(kind: str):
     return gated, sk.finalize(gated), _input(kind)
 
 
-@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("kind", MODELS + ["llama_gqa"])
 def test_shrunk_model_matches_the_gated_one_and_its_report(kind):
     gated, shrunk, x = _shrunk(kind)
     with torch.no_grad():
@@ -42,10 +42,9 @@ def test_shrunk_model_matches_the_gated_one_and_its_report(kind):
     report = sparsity_report(shrunk, x)
     # what the gated model's report says is left is what the shrunk model has (one head with
     # zeroed output columns stays where a layer's heads all closed, and counts)
-    kept_heads = [n for n, _ in shrunk.sparsekern_heads.values()]
-    assert 1 in kept_heads
     empty = _empty_head_layers(gated)
-    assert report["total"]["params"] == gated_report["nonzeros"] + sum(4 * s.head_dim * HIDDEN for s in empty)
+    assert empty and all(shrunk.sparsekern_heads[s.name][0] == s.heads // s.groups for s in empty)
+    assert report["total"]["params"] == gated_report["nonzeros"] + _one_group_weights(empty)
     assert report["total"]["dense_flops"] == pytest.approx(gated_report["effective_flops"]
                                                            + _one_head_flops(empty, _positions(kind)))
     assert any(r["type"] == "attention" for r in report["layers"])
@@ -59,7 +58,7 @@ def test_shrunk_model_matches_the_gated_one_and_its_report(kind):
             assert torch.equal(rebuilt(x), _forward(shrunk, x))
 
 
-HF = [kind for kind in MODELS if kind != "transformer"]
+HF = [kind for kind in MODELS if kind != "transformer"] + ["llama_gqa"]
 # A fresh interpreter where importing sparsekern fails: only torch and transformers load the models.
 RELOAD = """
 import importlib.abc, sys

@@ -87,7 +87,7 @@ def _config(**kw):
 
 
 @pytest.mark.parametrize("method", [ChannelL0, DepL0])
-@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("kind", MODELS + ["llama_gqa"])
 def test_a_flops_target_lands_within_one_point(kind, method):
     target, steps = 0.6, 40
     config = _config(target_flops=target)
@@ -132,10 +132,23 @@ def test_unknown_architecture_is_refused_whole():
     _unchanged(model, before)
 
 
-def test_grouped_query_attention_is_refused_whole():
-    model = _hf("llama", num_key_value_heads=2)
+def test_grouped_query_attention_gets_one_gate_per_kv_group():
+    model = sk.sparsify(_model("llama_gqa"), "dep_l0")
+    gates = [g for _, g in transformer_gates(model)]
+    # 2 k/v groups of 2 query heads (32 context features each), 128 neurons, per layer
+    assert [(g.num_channels, getattr(g, "head_dim", None)) for g in gates] == [(2, 32), (128, None)] * 2
+    x = _input("llama")
+    model.train()
+    _forward(model, x).square().mean().backward()
+    measure_positions(model, x)
+    link = gates[0].chain  # a group keeps 2 query heads' rows, its k and v rows and 2 heads' columns
+    assert (link.unit_weights, link.unit_quadratic) == ((32 + 16 + 16 + 32) * HIDDEN, 64.0)
+
+
+def test_qkv_rows_that_fit_no_head_grouping_are_refused_whole():
+    model = _hf("llama", num_key_value_heads=3)  # 4 query heads cannot share 3 k/v heads
     before = list(model.state_dict())
-    with pytest.raises(ValueError, match=r"layers\.0\.self_attn: q/k/v give 128 rows, not 3 x 64 \(grouped-query"):
+    with pytest.raises(ValueError, match=r"layers\.0\.self_attn: q/k/v rows \[64, 48, 48\] do not fit 4 query heads"):
         sk.sparsify(model, "dep_l0")
     _unchanged(model, before)
 

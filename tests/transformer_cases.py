@@ -56,6 +56,8 @@ def _model(kind: str):
     if kind == "transformer":
         torch.manual_seed(0)
         return build_model("transformer", 3, VOCAB, SEQ).eval()
+    if kind == "llama_gqa":  # grouped-query attention: 4 query heads on 2 k/v heads
+        return _hf("llama", num_key_value_heads=2)
     return _hf(kind)
 
 
@@ -81,7 +83,13 @@ def _empty_head_layers(gated):
     return [s for s, g in transformer_gates(gated) if isinstance(g, HeadGate) and not g.kept().any()]
 
 
+def _one_group_weights(sites) -> int:
+    """What a layer whose heads all closed keeps: one k/v group (one head without grouping), its
+    query rows and output columns (group_width each) and its k and v rows (head_dim each)."""
+    return sum((2 * s.group_width + 2 * s.head_dim) * HIDDEN for s in sites)
+
+
 def _one_head_flops(sites, t: int) -> float:
-    return sum(4 * s.head_dim * HIDDEN * t + 2 * s.head_dim * t * t for s in sites)
+    return sum(_one_group_weights([s]) * t + 2 * s.group_width * t * t for s in sites)
 
 

@@ -9,7 +9,7 @@ from sparsekern.nn.conv1d import is_conv1d
 from sparsekern.pruning.surgery.flops import TraceEvent, trace
 from sparsekern.pruning.surgery.left_dense import left_dense
 from sparsekern.pruning.surgery.transformer_gating import transformer_gates
-from sparsekern.pruning.surgery.transformer_sites import AttentionSite, layer, out_features
+from sparsekern.pruning.surgery.transformer_sites import AttentionSite, layer
 
 
 def _channel_masks(events: list[TraceEvent], skip=frozenset()) -> dict[int, dict[str, Tensor]]:
@@ -79,11 +79,9 @@ def _transformer_masks(model: nn.Module, events: list[TraceEvent], masks: dict) 
     for site, gate in transformer_gates(model):
         kept = gate.kept()
         if isinstance(site, AttentionSite):
-            kept = kept.repeat_interleave(site.head_dim)
             for name in site.qkv:
-                m = layer(model, name)
-                put(m, "out", kept.repeat(out_features(m) // kept.numel()))  # GPT-2's q|k|v: 3 copies
-            put(layer(model, site.out), "in", kept)
+                put(layer(model, name), "out", site.rows(model, name, kept))
+            put(layer(model, site.out), "in", site.columns(kept))
             fractions[id(layer(model, site.out))] = kept.float().mean()
         else:
             for name in site.up:

@@ -2,7 +2,7 @@
 
 ``gate_transformer(model, dependency)`` puts a ``HeadGate`` before every attention output
 projection and a ``ChannelGate(channel_dim=-1)`` before every MLP down projection (the sites of
-``transformer_sites``), each in a ``GatedInput``. Gate order (the Dep-L0 generator's chain):
+``transformer_sites``; with grouped-query attention one per k/v group), each in a ``GatedInput``. Gate order (the Dep-L0 generator's chain):
 module order, heads and neurons of each layer. Each gate's ``chain`` link carries the real cost
 of one open channel: a head keeps 3 x d rows of q/k/v, d columns of the output projection and
 its two T x T x d attention products; a neuron keeps a row of each up projection and a column
@@ -22,11 +22,12 @@ from sparsekern.pruning.surgery.transformer_sites import (AttentionSite, GatedIn
 
 def _link(model: nn.Module, site) -> ChainLink:
     if isinstance(site, AttentionSite):
-        d = site.head_dim
-        # per head: d rows of each of q, k, v (GPT-2's fused c_attn: 3d of its rows), d columns of out
-        weights = sum(in_features(layer(model, n)) * out_features(layer(model, n)) for n in site.qkv) / site.heads
-        weights += out_features(layer(model, site.out)) * d
-        return ChainLink(1, site.heads, unit_weights=weights, unit_flops=weights, unit_quadratic=2.0 * d)
+        # per group (a head without grouped-query attention): its share of the q/k/v rows, its
+        # context's columns of the output projection, and its query heads' two T x T products
+        weights = sum(in_features(layer(model, n)) * out_features(layer(model, n)) for n in site.qkv) / site.groups
+        weights += out_features(layer(model, site.out)) * site.group_width
+        return ChainLink(1, site.groups, unit_weights=weights, unit_flops=weights,
+                         unit_quadratic=2.0 * site.group_width)
     weights = sum(in_features(layer(model, n)) for n in site.up) + out_features(layer(model, site.down))
     return ChainLink(1, site.width, unit_weights=weights, unit_flops=weights)
 
@@ -66,7 +67,7 @@ def gate_transformer(model: nn.Module, dependency: str | None = None) -> list[Ch
                          "layers=[names of the Linear layers to gate]")
     _check(model, sites)
     links = [_link(model, s) for s in sites]
-    widths = [s.heads if isinstance(s, AttentionSite) else s.width for s in sites]
+    widths = [s.groups if isinstance(s, AttentionSite) else s.width for s in sites]
     ref = layer(model, sites[0].qkv[0] if isinstance(sites[0], AttentionSite) else sites[0].down).weight
     generator = None
     if dependency is not None:
@@ -75,7 +76,7 @@ def gate_transformer(model: nn.Module, dependency: str | None = None) -> list[Ch
     for i, (site, link) in enumerate(zip(sites, links)):
         source = None if generator is None else generator.source(i)
         opts = {"log_alpha_source": source, "device": ref.device, "dtype": ref.dtype}
-        gate = (HeadGate(site.heads, site.head_dim, **opts) if isinstance(site, AttentionSite)
+        gate = (HeadGate(site.groups, site.group_width, **opts) if isinstance(site, AttentionSite)
                 else ChannelGate(site.width, channel_dim=-1, **opts))
         if generator is None:
             with torch.no_grad():

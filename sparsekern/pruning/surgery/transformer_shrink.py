@@ -5,7 +5,8 @@ projection, the down projection), which is exact: the gate multiplied that layer
 ``shrink``, the closed heads lose their q/k/v rows and output projection columns, the closed
 neurons their up-projection rows and down-projection columns, and the attention module's head
 attributes (``num_heads``, ``num_attention_heads``, ``all_head_size``, ``split_size``) are set
-to the kept heads. A layer whose gates all closed keeps one head (or neuron) whose output
+to the kept heads (with grouped-query attention, a k/v group's query heads and its k/v head go
+together). A layer whose gates all closed keeps one head or group (or neuron) whose output
 columns are zero: the function is exact and the model stays loadable; it is counted as kept.
 
 The new shapes are recorded in ``model.sparsekern_shapes`` ({layer: [in, out]}) and
@@ -70,32 +71,34 @@ def shrink_transformer(model: nn.Module, *, shrink: bool = True) -> nn.Module:
     for site, gate in transformer_gates(out):
         z = gate.eval_gates().detach()
         attention = isinstance(site, AttentionSite)
-        d = site.head_dim if attention else 1
         producers, consumer_name = (site.qkv, site.out) if attention else (site.up, site.down)
+
+        def columns(mask):  # a gate's context features (a k/v group's query heads) or one neuron
+            return site.columns(mask) if attention else mask
+
         consumer = layer(out, consumer_name)
-        _scale_inputs(consumer, z.repeat_interleave(d))
+        _scale_inputs(consumer, columns(z))
         _unwrap(out, consumer_name)
         keep = z > 0
         if not keep.any():
-            keep[0] = True  # one head / neuron with zero output columns keeps the model valid
+            keep[0] = True  # one head (group) / neuron with zero output columns keeps the model valid
         if not shrink or bool(keep.all()):
             continue
-        cols = keep.repeat_interleave(d)
         for name in producers:
             m = layer(out, name)
-            _keep_outputs(m, cols.repeat(out_features(m) // cols.numel()))
+            _keep_outputs(m, site.rows(out, name, keep) if attention else keep)
             shapes[name] = [in_features(m), out_features(m)]
-        _keep_inputs(consumer, cols)
+        _keep_inputs(consumer, columns(keep))
         shapes[consumer_name] = [in_features(consumer), out_features(consumer)]
         if attention:
-            module, count = out.get_submodule(site.name), int(keep.sum())
+            module, count = out.get_submodule(site.name), int(keep.sum()) * (site.heads // site.groups)
             for attr in HEAD_COUNTS:
                 if isinstance(getattr(module, attr, None), int):
                     setattr(module, attr, count)
             for attr in HEAD_WIDTHS:
                 if isinstance(getattr(module, attr, None), int):
-                    setattr(module, attr, count * d)
-            heads[site.name] = [count, d]
+                    setattr(module, attr, count * site.head_dim)
+            heads[site.name] = [count, site.head_dim]
     for parent in list(out.modules()):
         for key, child in list(parent.named_children()):
             if isinstance(child, GateGenerator):

@@ -15,14 +15,16 @@ projection) by the module names the supported architectures use:
 
 A head gate sits on the input of the output projection, a neuron gate on the input of the down
 projection (``GatedInput``), so a closed head or neuron is exactly 0 where it is consumed.
-Grouped-query attention (fewer k/v heads than query heads) is refused: a query head's k/v rows
-are shared with other heads, so closing it alone removes no k/v weight.
+Grouped-query attention (fewer k/v heads than query heads, Llama's ``num_key_value_heads``) gets
+one gate per k/v group: the query heads sharing a k/v head open and close together, since closing
+one query head alone would remove none of the k/v rows it shares. Without grouping a group is
+one head.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 
 from sparsekern.nn.conv1d import is_conv1d
 
@@ -37,8 +39,25 @@ class AttentionSite:
     name: str  # the attention module (its head attributes are rewritten when heads are removed)
     qkv: tuple[str, ...]  # q, k, v projections (one fused Conv1D for GPT-2)
     out: str  # the output projection
-    heads: int
+    heads: int  # query heads
     head_dim: int
+    groups: int  # k/v heads: one gate each (== heads without grouped-query attention)
+
+    @property
+    def group_width(self) -> int:
+        """Context features per gate: the query heads of one k/v group."""
+        return self.heads // self.groups * self.head_dim
+
+    def rows(self, model: nn.Module, name: str, kept: Tensor) -> Tensor:
+        """The output rows of q/k/v projection ``name`` that the kept groups ``kept`` [groups] keep
+        (a fused q|k|v projection holds three copies of the pattern)."""
+        rows = out_features(layer(model, name))
+        parts = 3 if len(self.qkv) == 1 else 1
+        return kept.repeat_interleave(rows // parts // self.groups).repeat(parts)
+
+    def columns(self, kept: Tensor) -> Tensor:
+        """The context features (output projection inputs) the kept groups keep."""
+        return kept.repeat_interleave(self.group_width)
 
 
 @dataclass
@@ -109,12 +128,16 @@ def _attention(model, name, module) -> AttentionSite | None:
         return None
     width = in_features(_get(model, out))
     heads, d = _heads(model, model.get_submodule(name), name, width)
-    q_rows = sum(out_features(_get(model, n)) for n in qkv)
-    if q_rows != 3 * width:
-        raise ValueError(f"structured gates: {name}: q/k/v give {q_rows} rows, not 3 x {width} (grouped-query "
-                         "attention, fewer k/v heads than query heads, is not supported: a query head shares "
-                         "its k/v rows)")
-    return AttentionSite(name, qkv, out, heads, d)
+    rows = [out_features(_get(model, n)) for n in qkv]
+    if len(rows) == 1:  # fused q|k|v
+        kv = rows[0] - width if rows[0] == 3 * width else None
+        kv = None if kv is None else kv // 2
+    else:
+        kv = rows[1] if rows[0] == width and rows[1] == rows[2] else None
+    if kv is None or kv % d or heads % (kv // d):
+        raise ValueError(f"structured gates: {name}: q/k/v rows {rows} do not fit {heads} query heads of width {d} "
+                         "and a number of k/v heads dividing them")
+    return AttentionSite(name, qkv, out, heads, d, kv // d)
 
 
 def _mlp(model, name) -> MlpSite | None:
