@@ -13,7 +13,7 @@ import torch
 
 import sparsekern as sk
 from sparsekern.nn import ChannelGate
-from sparsekern.pruning.surgery.export.hf_pretrained import save_shrunk_pretrained
+from sparsekern import save_shrunk_pretrained
 from sparsekern.pruning.surgery.report import sparsity_report
 from sparsekern.pruning.surgery.transformer_sites import AttentionSite, transformer_sites
 from transformer_cases import (HEADS, MODELS, SEQ, VOCAB, _close_some, _empty_head_layers, _forward, _input, _model, _one_group_weights,

@@ -2,12 +2,14 @@
 
 ``sparsify`` -> ``param_groups`` -> train (``regularization`` for L0, ``TargetSparsity`` for
 STR, ``GMP`` for the baseline) -> ``sparsity_report`` / ``format_report`` -> ``finalize``
-(``shrink_model`` for gated built-in models). ``pruning.methods`` bundles each method's pieces.
+(``shrink_model`` for gated built-in models; ``save_shrunk_pretrained`` for a shrunk Hugging
+Face model). ``pruning.methods`` bundles each method's pieces.
 The training loop and checkpoints live in ``trainer`` / ``checkpoint`` (imported on demand).
 """
 from sparsekern.pruning.train.batchnorm import recalibrate_bn
 from sparsekern.pruning.control.calibration import calibrate_gates
 from sparsekern.pruning.train.ema import ParameterEMA
+from sparsekern.pruning.surgery.export.hf_pretrained import save_shrunk_pretrained
 from sparsekern.pruning.surgery.finalize import finalize
 from sparsekern.pruning.surgery.flops import record_flops_per_weight
 from sparsekern.pruning.control.gmp import GMP
@@ -26,6 +28,6 @@ __all__ = [
     "GMP", "L0_DROP_RATE", "ParameterEMA", "L0_GATE_LR", "L0_LAMBDA", "TargetLambda", "TargetSparsity",
     "calibrate_gates", "cubic_sparsity", "finalize",
     "format_report", "gate_modules", "global_sparsity", "make_optimizers", "model_widths", "param_groups",
-    "recalibrate_bn", "record_flops_per_weight", "regularization", "shrink_model", "sparse_modules", "sparsify",
-    "sparsity_report",
+    "recalibrate_bn", "record_flops_per_weight", "regularization", "save_shrunk_pretrained", "shrink_model",
+    "sparse_modules", "sparsify", "sparsity_report",
 ]
