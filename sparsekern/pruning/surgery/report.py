@@ -110,6 +110,9 @@ def sparsity_report(model: nn.Module, example_input, *, count_closed_channels: b
     structured gates (what ``shrink_model`` removes), so a structured model's rows show what it
     prunes against the original widths; off, they count zero weights only (a channel gate zeroes
     no weight).
+    Transformers ``transformer_sites`` knows also get a row of type ``attention`` per attention
+    (no weights; the two T x T products at the example's ``sequence_length``, shrinking with the
+    heads their gates keep), and their head/neuron gates restrict the q/k/v, up and down layers.
     Returns ``{"layers": [row, ...], "total": row, "left_dense": [...]}``; each row also has
     ``name``, ``type``, ``sparse`` (a sparsekern layer?). ``left_dense``: the modules with
     parameters a sparsified model kept dense, each with its ``reason`` (tied weights,
