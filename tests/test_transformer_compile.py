@@ -11,7 +11,8 @@ from transformer_cases import _forward, _input, _model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # one method per model keeps the file short; both place the same gates (dep_l0 adds the generator)
-CASES = {"bert": "l0_hc", "gpt2": "dep_l0", "vit": "l0_hc", "llama": "dep_l0", "transformer": "dep_l0"}
+CASES = {"bert": "l0_hc", "gpt2": "dep_l0", "vit": "l0_hc", "llama": "dep_l0", "transformer": "dep_l0",
+         "torch_encoder": "l0_hc", "llama_gqa": "l0_hc"}
 
 
 @pytest.mark.parametrize("kind", sorted(CASES))

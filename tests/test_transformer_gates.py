@@ -87,7 +87,7 @@ def _config(**kw):
 
 
 @pytest.mark.parametrize("method", [ChannelL0, DepL0])
-@pytest.mark.parametrize("kind", MODELS + ["llama_gqa"])
+@pytest.mark.parametrize("kind", MODELS + ["llama_gqa", "torch_encoder"])
 def test_a_flops_target_lands_within_one_point(kind, method):
     target, steps = 0.6, 40
     config = _config(target_flops=target)

@@ -1,4 +1,5 @@
-"""str / l0 / gmp on the tiny transformers (BERT, GPT-2, ViT, Llama, the built-in one): their
+"""str / l0 / gmp on the tiny transformers (BERT, GPT-2, ViT, Llama, the built-in one, and a
+classifier on torch's nn.TransformerEncoder): their
 sparsity targets land within a point through the Method interface the trainer calls, and
 ``finalize`` keeps the eval function."""
 from __future__ import annotations
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("method", ["str", "l0", "gmp"])
-@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("kind", MODELS + ["torch_encoder"])
 def test_unstructured_targets_land_within_one_point(kind, method):
     """The trainer's calls on the Method interface (optimizers, penalty, after_step, controller)."""
     target, steps = 0.7, 40
@@ -43,7 +44,7 @@ def test_unstructured_targets_land_within_one_point(kind, method):
 
 
 @pytest.mark.parametrize("method", ["str", "l0", "gmp"])
-@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("kind", MODELS + ["torch_encoder"])
 def test_unstructured_methods_train_and_finalize(kind, method):
     model = sk.sparsify(_model(kind), method)
     x = _input(kind)

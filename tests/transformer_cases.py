@@ -52,7 +52,25 @@ MODELS = ["bert", "gpt2", "vit", "llama", "transformer"]
 FFN = {"bert": 128, "gpt2": 4 * HIDDEN, "vit": 128, "llama": 128, "transformer": 128}
 
 
+class TorchEncoderClassifier(nn.Module):
+    """Token ids -> embedding -> nn.TransformerEncoder (2 layers) -> mean over tokens -> Linear:
+    torch's own transformer layers (neuron gates only: its MultiheadAttention cannot lose heads)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, HIDDEN)
+        layer = nn.TransformerEncoderLayer(HIDDEN, HEADS, 128, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(HIDDEN, 3)
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.embed(tokens)).mean(1))
+
+
 def _model(kind: str):
+    if kind == "torch_encoder":
+        torch.manual_seed(0)
+        return TorchEncoderClassifier().eval()
     if kind == "transformer":
         torch.manual_seed(0)
         return build_model("transformer", 3, VOCAB, SEQ).eval()
