@@ -60,7 +60,7 @@ def gate_transformer(model: nn.Module, dependency: str | None = None) -> list[Ch
     """Insert the head and neuron gates (module docstring) in place; returns them in order."""
     if any(isinstance(m, ChannelGate) for m in model.modules()):
         raise ValueError("structured gates: the model already has channel gates")
-    sites = transformer_sites(model)
+    sites = transformer_sites(model, check=True)
     if not sites:
         raise ValueError(f"structured gates: {type(model).__name__} is an architecture without built-in head/neuron "
                          "placements (BERT/RoBERTa, GPT-2, ViT, Llama-style, sparsekern's transformer); pass "

@@ -146,9 +146,8 @@ def _mlp(model, name) -> MlpSite | None:
         d = _get(model, f"{name}.{down}")
         if all(_is_layer(m) for m in mods) and _is_layer(d):
             width = in_features(d)
-            if any(out_features(m) != width for m in mods):
-                raise ValueError(f"structured gates: {name}: the up projections do not give {width} neurons")
-            return MlpSite(name, tuple(f"{name}.{u}" for u in ups), f"{name}.{down}", width)
+            if all(out_features(m) == width for m in mods):  # else something between changes the width
+                return MlpSite(name, tuple(f"{name}.{u}" for u in ups), f"{name}.{down}", width)
     return None
 
 
@@ -171,16 +170,22 @@ def _bert_mlp(model, name) -> MlpSite | None:
     return None
 
 
-def transformer_sites(model: nn.Module) -> list[AttentionSite | MlpSite]:
-    """The attention and MLP sites of ``model`` in module order (module docstring); [] if none."""
+def transformer_sites(model: nn.Module, *, check: bool = False) -> list[AttentionSite | MlpSite]:
+    """The attention and MLP sites of ``model`` in module order (module docstring); [] if none.
+    ``check``: an attention whose heads do not fit raises ValueError (placing gates); otherwise it
+    is left out (a report on any model)."""
     sites, taken = [], set()
     for name, module in model.named_modules():
         if isinstance(module, GatedInput) or any(name == t or name.startswith(t + ".") for t in taken):
             continue
         site = None
         if name and not name.endswith(".self"):
-            site = (_attention(model, name, module) or _mlp(model, name) or _bert_mlp(model, name)
-                    or _torch_mlp(model, name, module))
+            try:
+                site = _attention(model, name, module)
+            except ValueError:
+                if check:
+                    raise
+            site = site or _mlp(model, name) or _bert_mlp(model, name) or _torch_mlp(model, name, module)
         if site is not None:
             sites.append(site)
             taken.add(site.name if isinstance(site, MlpSite) or not site.name.endswith(".self")
