@@ -51,6 +51,11 @@ def test_shrunk_model_matches_the_gated_one_and_its_report(kind):
     # the shrunk model's attentions are read with their kept head counts (head width first)
     heads = {s.name: s.heads for s in transformer_sites(shrunk) if isinstance(s, AttentionSite)}
     assert heads == {name: shrunk.sparsekern_heads.get(name, [HEADS])[0] for name in heads}
+    folded = sk.finalize(gated, shrink=False)  # the gates folded in, every head and neuron kept
+    assert [(n, p.shape) for n, p in folded.state_dict().items()] == \
+        [(n, p.shape) for n, p in _model(kind).state_dict().items()]
+    with torch.no_grad():
+        torch.testing.assert_close(_forward(folded, x), expected, rtol=0, atol=1e-5)
     if kind == "transformer":  # build_model rebuilds the shrunk shape, and the state_dict loads into it
         rebuilt = build_model("transformer", 3, VOCAB, SEQ, widths=shrunk.transformer_widths()).eval()
         rebuilt.load_state_dict(shrunk.state_dict())

@@ -11,7 +11,8 @@ class HeadGate(ChannelGate):
     the output projection) by gate h. Every leading index (token) is an example, as for
     ``ChannelGate(channel_dim=-1)``: per-token samples in training, one deterministic gate per
     head in eval. A closed head's context is exactly 0, so its q/k/v rows and its output
-    projection columns can be removed (``finalize``)."""
+    projection columns can be removed (``finalize``). ``head_dim``: the context width one gate
+    covers: a head's, or with grouped-query attention the query heads sharing one k/v head."""
 
     def __init__(self, num_heads: int, head_dim: int, **kwargs):
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
