@@ -1,12 +1,13 @@
 """L0-HC / Dep-L0 gates for transformers: one gate per attention head and per FFN neuron.
 
 ``gate_transformer(model, dependency)`` puts a ``HeadGate`` before every attention output
-projection and a ``ChannelGate(channel_dim=-1)`` before every MLP down projection (the sites of
-``transformer_sites``; with grouped-query attention one per k/v group), each in a ``GatedInput``. Gate order (the Dep-L0 generator's chain):
+projection (one gate per head; with grouped-query attention, per k/v group) and a
+``ChannelGate(channel_dim=-1)`` before every MLP down projection (the sites of
+``transformer_sites``), each in a ``GatedInput``. Gate order (the Dep-L0 generator's chain):
 module order, heads and neurons of each layer. Each gate's ``chain`` link carries the real cost
-of one open channel: a head keeps 3 x d rows of q/k/v, d columns of the output projection and
-its two T x T x d attention products; a neuron keeps a row of each up projection and a column
-of the down projection. Everything is checked before any module is replaced.
+of one open channel: a head keeps its d rows of each of q/k/v, d columns of the output
+projection and its two T x T x d attention products; a neuron keeps a row of each up projection
+and a column of the down projection. Everything is checked before any module is replaced.
 """
 from __future__ import annotations
 
