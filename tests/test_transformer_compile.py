@@ -1,5 +1,6 @@
 """torch.compile(fullgraph=True) of transformers with head and neuron gates: training steps
-compile once (no recompile after the first step), on every supported architecture."""
+compile once (no recompile after the first step), on every supported architecture (str / l0 /
+gmp: tests/test_transformer_compile_sparse.py)."""
 from __future__ import annotations
 
 import pytest
@@ -33,3 +34,4 @@ def test_gated_training_steps_compile_once(kind):
         assert counter.frame_count == 1, f"step {step}: {counter.frame_count} compiles"
     after = [p for n, p in model.named_parameters() if "log_alpha" in n or "generator" in n]
     assert all(not torch.equal(a, b) for a, b in zip(after, before))  # the gates train through the graph
+
