@@ -4,6 +4,7 @@ tensor ops inductor fuses, ``sparsekern.ops.gate_decomposition``), and the plain
 
     python bench/gate_lowering.py                        # lenet300 + lenet5, 1 thread, 20 rounds
     python bench/gate_lowering.py --threads 2 --rounds 30
+    python bench/gate_lowering.py --ops                  # the three ops alone, fwd and fwd+bwd
 
 Models: LeNet-300-100 (batch 512) and LeNet-5-Caffe (batch 128), L0 with one gate per weight
 (``l0``, gated_weight) and per neuron (``l0-neuron``, sparsify's default), under
@@ -11,6 +12,10 @@ Models: LeNet-300-100 (batch 512) and LeNet-5-Caffe (batch 128), L0 with one gat
 Variants are timed round-robin one step at a time; ``decompose vs kernel`` = kernel ms /
 decompose ms per round (> 1: decompose faster), median and quartiles over rounds. The box is
 shared: the 1-minute load average is printed before and after the timing.
+
+``--ops``: each gate op alone (compiled, one gate per element: hard_concrete of n gates,
+gated_weight of an n-element weight, gated_activation of [n/256, 256]), forward and forward +
+backward, ns per element, same round-robin pairing.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_layers import plain_l0_penalty, plainify  # noqa: E402
 from train_step import paired  # noqa: E402
 
+import sparsekern  # noqa: E402
 from sparsekern.models import build_model  # noqa: E402
 from sparsekern.ops import inductor  # noqa: E402
 from sparsekern.pruning import regularization, sparsify  # noqa: E402
@@ -70,15 +76,64 @@ def make_step(model_name: str, method: str, lowering: str | None):
     return step
 
 
+def _op_call(op: str, n: int, backward: bool):
+    gen = torch.Generator().manual_seed(0)
+    la = torch.randn(n if op != "gated_activation" else 256, generator=gen).requires_grad_(backward)
+    data = {"hard_concrete": (), "gated_weight": (torch.randn(n, generator=gen),),
+            "gated_activation": (torch.randn(n // 256, 256, generator=gen),)}[op]
+    noise = torch.tensor([7, 0], dtype=torch.int64)
+    fn = getattr(sparsekern, op)
+    compiled = torch.compile(lambda *a: fn(*a), fullgraph=True)
+    args = (*data, la, noise)
+
+    def call():
+        out = compiled(*args)
+        if backward:
+            out.sum().backward()
+    return call
+
+
+def bench_ops(rounds: int) -> None:
+    print("| op | n | pass | kernel ns/elem | decompose ns/elem | decompose vs kernel (q1-q3) | load avg |")
+    print("| --- | ---: | --- | ---: | ---: | --- | --- |")
+    for op in ("hard_concrete", "gated_weight", "gated_activation"):
+        for n in (1 << 16, 1 << 20):
+            for backward in (False, True):
+                calls = {}
+                for lowering in ("kernel", "decompose"):
+                    inductor.set_inductor_gates(lowering)
+                    torch._dynamo.reset()
+                    calls[lowering] = _op_call(op, n, backward)
+                    for _ in range(3):
+                        calls[lowering]()
+                inductor.set_inductor_gates(None)
+                times = {k: [] for k in calls}
+                load_before = os.getloadavg()[0]
+                for _ in range(rounds):
+                    for k, call in calls.items():
+                        start = time.perf_counter()
+                        call()
+                        times[k].append(time.perf_counter() - start)
+                ns = {k: statistics.median(v) * 1e9 / n for k, v in times.items()}
+                ratio, q1, q3 = paired(times["kernel"], times["decompose"])
+                print(f"| {op} | {n} | {'fwd+bwd' if backward else 'fwd'} | {ns['kernel']:.2f} | "
+                      f"{ns['decompose']:.2f} | {ratio:.2f} ({q1:.2f}-{q3:.2f}) | "
+                      f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} |", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--methods", default="l0,l0-neuron")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ops", action="store_true", help="the gate ops alone instead of training steps")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} rounds")
+    if args.ops:
+        bench_ops(args.rounds)
+        return 0
     print("| model | method | kernel ms | decompose ms | plain ms | decompose vs kernel (q1-q3) | load avg |")
     print("| --- | --- | ---: | ---: | ---: | --- | --- |")
     for model_name in args.models.split(","):

@@ -14,6 +14,13 @@ directly: the same kernels, so the same bits. Other backends get ``<op>_at_any``
 the custom op that inductor leaves alone. The backend of these calls is the one selected when
 the graph is compiled.
 
+``set_inductor_gates("decompose")`` (or ``SPARSEKERN_INDUCTOR_GATES=decompose``) lowers the
+gate ops of the ``cpu`` backend instead to ``gate_decomposition``: the Philox stream and the
+hard-concrete math as int64/float32 tensor ops with the kernels' bits, which inductor compiles
+into the kernels around them (fusion) and regenerates in the backward. Measured in
+bench/README.md ("Inductor gate lowering"), which also says why the default stays ``kernel``.
+float64 and CUDA keep the kernels (CUDA: no device to check the bits on when this was written).
+
 Whatever backend is selected, inside an inductor graph the deterministic ops are inductor's
 kernels (the same formulas; ``use_backend`` still picks the kernels of eager calls). Other
 compilers (``aot_eager``, ``eager``, user backends) keep the custom ops. Graphs that inductor
