@@ -64,19 +64,18 @@ def make_step(model_name: str, method: str, lowering: str | None):
     x, y = torch.randn(batch, 1, 28, 28, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
 
     def step():
+        inductor.set_inductor_gates(lowering)  # dynamo guards on it: each variant runs its own graph
         loss = nn.functional.cross_entropy(forward(x), y) + penalty()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    inductor.set_inductor_gates(lowering)
     for _ in range(3):  # compile, then warm the allocator
         step()
-    inductor.set_inductor_gates(None)
     return step
 
 
-def _op_call(op: str, n: int, backward: bool):
+def _op_call(op: str, n: int, backward: bool, lowering: str):
     gen = torch.Generator().manual_seed(0)
     la = torch.randn(n if op != "gated_activation" else 256, generator=gen).requires_grad_(backward)
     data = {"hard_concrete": (), "gated_weight": (torch.randn(n, generator=gen),),
@@ -87,6 +86,7 @@ def _op_call(op: str, n: int, backward: bool):
     args = (*data, la, noise)
 
     def call():
+        inductor.set_inductor_gates(lowering)  # dynamo guards on it: each variant runs its own graph
         out = compiled(*args)
         if backward:
             out.sum().backward()
@@ -100,13 +100,11 @@ def bench_ops(rounds: int) -> None:
         for n in (1 << 16, 1 << 20):
             for backward in (False, True):
                 calls = {}
+                torch._dynamo.reset()
                 for lowering in ("kernel", "decompose"):
-                    inductor.set_inductor_gates(lowering)
-                    torch._dynamo.reset()
-                    calls[lowering] = _op_call(op, n, backward)
+                    calls[lowering] = _op_call(op, n, backward, lowering)
                     for _ in range(3):
                         calls[lowering]()
-                inductor.set_inductor_gates(None)
                 times = {k: [] for k in calls}
                 load_before = os.getloadavg()[0]
                 for _ in range(rounds):

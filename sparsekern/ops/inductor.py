@@ -69,6 +69,12 @@ def set_inductor_gates(lowering: str | None) -> None:
     _gate_lowering = lowering
 
 
+def lowering_choice() -> str | None:
+    """What ``set_inductor_gates`` last set. The ops read it while dynamo traces them, so dynamo
+    guards on it: a change recompiles the graphs that call a gate op with a noise tensor."""
+    return _gate_lowering
+
+
 def inductor_gates() -> str:
     """The gate lowering a graph traced now gets (see ``set_inductor_gates``)."""
     if _gate_lowering is not None:
