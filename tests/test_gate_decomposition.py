@@ -57,7 +57,7 @@ CASES = {"hard_concrete": [("la",)], "gated_weight": [("w", "la_w"), ("w", "la_r
          "gated_activation": [("x", "la_x"), ("x4", "la_x4")]}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("op", list(CASES))
 def test_decomposition_equals_the_kernels_eagerly(op, dtype):
     """The tensor ops run eagerly: every case of every gate op, values and both gradients."""
@@ -184,6 +184,22 @@ def test_compiled_model_trains_in_one_graph(decompose):
     for (name, a), b in zip(eager.state_dict().items(), compiled_model.state_dict().values()):
         if name.endswith("noise_state"):
             assert torch.equal(a, b), name
+
+
+def test_a_new_lowering_recompiles():
+    """Dynamo guards on the choice: a compiled function follows set_inductor_gates (no stale graph)."""
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    fn = torch.compile(lambda la, noise: sparsekern.hard_concrete(la, noise) * 2, backend=counter, fullgraph=True)
+    la, noise = torch.randn(10), torch.tensor([1, 2])
+    try:
+        for lowering, compiles in (("kernel", 1), ("kernel", 1), ("decompose", 2), ("decompose", 2), ("kernel", 2)):
+            inductor.set_inductor_gates(lowering)
+            fn(la, noise)
+            assert counter.frame_count == compiles, lowering
+    finally:
+        inductor.set_inductor_gates(None)
 
 
 def test_bad_lowering_names_the_setting(monkeypatch):
