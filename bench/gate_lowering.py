@@ -5,6 +5,7 @@ tensor ops inductor fuses, ``sparsekern.ops.gate_decomposition``), and the plain
     python bench/gate_lowering.py                        # lenet300 + lenet5, 1 thread, 20 rounds
     python bench/gate_lowering.py --threads 2 --rounds 30
     python bench/gate_lowering.py --ops                  # the three ops alone, fwd and fwd+bwd
+    python bench/gate_lowering.py --philox               # the uniform stream alone
 
 Models: LeNet-300-100 (batch 512) and LeNet-5-Caffe (batch 128), L0 with one gate per weight
 (``l0``, gated_weight) and per neuron (``l0-neuron``, sparsify's default), under
@@ -122,6 +123,26 @@ def bench_ops(rounds: int) -> None:
                       f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} |", flush=True)
 
 
+def bench_philox(rounds: int, n: int = 1 << 20) -> None:
+    """ns per uniform: the decomposed stream compiled by inductor vs the C++ kernel (same bits)."""
+    from sparsekern.ops import gate_decomposition
+    noise = torch.tensor([7, 0], dtype=torch.int64)
+    decomposed = torch.compile(lambda noise: gate_decomposition.uniform(n, noise, torch.device("cpu")),
+                               fullgraph=True)
+    calls = {"kernel": lambda: sparsekern.uniform(n, 7, 0), "decompose": lambda: decomposed(noise)}
+    assert torch.equal(calls["kernel"](), calls["decompose"]())
+    times = {k: [] for k in calls}
+    load_before = os.getloadavg()[0]
+    for _ in range(rounds):
+        for k, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[k].append(time.perf_counter() - start)
+    ns = {k: statistics.median(v) * 1e9 / n for k, v in times.items()}
+    print(f"uniform, n={n}: kernel {ns['kernel']:.2f} ns, decompose {ns['decompose']:.2f} ns per number "
+          f"(load {load_before:.1f} -> {os.getloadavg()[0]:.1f})")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
@@ -129,9 +150,13 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ops", action="store_true", help="the gate ops alone instead of training steps")
+    p.add_argument("--philox", action="store_true", help="the uniform stream alone")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} rounds")
+    if args.philox:
+        bench_philox(args.rounds)
+        return 0
     if args.ops:
         bench_ops(args.rounds)
         return 0

@@ -97,7 +97,7 @@ def philox_r0(counter: Tensor, seed: Tensor) -> Tensor:
     c0, c1 = counter & _MASK32, (counter >> 32) & _MASK32
     hi_a, lo_a = _mulhilo(_ROUND_A, c0)  # round 1: c2 = c3 = 0, so pb = 0
     c0, c1, c2, c3 = c1 ^ k0, torch.zeros_like(c0), hi_a ^ k1, lo_a
-    for round_ in range(1, 10):
+    for _ in range(1, 10):
         k0, k1 = (k0 + _KEY_A) & _MASK32, (k1 + _KEY_B) & _MASK32
         hi_a, lo_a = _mulhilo(_ROUND_A, c0)
         hi_b, lo_b = _mulhilo(_ROUND_B, c2)
@@ -123,8 +123,9 @@ def uniform(numel: int, noise: Tensor, device: torch.device, backward: bool = Fa
 # ---------------------------------------------------------------- sparsity_math.h, hc_sample
 class _Params:
     """hc_params<float>: stretch formed in double, then every constant rounded to float32.
-    Divisions by beta stay divisions by a tensor: inductor turns division by a Python constant
-    into a product with its reciprocal, which rounds differently."""
+    beta is a 0-dim tensor so that ``/ beta`` stays a true division as in hc_sample: a Python-number
+    divisor can be turned into a product with its reciprocal (ATen's CUDA kernel does), which
+    rounds differently."""
 
     def __init__(self, beta: float, gamma: float, zeta: float, device: torch.device):
         self.beta = torch.tensor(beta, dtype=_F32, device=device)
