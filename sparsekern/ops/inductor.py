@@ -61,8 +61,10 @@ DEFAULT_GATE_LOWERING = "kernel"
 def set_inductor_gates(lowering: str | None) -> None:
     """How graphs compiled from now on run the gate ops on the ``cpu`` backend: ``"decompose"``
     (tensor ops inductor fuses, ``gate_decomposition``) or ``"kernel"`` (our compiled kernel);
-    ``None``: the ``SPARSEKERN_INDUCTOR_GATES`` environment variable, else the default. Graphs
-    already compiled (or cached by inductor) keep theirs: the same numbers either way."""
+    ``None``: the ``SPARSEKERN_INDUCTOR_GATES`` environment variable, else the default. Dynamo
+    guards on the choice (``api._sample`` reads it while tracing), so compiled functions recompile
+    at their next call; inductor's on-disk cache may still return a graph compiled with the other
+    lowering: the same numbers either way."""
     global _gate_lowering
     if lowering is not None and lowering not in GATE_LOWERINGS:
         raise ValueError(f"set_inductor_gates: lowering must be one of {GATE_LOWERINGS} or None, got {lowering!r}")
