@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from sparsekern import backends
-from sparsekern.ops import custom_ops, fast_path, noise
+from sparsekern.ops import custom_ops, fast_path, inductor, noise
 from sparsekern.ops.checks import check_float, check_hc, check_noise, check_rows, check_same_device, u64
 from sparsekern.ops.dispatch import BETA, GAMMA, ZETA, fast
 
@@ -15,6 +15,8 @@ def _sample(op: str, tensors: tuple[Tensor, ...], first: str, seed, offset, hc: 
     offset) to the eager fast path or the custom op. ``tensors``: the data (log_alpha last), the
     first of them named ``first`` in errors."""
     if isinstance(seed, Tensor):
+        if torch.compiler.is_compiling() and inductor.lowering_choice() is not None:
+            pass  # dynamo guards on what a traced branch reads: a new set_inductor_gates choice recompiles
         return noise.OPS[op](*tensors, check_noise(op, seed, offset, (first, tensors[0])), *hc)
     seed, offset = u64(op, "seed", seed), u64(op, "offset", offset)
     if fast(*tensors):
