@@ -1,9 +1,9 @@
-"""Dense FLOPs of every Linear/Conv2d (and Hugging Face Conv1D), measured with forward hooks
+"""Dense FLOPs of every Linear/Conv1d/Conv2d (and Hugging Face Conv1D), measured with forward hooks
 on a real forward.
 
 FLOPs here are multiply-accumulates per example (the STR paper's convention): a layer
 producing ``out`` values per example, each a dot product of ``weight.numel() / out_channels``
-terms (in_features, or in_channels/groups * kh * kw), costs ``out * that``; biases,
+terms (in_features, or in_channels/groups * kernel size), costs ``out * that``; biases,
 activations, BatchNorm and pooling are not counted. The conv output size is the real one.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def trace(model: nn.Module, example_input) -> list[TraceEvent]:
     # A Dep-L0 generator's Linears make gates, not predictions: not layers of the network.
     generator_parts = {id(p) for m in model.modules() if isinstance(m, GateGenerator) for p in m.modules()}
     hooks = [(m, hook_for(n)) for n, m in model.named_modules()
-             if (isinstance(m, (nn.Linear, nn.Conv2d, ChannelGate)) or is_conv1d(m)) and id(m) not in generator_parts]
+             if (isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, ChannelGate)) or is_conv1d(m)) and id(m) not in generator_parts]
     hooked_eval_forward(model, example_input, hooks)
     return events
 

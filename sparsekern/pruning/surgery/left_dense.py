@@ -20,7 +20,7 @@ def _reason(name: str, module: nn.Module, tied: dict[str, list[str]]) -> str:
         return "embedding"
     if isinstance(module, _NORMS):
         return "normalization"
-    if isinstance(module, (nn.Linear, nn.Conv2d)) or is_conv1d(module):
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_conv1d(module):
         return "not selected (include / exclude / keep_first / keep_last)"
     return f"{type(module).__name__} is not a layer type sparsify swaps"
 

@@ -38,6 +38,8 @@ def _channel_masks(events: list[TraceEvent]) -> dict[int, dict[str, Tensor]]:
 
     for i, e in enumerate(events):
         m = e.module
+        if is_conv1d(m):  # HF Conv1D ([in, out] weights, transformer blocks): its zeros are counted as they are
+            continue
         before = [j for j in layer_idx if j < i]
         if isinstance(m, L0_LAYERS) and m.granularity == "in":
             if before and events[before[-1]].module.weight.shape[0] == m.weight.shape[1]:

@@ -8,7 +8,8 @@ from typing import Iterable
 from torch import nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-from sparsekern.nn import L0Conv2d, L0Linear, MaskedConv2d, MaskedLinear, STRConv2d, STRLinear
+from sparsekern.nn import (L0Conv1d, L0Conv2d, L0Linear, MaskedConv1d, MaskedConv2d, MaskedLinear, STRConv1d,
+                           STRConv2d, STRLinear)
 from sparsekern.nn.attention import check_out_proj
 from sparsekern.nn.conv1d import conv1d_type, sparse_conv1d_types
 from sparsekern.pruning import defaults
@@ -17,9 +18,9 @@ from sparsekern.pruning.surgery.channel_gating import gate_channels
 from sparsekern.pruning.surgery.modules import tied_weights
 
 LAYER_TYPES = {
-    "str": {nn.Linear: STRLinear, nn.Conv2d: STRConv2d},
-    "l0": {nn.Linear: L0Linear, nn.Conv2d: L0Conv2d},
-    "gmp": {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d},
+    "str": {nn.Linear: STRLinear, nn.Conv1d: STRConv1d, nn.Conv2d: STRConv2d},
+    "l0": {nn.Linear: L0Linear, nn.Conv1d: L0Conv1d, nn.Conv2d: L0Conv2d},
+    "gmp": {nn.Linear: MaskedLinear, nn.Conv1d: MaskedConv1d, nn.Conv2d: MaskedConv2d},
 }
 
 
