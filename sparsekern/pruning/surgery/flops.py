@@ -8,6 +8,7 @@ activations, BatchNorm and pooling are not counted. The conv output size is the 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -26,10 +27,20 @@ class TraceEvent:
 
 
 def _batch_size(example_input) -> int:
-    first = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
+    if isinstance(example_input, Mapping):  # keyword inputs (a Hugging Face batch): the first tensor
+        first = next((v for v in example_input.values() if isinstance(v, Tensor)), None)
+    else:
+        first = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
     if not isinstance(first, Tensor) or first.dim() == 0:
-        raise TypeError("example_input must be a batched Tensor (or a tuple of inputs whose first is one)")
+        raise TypeError("example_input must be a batched Tensor (or a tuple of inputs whose first is one, "
+                        "or a dict of keyword inputs holding one)")
     return first.shape[0]
+
+
+def _call(model: nn.Module, example_input):
+    if isinstance(example_input, Mapping):
+        return model(**example_input)
+    return model(*(example_input if isinstance(example_input, (tuple, list)) else (example_input,)))
 
 
 def hooked_eval_forward(model: nn.Module, example_input, hooks, kwargs_hooks=()) -> None:
@@ -42,7 +53,7 @@ def hooked_eval_forward(model: nn.Module, example_input, hooks, kwargs_hooks=())
     try:
         model.eval()
         with torch.no_grad():
-            model(*(example_input if isinstance(example_input, (tuple, list)) else (example_input,)))
+            _call(model, example_input)
     finally:
         for h in handles:
             h.remove()
