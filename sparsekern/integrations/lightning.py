@@ -19,9 +19,10 @@ The callback drives a ``SparsitySession`` (``integrations.session``) at Lightnin
   ``sparsekern/flops_fraction``, ``sparsekern/lambda``) through ``pl_module.log``, every step;
 * ``on_train_end``: ``finalize``, kept as ``final_model`` (the LightningModule stays sparse).
 
-Automatic optimization only (one optimizer); 16-bit mixed precision is refused (its scaler does not
-scale the penalty's gradient; ``bf16-mixed`` is fine). The structured methods (``l0_hc``,
-``dep_l0``) need ``example=`` (a batch of the module's forward inputs) for their FLOPs.
+Automatic optimization only (one optimizer). Precision with a loss scaler (``16-mixed`` on a GPU)
+is refused: the scaler would not unscale the gates' gradients (``bf16-mixed`` is fine). The
+structured methods (``l0_hc``, ``dep_l0``) need ``example=`` (a batch of the module's forward
+inputs) for their FLOPs.
 """
 from __future__ import annotations
 
@@ -55,9 +56,9 @@ class SparsityCallback(pl.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit" or self.session.model is not None:
             return
-        if str(trainer.precision).startswith("16"):
-            raise ValueError(f"SparsityCallback: precision {trainer.precision!r} (a loss scaler) is not supported: "
-                             "the penalty's gradient would not be scaled; use 'bf16-mixed' or 32")
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            raise ValueError(f"SparsityCallback: precision {trainer.precision!r} with a loss scaler is not supported: "
+                             "the gates' gradients would stay scaled; use 'bf16-mixed' or 32")
         if not pl_module.automatic_optimization:
             raise ValueError("SparsityCallback: needs automatic optimization (pl_module.automatic_optimization)")
         self.session.apply(pl_module)
