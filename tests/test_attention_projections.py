@@ -138,3 +138,28 @@ def test_gmp_and_target_sparsity_reach_the_in_proj():
     mha = sk.sparsify(nn.MultiheadAttention(E, HEADS, batch_first=True), "str")
     groups = {g["name"]: g["params"] for g in sk.param_groups(mha, lr=0.1, weight_decay=0.0)}
     assert any(p is mha.in_proj.s for p in groups["thresholds"])
+
+
+def test_fsdp_shards_the_attention_with_its_projections():
+    """FSDP2 gathers parameters in a module's forward; the projections have none of their own (the
+    attention applies their weights), so the attention is sharded as one unit with them."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from sparsekern.pruning.train.fsdp import shard_model
+
+    torch.manual_seed(5)
+    layer = nn.TransformerEncoderLayer(E, HEADS, 16, dropout=0.0, batch_first=True)
+    sk.sparsify(layer, "str", s_init=-2.5)
+    x = torch.randn(B, T, E)
+    expected = layer(x).detach()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        shard_model(layer)
+        assert isinstance(layer.self_attn.in_proj.s, DTensor)
+        out = layer(x)
+        torch.testing.assert_close(out.detach(), expected, rtol=1e-6, atol=1e-6)
+        out.sum().backward()
+        assert layer.self_attn.in_proj.s.grad.full_tensor().abs().sum() > 0
+    finally:
+        dist.destroy_process_group()
