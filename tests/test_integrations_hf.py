@@ -90,10 +90,11 @@ def test_gradient_accumulation_steps_the_controller_once_per_optimizer_step(tmp_
     assert abs(_logged(trainer, "sparsekern/sparsity")[-1] - 0.5) < 0.01
 
 
-def test_neuron_gates_on_the_mlps_reach_a_flops_target(tmp_path):
+@pytest.mark.parametrize("method", ["l0_hc", "dep_l0"])
+def test_neuron_gates_on_the_mlps_reach_a_flops_target(tmp_path, method):
     trainer = _trainer(tmp_path, _bert())
     layers = [f"bert.encoder.layer.{i}.intermediate.dense" for i in range(2)]
-    callback = SparsityCallback.attach(trainer, "l0_hc", target_flops=0.7, layers=layers)
+    callback = SparsityCallback.attach(trainer, method, target_flops=0.7, layers=layers)
     assert sum(isinstance(m, ChannelGate) for m in trainer.model.modules()) == 2
     trainer.train()
     assert abs(_logged(trainer, "sparsekern/flops_fraction")[-1] - 0.7) < 0.01
@@ -113,3 +114,29 @@ def test_refusals(tmp_path):
         SparsityCallback.attach(trainer, "str", target_sparsity=0.5)
     with pytest.raises(TypeError, match="transformers.Trainer"):
         SparsityCallback.attach(object(), "str")
+
+
+def test_gpt2_conv1d_layers_follow_the_target(tmp_path):
+    """GPT-2's Conv1D layers (weights [in, out]) are pruned by the controllers like Linears; the tied
+    LM head stays dense and tied, and the finalized model is a GPT2LMHeadModel again."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.pytorch_utils import Conv1D
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=T))
+    data = [{"input_ids": x, "labels": x} for x in ToyData().ids]
+    args = TrainingArguments(str(tmp_path / "run"), max_steps=STEPS, per_device_train_batch_size=16,
+                             learning_rate=1e-3, logging_steps=10, report_to=[], save_strategy="no", use_cpu=True,
+                             disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=data)
+    callback = SparsityCallback.attach(trainer, "gmp", target_sparsity=0.6)
+    trainer.train()
+    conv1d = [m for m in trainer.model.modules() if isinstance(m, Conv1D)]
+    assert len(conv1d) == 8 and all(isinstance(m, SparseModule) for m in conv1d)
+    zeros = sum(int((~m.mask).sum()) for m in conv1d)
+    assert abs(zeros / sum(m.weight.numel() for m in conv1d) - 0.6) < 0.01
+    final = callback.final_model
+    assert type(final) is GPT2LMHeadModel and final.lm_head.weight is final.transformer.wte.weight
+    ids = ToyData().ids[:4]
+    torch.testing.assert_close(_logits(final, ids), _logits(trainer.model.eval(), ids), rtol=0, atol=0)
