@@ -69,6 +69,8 @@ def test_trainer_reaches_the_target_logs_and_finalizes(tmp_path, method):
     assert abs(sk.global_sparsity(trainer.model) - 0.8) < 0.01
     if method != "l0":
         assert callback.session.controller.step_count == STEPS  # once per optimizer step
+    else:  # the constraint's multiplier times the expected density entered the gates' gradient
+        assert max(_logged(trainer, "sparsekern/penalty")) > 0 and max(_logged(trainer, "sparsekern/lambda")) > 0
     final = callback.final_model
     assert type(final) is BertForSequenceClassification and isinstance(final, PreTrainedModel)
     assert not any(isinstance(m, SparseModule) for m in final.modules())

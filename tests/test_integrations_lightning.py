@@ -76,6 +76,8 @@ def test_fit_reaches_the_target_logs_and_finalizes(tmp_path, method):
     assert abs(sk.global_sparsity(module) - 0.9) < 0.01
     if method != "l0":
         assert callback.session.controller.step_count == steps
+    else:  # the constraint's multiplier times the expected density entered the gates' gradient
+        assert max(_csv(trainer, "sparsekern/penalty")) > 0 and max(_csv(trainer, "sparsekern/lambda")) > 0
     final = callback.final_model
     assert type(final) is Classifier and not any(isinstance(m, SparseModule) for m in final.modules())
     x, _ = _data()
