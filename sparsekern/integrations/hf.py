@@ -16,8 +16,9 @@ every logger the user set in ``report_to`` and ``state.log_history``). The callb
 * ``on_pre_optimizer_step`` (after the last micro-batch's backward and gradient clipping):
   ``penalty.backward()``, once per optimizer step, so gradient accumulation (the Trainer divides
   each micro-batch's loss) does not scale it; the penalty is not clipped;
-* ``on_step_end``: the controller's step; every ``logging_steps`` ``sparsity`` (and
-  ``flops_fraction``, ``lambda``) through ``Trainer.log``;
+* ``on_step_end``: the controller's step; ``sparsekern/sparsity`` (and ``flops_fraction``,
+  ``lambda``, ``penalty``) through ``Trainer.log`` as the ``logging_strategy`` says (every
+  ``logging_steps``, or at epoch ends);
 * ``on_train_end``: ``finalize``, kept as ``final_model`` (the model's own class, so
   ``save_pretrained`` / ``from_pretrained`` work; the trainer's model stays sparse).
 
@@ -84,11 +85,18 @@ class SparsityCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.session.after_optimizer_step()
-        if args.logging_steps and state.global_step % _every(args, state) == 0:
-            logs = {f"sparsekern/{k}": v for k, v in self.session.metrics().items()}
-            if self.last_penalty is not None:
-                logs["sparsekern/penalty"] = float(self.last_penalty)
-            self.trainer.log(logs)
+        if args.logging_strategy == "steps" and state.global_step % _every(args, state) == 0:
+            self._log()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if args.logging_strategy == "epoch":
+            self._log()
+
+    def _log(self) -> None:
+        logs = {f"sparsekern/{k}": v for k, v in self.session.metrics().items()}
+        if self.last_penalty is not None:
+            logs["sparsekern/penalty"] = float(self.last_penalty)
+        self.trainer.log(logs)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.session.finalize()
@@ -100,5 +108,5 @@ def _needs_example(session: SparsitySession) -> bool:
 
 def _every(args, state) -> int:
     """``logging_steps`` in steps (a float below 1 is a fraction of the run, as the Trainer reads it)."""
-    steps = args.logging_steps
+    steps = args.logging_steps or 1
     return max(1, int(steps * state.max_steps) if steps < 1 else int(steps))
