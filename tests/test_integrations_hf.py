@@ -117,6 +117,10 @@ def test_refusals(tmp_path):
         SparsityCallback.attach(trainer, "str", target_sparsity=0.5)
     with pytest.raises(TypeError, match="transformers.Trainer"):
         SparsityCallback.attach(object(), "str")
+    model = _bert()
+    with pytest.raises(ValueError, match="SparsityCallback.attach: fp16"):
+        SparsityCallback.attach(_trainer(tmp_path, model, fp16=True), "str", target_sparsity=0.5)
+    assert not any(isinstance(m, SparseModule) for m in model.modules())  # refused before any swap
 
 
 def test_gpt2_conv1d_layers_follow_the_target(tmp_path):

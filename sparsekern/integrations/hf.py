@@ -22,7 +22,8 @@ every logger the user set in ``report_to`` and ``state.log_history``). The callb
 * ``on_train_end``: ``finalize``, kept as ``final_model`` (the model's own class, so
   ``save_pretrained`` / ``from_pretrained`` work; the trainer's model stays sparse).
 
-fp16 mixed precision is refused: its loss scaler would not scale the penalty's gradient; bf16 is fine.
+fp16 mixed precision is refused: its loss scaler unscales only the Trainer's optimizer's gradients,
+not the gates' (stepped by their own Adam); bf16 is fine.
 """
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ class SparsityCallback(TrainerCallback):
             raise TypeError(f"SparsityCallback.attach: trainer must be a transformers.Trainer, "
                             f"got {type(trainer).__name__}")
         if trainer.args.fp16:
-            raise ValueError("SparsityCallback.attach: fp16 (a loss scaler) is not supported: the penalty's "
-                             "gradient would not be scaled; use bf16=True")
+            raise ValueError("SparsityCallback.attach: fp16 (a loss scaler) is not supported: the gates, stepped by "
+                             "their own Adam, would get scaled gradients; use bf16=True")
         if getattr(trainer, "optimizer", None) is not None:
             raise ValueError("SparsityCallback.attach: the trainer already has an optimizer; attach before it is "
                              "built (the sparse layers add parameters)")
