@@ -4,6 +4,8 @@ finalized model a plain ``PreTrainedModel`` computing the sparse model's logits,
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -45,8 +47,8 @@ def _bert():
 
 def _trainer(tmp_path, model, **args):
     args = TrainingArguments(str(tmp_path / "run"), max_steps=STEPS, per_device_train_batch_size=16,
-                             learning_rate=1e-3, logging_steps=10, report_to=[], save_strategy="no", use_cpu=True,
-                             disable_tqdm=True, **args)
+                             learning_rate=1e-3, logging_steps=10, report_to=[], use_cpu=True, disable_tqdm=True,
+                             **{"save_strategy": "no", **args})
     return Trainer(model=model, args=args, train_dataset=ToyData())
 
 
@@ -147,3 +149,24 @@ def test_gpt2_conv1d_layers_follow_the_target(tmp_path):
     assert type(final) is GPT2LMHeadModel and final.lm_head.weight is final.transformer.wte.weight
     ids = ToyData().ids[:4]
     torch.testing.assert_close(_logits(final, ids), _logits(trainer.model.eval(), ids), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["str", "l0", "gmp"])
+def test_a_resumed_run_ends_as_the_uninterrupted_one(tmp_path, method):
+    """train(resume_from_checkpoint=...) restores the controller and the gates' Adam (on_save's file)."""
+    def run(resume=None):
+        trainer = _trainer(tmp_path, _bert(), save_strategy="steps", save_steps=25)
+        callback = SparsityCallback.attach(trainer, method, target_sparsity=0.8)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, callback
+
+    whole, whole_cb = run()
+    resumed, resumed_cb = run(str(tmp_path / "run" / "checkpoint-25"))
+    assert resumed_cb.session.controller.state_dict() == whole_cb.session.controller.state_dict()
+    ids = ToyData().ids[:8]
+    torch.testing.assert_close(_logits(resumed_cb.final_model, ids), _logits(whole_cb.final_model, ids),
+                               rtol=0, atol=0)
+    if method == "str":  # a checkpoint written without the callback cannot resume it
+        os.remove(tmp_path / "run" / "checkpoint-25" / "sparsekern_session.pt")
+        with pytest.raises(RuntimeError, match="sparsekern_session.pt is missing"):
+            run(str(tmp_path / "run" / "checkpoint-25"))

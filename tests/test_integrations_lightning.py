@@ -47,17 +47,18 @@ def _data():
     return x, (x[:, 0] + x[:, 1] > 0).long()
 
 
-def _fit(tmp_path, callback, **trainer_args):
+def _fit(tmp_path, callback, max_epochs=EPOCHS, callbacks_extra=(), ckpt_path=None, **trainer_args):
     torch.manual_seed(0)
     x, y = _data()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=True)
-    trainer = pl.Trainer(max_epochs=EPOCHS, callbacks=[callback], accelerator="cpu",
-                         logger=CSVLogger(str(tmp_path)), log_every_n_steps=8, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, **trainer_args)
+    trainer = pl.Trainer(max_epochs=max_epochs, callbacks=[callback, *callbacks_extra], accelerator="cpu",
+                         logger=CSVLogger(str(tmp_path)), log_every_n_steps=8,
+                         enable_checkpointing=bool(callbacks_extra), enable_progress_bar=False,
+                         enable_model_summary=False, **trainer_args)
     module = Classifier()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(module, loader)
+        trainer.fit(module, loader, ckpt_path=ckpt_path)
     return trainer, module
 
 
@@ -114,3 +115,22 @@ def test_refusals(tmp_path):
         _fit(tmp_path, SparsityCallback("str", target_sparsity=0.5), plugins=[scaled])
     with pytest.raises(ValueError, match="needs target_sparsity"):
         SparsityCallback("gmp")
+
+
+@pytest.mark.parametrize("method", ["str", "l0"])
+def test_fit_resumed_from_a_checkpoint_keeps_the_controller_and_gate_optimizer(tmp_path, method):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    steps = EPOCHS * N // BATCH
+    whole = SparsityCallback(method, target_sparsity=0.9)
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1, save_top_k=-1)
+    _fit(tmp_path / "whole", whole, callbacks_extra=[saver])
+    resumed = SparsityCallback(method, target_sparsity=0.9)
+    ckpt = next((tmp_path / "ckpt").glob("epoch=0*.ckpt"))
+    _, module = _fit(tmp_path / "resumed", resumed, ckpt_path=str(ckpt))
+    assert resumed.session.controller.step_count == whole.session.controller.step_count
+    assert abs(sk.global_sparsity(module) - 0.9) < 0.01
+    if method == "l0":  # the gates' Adam went on from the checkpoint's steps (36: frozen at 75% of 48)
+        def adam_steps(callback):
+            return [int(s["step"]) for s in callback.session.gate_optimizer.state_dict()["state"].values()]
+        assert adam_steps(resumed) == adam_steps(whole) == [steps * 3 // 4] * 3

@@ -5,8 +5,8 @@
     trainer.train()
     sparsity.final_model.save_pretrained("out")     # a plain PreTrainedModel, zeros baked in
 
-``attach`` sparsifies ``trainer.model`` in place (before ``train()`` builds the optimizer) and
-adds the callback, which keeps the trainer to log through ``Trainer.log`` (so the values reach
+``attach`` sparsifies ``trainer.model`` in place (before ``train()`` builds the optimizer), makes
+the trainer's ``create_optimizer`` leave the gates out (they get their own Adam) and adds the callback, which keeps the trainer to log through ``Trainer.log`` (so the values reach
 every logger the user set in ``report_to`` and ``state.log_history``). The callback drives a
 ``SparsitySession`` (``integrations.session``) at the Trainer's events:
 
@@ -20,19 +20,29 @@ every logger the user set in ``report_to`` and ``state.log_history``). The callb
   ``lambda``, ``penalty``) through ``Trainer.log`` as the ``logging_strategy`` says (every
   ``logging_steps``, or at epoch ends);
 * ``on_train_end``: ``finalize``, kept as ``final_model`` (the model's own class, so
-  ``save_pretrained`` / ``from_pretrained`` work; the trainer's model stays sparse).
+  ``save_pretrained`` / ``from_pretrained`` work; the trainer's model stays sparse);
+* ``on_save``: the controller and the gates' Adam into the checkpoint folder
+  (``sparsekern_session.pt``), which ``on_train_begin`` reads back when ``train(resume_from_checkpoint=...)``
+  resumes from a checkpoint of ``args.output_dir``.
 
 fp16 mixed precision is refused: its loss scaler unscales only the Trainer's optimizer's gradients,
 not the gates' (stepped by their own Adam); bf16 is fine.
 """
 from __future__ import annotations
 
+import os
+
+import torch
+
 try:
     from transformers import Trainer, TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 except ImportError as e:  # pragma: no cover - the message is the point
     raise ImportError("sparsekern.integrations.hf needs transformers: pip install 'sparsekern[hf]'") from e
 
 from sparsekern.integrations.session import SparsitySession
+
+SESSION_FILE = "sparsekern_session.pt"
 
 
 class SparsityCallback(TrainerCallback):
@@ -62,6 +72,16 @@ class SparsityCallback(TrainerCallback):
         callback = cls(method, **options)
         callback.session.apply(trainer.model)
         callback.trainer = trainer
+        build = trainer.create_optimizer
+
+        def create_optimizer(*args, **kwargs):
+            # The one Trainer hook: the gates leave the optimizer as it is built, before a resumed
+            # run loads its saved state (which was saved without them).
+            optimizer = build(*args, **kwargs)
+            callback.session.exclude_gates([optimizer])
+            return optimizer
+
+        trainer.create_optimizer = create_optimizer
         trainer.add_callback(callback)
         return callback
 
@@ -80,6 +100,17 @@ class SparsityCallback(TrainerCallback):
             example = {k: v for k, v in next(iter(train_dataloader)).items() if k != "labels"}
         self.session.start([optimizer] if optimizer is not None else [], state.max_steps,
                            num_samples=num_samples, example=example)
+        if state.global_step > 0:  # resumed from a checkpoint: what on_save wrote there
+            path = _session_file(args, state)
+            if not os.path.exists(path):
+                raise RuntimeError(f"SparsityCallback: resumed at step {state.global_step} but {path} is missing "
+                                   "(resume from a checkpoint of args.output_dir written with this callback)")
+            self.session.load_state_dict(torch.load(path, weights_only=True))
+
+    def on_save(self, args, state, control, **kwargs):
+        path = _session_file(args, state)
+        if os.path.isdir(os.path.dirname(path)):  # the Trainer wrote its checkpoint there just before
+            torch.save(self.session.state_dict(), path)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.last_penalty = self.session.before_optimizer_step()
@@ -101,6 +132,11 @@ class SparsityCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.session.finalize()
+
+
+def _session_file(args, state) -> str:
+    """The controller and gate optimizer's file inside the Trainer's checkpoint of this step."""
+    return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", SESSION_FILE)
 
 
 def _needs_example(session: SparsitySession) -> bool:

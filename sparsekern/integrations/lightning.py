@@ -10,14 +10,17 @@ The callback drives a ``SparsitySession`` (``integrations.session``) at Lightnin
 * ``setup``: sparsify the LightningModule in place, before ``configure_optimizers`` runs (so the
   optimizer holds the sparse layers' parameters; ``include``/``exclude`` name its submodules,
   e.g. ``"net.*"``);
-* ``on_train_start``: controller over ``trainer.estimated_stepping_batches`` optimizer steps; the
-  gates leave the optimizer for their own Adam; the training-set size for the L0 penalty;
+* ``on_fit_start`` / ``on_train_start``: the gates leave the optimizer (before a resumed fit loads
+  its state) for their own Adam; the controller over ``trainer.estimated_stepping_batches``
+  optimizer steps; the training-set size for the L0 penalty;
 * ``on_before_optimizer_step`` (after the last accumulated backward, before gradient clipping):
   ``penalty.backward()`` once per optimizer step (Lightning divides each micro-batch's loss by
   ``accumulate_grad_batches``, so the penalty is not scaled by it) and the gates' step;
 * ``on_train_batch_end`` after a step: the controller's step, then ``sparsekern/sparsity`` (and
   ``sparsekern/flops_fraction``, ``sparsekern/lambda``) through ``pl_module.log``, every step;
-* ``on_train_end``: ``finalize``, kept as ``final_model`` (the LightningModule stays sparse).
+* ``on_train_end``: ``finalize``, kept as ``final_model`` (the LightningModule stays sparse);
+* ``state_dict`` / ``load_state_dict``: the controller and the gates' Adam go into Lightning's
+  checkpoints, so ``fit(..., ckpt_path=...)`` resumes them.
 
 Automatic optimization only (one optimizer). Precision with a loss scaler (``16-mixed`` on a GPU)
 is refused: the scaler would not unscale the gates' gradients (``bf16-mixed`` is fine). The
@@ -47,6 +50,7 @@ class SparsityCallback(pl.Callback):
         self.session = SparsitySession(method, **options)
         self._stepped = False
         self.last_penalty = None
+        self._resume: dict | None = None
 
     @property
     def final_model(self):
@@ -63,6 +67,11 @@ class SparsityCallback(pl.Callback):
             raise ValueError("SparsityCallback: needs automatic optimization (pl_module.automatic_optimization)")
         self.session.apply(pl_module)
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # The optimizers exist now, and a resumed fit loads their saved state (saved without the
+        # gates) right after this hook: the gates leave them here.
+        self.session.exclude_gates(trainer.optimizers)
+
     def on_train_start(self, trainer, pl_module) -> None:
         total = trainer.estimated_stepping_batches
         if not math.isfinite(total):
@@ -71,6 +80,15 @@ class SparsityCallback(pl.Callback):
         dataset = getattr(loader, "dataset", None)
         num_samples = len(dataset) if hasattr(dataset, "__len__") else None
         self.session.start(trainer.optimizers, int(total), num_samples=num_samples)
+        if self._resume is not None:  # a checkpoint's state, loaded before the session could take it
+            self.session.load_state_dict(self._resume)
+            self._resume = None
+
+    def state_dict(self) -> dict:  # saved in Lightning's checkpoints
+        return self.session.state_dict() if self._resume is None else self._resume
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume = state_dict
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.last_penalty = self.session.before_optimizer_step()

@@ -13,7 +13,9 @@ adapters around this object; it calls only the ``Method`` interface our own trai
   micro-batch: the penalty's gradient added (``penalty.backward()``: once per step, so gradient
   accumulation does not multiply it) and the gates stepped;
 * ``after_optimizer_step()``: the controller's step and the method's ``after_step``;
-* ``metrics()``: what goes to the user's logger; ``finalize()``: the plain model.
+* ``metrics()``: what goes to the user's logger; ``finalize()``: the plain model;
+* ``state_dict()`` / ``load_state_dict()``: the controller and the gates' Adam in a framework's
+  checkpoint (the sparse layers' thresholds, gate logits, masks and noise counters are in the model's).
 """
 from __future__ import annotations
 
@@ -111,14 +113,20 @@ class SparsitySession:
         if self.example is not None:
             self.example = _to_device(self.example, _device(self.model))
         self.controller = self.method.controller(self.model, total_steps, self.example)
+        self.exclude_gates(optimizers)
+        if self._gates:
+            self.gate_optimizer = torch.optim.Adam(self._gates, lr=self.method.gate_lr())
+
+    def exclude_gates(self, optimizers) -> None:
+        """Take the gate parameters out of ``optimizers`` (a framework's, built over every parameter);
+        ``start`` does it, and a framework that loads an optimizer's saved state before training
+        starts needs it done when the optimizer is built (the state has no gates)."""
         groups = self.method.param_groups(self.model)
         self._gates = [p for g in groups if g.get("name") == "gates" for p in g["params"]]
-        if self._gates:
-            gate_ids = {id(p) for p in self._gates}
-            for optimizer in optimizers:
-                for group in optimizer.param_groups:
-                    group["params"] = [p for p in group["params"] if id(p) not in gate_ids]
-            self.gate_optimizer = torch.optim.Adam(self._gates, lr=self.method.gate_lr())
+        gate_ids = {id(p) for p in self._gates}
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in gate_ids]
 
     # ------------------------------------------------------------ every optimizer step
     def before_optimizer_step(self) -> Tensor | None:
@@ -141,6 +149,22 @@ class SparsitySession:
             raise ValueError(f"method {self.config.method!r} without a target needs num_samples (the training-set "
                              "size) for its penalty")
         return self.num_samples or 1  # the other penalties do not divide by the data size
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """The controller's and the gates' optimizer's state (the sparse layers' own state is in the
+        model's state_dict), for a framework checkpoint."""
+        return {"controller": self.controller.state_dict() if self.controller is not None else {},
+                "gate_optimizer": self.gate_optimizer.state_dict() if self.gate_optimizer is not None else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from ``state_dict()``; after ``start`` (which builds what it restores)."""
+        if not isinstance(state, dict) or set(state) != {"controller", "gate_optimizer"}:
+            raise ValueError("SparsitySession.load_state_dict: expected the dict of SparsitySession.state_dict()")
+        if self.controller is not None:
+            self.controller.load_state_dict(state["controller"])  # a frozen DualLambda re-freezes the gates
+        if self.gate_optimizer is not None:
+            self.gate_optimizer.load_state_dict(state["gate_optimizer"])
 
     # ------------------------------------------------------------ logging and the end
     def metrics(self) -> dict[str, float]:
