@@ -16,10 +16,16 @@ TORCH_VERSION ?= 2.13.0
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-# Hugging Face transformers for tests/test_hf_gpt2.py, installed --no-deps so pip never replaces torch:
+# Hugging Face transformers (+ accelerate, the Trainer's) for tests/test_hf_gpt2.py and tests/test_integrations_hf.py,
+# installed --no-deps so pip never replaces torch:
 # transformers and hub pinned to the tested pair, then what importing them needs.
 HF_DEPS := transformers==5.25.0 huggingface_hub==2.4.0 tokenizers safetensors regex pyyaml packaging filelock \
-	requests tqdm fsspec typing_extensions httpx2 httpcore2 anyio h11 idna sniffio truststore kernels
+	requests tqdm fsspec typing_extensions httpx2 httpcore2 anyio h11 idna sniffio truststore kernels \
+	accelerate==1.16.0 psutil
+# Lightning for tests/test_integrations_lightning.py, the same way (--no-deps keeps the CPU torch): the tested
+# versions, then what importing lightning.pytorch needs.
+LIGHTNING_DEPS := lightning==2.6.6 lightning-utilities==0.15.3 torchmetrics==1.9.0 fsspec pyyaml tqdm packaging \
+	typing_extensions
 
 .PHONY: deps build test test-fast demo selftest bench nvcc-check cuda-check cuda-emulate clean
 
@@ -32,7 +38,8 @@ deps: $(filter $(VENV)/bin/python,$(PY))
 	@$(PY) -c "import safetensors, onnx, onnxruntime, onnxscript" 2>/dev/null \
 		|| $(PIP) safetensors onnx onnxruntime onnxscript || echo "export packages unavailable: their tests are skipped"
 	@$(PY) -c "import triton" 2>/dev/null || $(PIP) triton || echo "triton unavailable: its backend is skipped"
-	@$(PY) -c "import transformers" 2>/dev/null || $(PIP) --no-deps $(HF_DEPS) || echo "transformers unavailable: its tests are skipped"
+	@$(PY) -c "import transformers, accelerate" 2>/dev/null || $(PIP) --no-deps $(HF_DEPS) || echo "transformers unavailable: its tests are skipped"
+	@$(PY) -c "import lightning.pytorch" 2>/dev/null || $(PIP) --no-deps $(LIGHTNING_DEPS) || echo "lightning unavailable: its tests are skipped"
 
 $(VENV)/bin/python:
 	@echo "$(SYSTEM_PY) is an externally managed system Python (PEP 668): installing into a virtual environment, $(VENV)"

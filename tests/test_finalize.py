@@ -35,11 +35,21 @@ def _lenet5ish():
                          nn.Linear(8 * 2 * 2, 10), nn.ReLU(), nn.Linear(10, 4))
 
 
+def _conv1d_net():
+    return nn.Sequential(nn.Conv1d(2, 6, 3), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(6, 8, 3, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(8 * 4, 10), nn.ReLU(), nn.Linear(10, 4))
+
+
+NETS = {"conv2d": (_lenet5ish, (3, 1, 10, 10)), "conv1d": (_conv1d_net, (3, 2, 10))}
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
 @pytest.mark.parametrize("method,opts", [("str", {"s_init": -2.5}), ("str", {"per_channel": True}),
                                          ("l0", {"granularity": "weight"}), ("gmp", {})])
-def test_unstructured_export_loads_into_original_architecture(method, opts):
+def test_unstructured_export_loads_into_original_architecture(method, opts, net):
+    build, shape = NETS[net]
     torch.manual_seed(0)
-    sparse = pruning.sparsify(_lenet5ish(), method, **opts)
+    sparse = pruning.sparsify(build(), method, **opts)
     _randomize(sparse)
     if method == "gmp":
         pruning.GMP(sparse, 0.5, 1, end_frac=0.0).step()
@@ -47,11 +57,12 @@ def test_unstructured_export_loads_into_original_architecture(method, opts):
     exported = pruning.finalize(sparse)
     assert _plain(exported) and not exported.training
     assert isinstance(sparse[0], snn.SparseModule)  # the input model is untouched
-    original = _lenet5ish()
+    original = build()
     original.load_state_dict(exported.state_dict())  # strict
-    x = torch.randn(3, 1, 10, 10)
+    x = torch.randn(*shape)
     torch.testing.assert_close(original.eval()(x), sparse(x))
-    zeros = sum(int((m.weight == 0).sum()) for m in exported.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    layers = (nn.Linear, nn.Conv1d, nn.Conv2d)
+    zeros = sum(int((m.weight == 0).sum()) for m in exported.modules() if isinstance(m, layers))
     assert zeros > 0
 
 

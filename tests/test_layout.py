@@ -12,8 +12,9 @@ import sparsekern
 from sparsekern._moved import MOVED
 
 ROOT = pathlib.Path(sparsekern.__file__).parent
-# cli -> pruning -> nn -> ops -> backends; models and data sit beside nn (pruning and cli use them)
-LAYERS = {"backends": 0, "ops": 1, "nn": 2, "models": 2, "data": 2, "pruning": 3, "cli": 4}
+# cli -> pruning -> nn -> ops -> backends; models and data sit beside nn (pruning and cli use them),
+# integrations (the HF / Lightning callbacks) beside cli, on top of pruning
+LAYERS = {"backends": 0, "ops": 1, "nn": 2, "models": 2, "data": 2, "pruning": 3, "cli": 4, "integrations": 4}
 # inside pruning: train -> methods -> control -> surgery -> defaults, atomic_files
 PRUNING_LAYERS = {"defaults": 0, "atomic_files": 0, "surgery": 1, "control": 2, "methods": 3, "train": 4}
 
@@ -103,7 +104,8 @@ def test_imports_go_one_way():
 
 
 @pytest.mark.parametrize("package", ["sparsekern", "sparsekern.nn", "sparsekern.pruning", "sparsekern.ops",
-                                     "sparsekern.backends", "sparsekern.data", "sparsekern.pruning.methods"])
+                                     "sparsekern.backends", "sparsekern.data", "sparsekern.pruning.methods",
+                                     "sparsekern.integrations"])
 def test_every_public_name_imports(package):
     module = importlib.import_module(package)
     assert module.__all__

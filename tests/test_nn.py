@@ -13,23 +13,33 @@ from sparsekern import nn as snn
 L0_CASES = [("weight", "weight"), ("out", "weight"), ("in", "weight"), ("out", "activation"), ("in", "activation")]
 
 
+KINDS = ["linear", "conv1d", "conv"]
+_CLASSES = {"str": {"linear": snn.STRLinear, "conv1d": snn.STRConv1d, "conv": snn.STRConv2d},
+            "l0": {"linear": snn.L0Linear, "conv1d": snn.L0Conv1d, "conv": snn.L0Conv2d},
+            "gmp": {"linear": snn.MaskedLinear, "conv1d": snn.MaskedConv1d, "conv": snn.MaskedConv2d}}
+
+
 def _dense(kind):
-    return nn.Linear(6, 5) if kind == "linear" else nn.Conv2d(3, 4, 3, padding=1)
+    return {"linear": lambda: nn.Linear(6, 5), "conv1d": lambda: nn.Conv1d(3, 4, 3, padding=1),
+            "conv": lambda: nn.Conv2d(3, 4, 3, padding=1)}[kind]()
 
 
 def _input(kind, batch=3):
-    return torch.randn(batch, 6) if kind == "linear" else torch.randn(batch, 3, 5, 5)
+    return torch.randn({"linear": (batch, 6), "conv1d": (batch, 3, 7), "conv": (batch, 3, 5, 5)}[kind])
 
 
 def _apply(layer, x, weight, bias):
-    return F.linear(x, weight, bias) if isinstance(layer, nn.Linear) else F.conv2d(x, weight, bias, padding=1)
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, weight, bias)
+    conv = F.conv1d if isinstance(layer, nn.Conv1d) else F.conv2d
+    return conv(x, weight, bias, padding=1)
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_str_with_vanishing_threshold_equals_dense(kind):
     torch.manual_seed(0)
     dense = _dense(kind)
-    cls = snn.STRLinear if kind == "linear" else snn.STRConv2d
+    cls = _CLASSES["str"][kind]
     layer = cls.from_dense(dense, s_init=-1e4)  # sigmoid(-1e4) == 0 exactly
     assert torch.equal(layer.weight, dense.weight) and torch.equal(layer.bias, dense.bias)
     x = _input(kind)
@@ -37,11 +47,11 @@ def test_str_with_vanishing_threshold_equals_dense(kind):
     assert layer.nonzero_mask().all()
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_str_forward_is_soft_threshold_and_s_gets_gradient(kind, per_channel):
     torch.manual_seed(1)
-    cls = snn.STRLinear if kind == "linear" else snn.STRConv2d
+    cls = _CLASSES["str"][kind]
     layer = cls.from_dense(_dense(kind), per_channel=per_channel, s_init=-2.0)
     assert layer.s.shape == ((layer.weight.shape[0],) if per_channel else (1,))
     with torch.no_grad():
@@ -81,11 +91,11 @@ def _gated_params(layer, z):
     return w * z.reshape((1, -1) + rest[1:]), b
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("granularity,mode", L0_CASES)
 def test_l0_eval_is_deterministic_dense_with_eval_gates(kind, granularity, mode):
     torch.manual_seed(3)
-    cls = snn.L0Linear if kind == "linear" else snn.L0Conv2d
+    cls = _CLASSES["l0"][kind]
     dense = _dense(kind)
     layer = cls.from_dense(dense, granularity=granularity, mode=mode).eval()
     assert torch.equal(layer.weight, dense.weight)
@@ -99,11 +109,11 @@ def test_l0_eval_is_deterministic_dense_with_eval_gates(kind, granularity, mode)
     torch.testing.assert_close(layer.to_dense()(x), y1)
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("granularity,mode", L0_CASES)
 def test_l0_training_sample_matches_ops_and_advances_offset(kind, granularity, mode):
     torch.manual_seed(4)
-    cls = snn.L0Linear if kind == "linear" else snn.L0Conv2d
+    cls = _CLASSES["l0"][kind]
     layer = cls.from_dense(_dense(kind), granularity=granularity, mode=mode, drop_rate=0.3).train()
     x = _input(kind, batch=3)
     for _ in range(2):
@@ -127,12 +137,12 @@ def test_l0_training_sample_matches_ops_and_advances_offset(kind, granularity, m
     assert layer.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_l0_input_gates_equal_gated_weight_of_the_transpose(kind, dtype):
     """Per-input gates are a broadcast multiply (no transposed copy): the fused op's numbers."""
     torch.manual_seed(5)
-    cls = snn.L0Linear if kind == "linear" else snn.L0Conv2d
+    cls = _CLASSES["l0"][kind]
     layer = cls.from_dense(_dense(kind), granularity="in", drop_rate=0.3).to(dtype).train()
     with torch.no_grad():
         layer.log_alpha.normal_(0, 2)
@@ -240,13 +250,46 @@ def test_log_alpha_init_from_drop_rate():
     assert abs(layer.log_alpha.std().item() - 0.01) < 1e-3
 
 
-def test_masked_layer_uses_mask():
+@pytest.mark.parametrize("kind", KINDS)
+def test_masked_layer_uses_mask(kind):
     torch.manual_seed(9)
-    layer = snn.MaskedLinear.from_dense(nn.Linear(6, 5))
+    layer = _CLASSES["gmp"][kind].from_dense(_dense(kind))
     layer.mask[0] = False
-    x = torch.randn(2, 6)
-    torch.testing.assert_close(layer(x), F.linear(x, layer.weight * layer.mask, layer.bias))
+    x = _input(kind, batch=2)
+    torch.testing.assert_close(layer(x), _apply(layer, x, layer.weight * layer.mask, layer.bias))
     assert layer.nonzero_mask()[0].sum() == 0
+    torch.testing.assert_close(layer.to_dense()(x), layer(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["str", "l0", "gmp"])
+def test_sparsify_swaps_conv1d_and_finalize_bakes_it(method):
+    """nn.Conv1d is swapped like nn.Conv2d (stride, dilation, groups and padding mode kept), and
+    finalize gives back a plain nn.Conv1d computing the sparse model's eval function."""
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Conv1d(4, 6, 3, stride=2, dilation=2, padding=2, padding_mode="reflect"), nn.ReLU(),
+                          nn.Conv1d(6, 6, 3, groups=2))
+    sparse = sparsekern.sparsify(model, method)
+    assert [type(m) for m in sparse] == [_CLASSES[method]["conv1d"], nn.ReLU, _CLASSES[method]["conv1d"]]
+    assert (sparse[0].stride, sparse[0].dilation, sparse[0].padding_mode, sparse[2].groups) == ((2,), (2,), "reflect", 2)
+    for layer in (sparse[0], sparse[2]):  # prune about half, by the method's own knob
+        with torch.no_grad():
+            if method == "str":
+                layer.s.fill_(float(torch.logit(layer.weight.abs().median())))
+            elif method == "l0":
+                layer.log_alpha.normal_(0, 3)
+            else:
+                layer.mask.copy_(torch.rand_like(layer.weight) > 0.5)
+    sparse.eval()
+    x = torch.randn(2, 4, 17)
+    plain = sparsekern.finalize(sparse)
+    assert [type(m) for m in plain] == [nn.Conv1d, nn.ReLU, nn.Conv1d]
+    torch.testing.assert_close(plain(x), sparse(x), rtol=0, atol=0)
+    report = sparsekern.sparsity_report(sparse, x)
+    zeros = sum(int((m.weight == 0).sum()) for m in plain if isinstance(m, nn.Conv1d))
+    assert 0 < zeros and report["total"]["nonzeros"] == report["total"]["params"] - zeros
+    # FLOPs: out lengths (17 + 2*2 - 2*2 - 1) // 2 + 1 = 9 and 9 - 2 = 7, per output value
+    # in_channels/groups * kernel multiply-accumulates
+    assert report["layers"][0]["dense_flops"] == 6 * 9 * 4 * 3 and report["layers"][1]["dense_flops"] == 6 * 7 * 3 * 3
 
 
 def test_bad_arguments():

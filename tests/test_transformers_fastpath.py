@@ -157,13 +157,18 @@ def test_other_models_keep_the_fast_path():
     assert not any(len(m._forward_pre_hooks) for m in dense.modules())
 
 
-def test_activation_mode_out_proj_is_refused_before_any_swap():
+def test_activation_mode_projections_are_refused_before_any_swap():
+    """The attention applies both projections' weights itself: per-example gates cannot reach them."""
     model = _layer()
-    with pytest.raises(ValueError, match=r"sparsify: self_attn.out_proj: .*mode='activation'"):
+    with pytest.raises(ValueError, match=r"sparsify: self_attn.in_proj: .*mode='activation'"):
         sk.sparsify(model, "l0", mode="activation", granularity="in")
     assert not any(isinstance(m, SparseModule) for m in model.modules())
-    sk.sparsify(model, "l0", mode="activation", granularity="in", exclude="self_attn.out_proj")
+    with pytest.raises(ValueError, match=r"sparsify: self_attn.out_proj: .*mode='activation'"):
+        sk.sparsify(model, "l0", mode="activation", granularity="in", exclude="self_attn.in_proj")
+    assert not any(isinstance(m, SparseModule) for m in model.modules())
+    sk.sparsify(model, "l0", mode="activation", granularity="in", exclude=["self_attn.in_proj", "self_attn.out_proj"])
     assert isinstance(model.linear1, SparseModule) and not isinstance(model.self_attn.out_proj, SparseModule)
+    assert isinstance(model.self_attn._parameters["in_proj_weight"], nn.Parameter)
 
 
 def test_pickle_and_deepcopy_keep_the_guard():

@@ -17,18 +17,18 @@ DENSE_ALIASES = {nn.Linear: (nn.Linear, NonDynamicallyQuantizableLinear)}
 
 
 def dense_layer_args(layer: nn.Module) -> dict:
-    """Constructor arguments that rebuild ``layer`` (an nn.Linear or nn.Conv2d) with the same shapes."""
-    if isinstance(layer, nn.Conv2d):
+    """Constructor arguments that rebuild ``layer`` (an nn.Linear, nn.Conv1d or nn.Conv2d) with the same shapes."""
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
         return dict(in_channels=layer.in_channels, out_channels=layer.out_channels, kernel_size=layer.kernel_size,
                     stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
                     bias=layer.bias is not None, padding_mode=layer.padding_mode)
     if isinstance(layer, nn.Linear):
         return dict(in_features=layer.in_features, out_features=layer.out_features, bias=layer.bias is not None)
-    raise TypeError(f"expected an nn.Linear or nn.Conv2d, got {type(layer).__name__}")
+    raise TypeError(f"expected an nn.Linear, nn.Conv1d or nn.Conv2d, got {type(layer).__name__}")
 
 
 class SparseModule:
-    """Mixin of every sparse weight layer (subclass of nn.Linear / nn.Conv2d).
+    """Mixin of every sparse weight layer (subclass of nn.Linear / nn.Conv1d / nn.Conv2d, or HF Conv1D).
 
     ``effective_weight()`` / ``effective_bias()`` are the tensors an eval-mode forward uses
     (deterministic), ``nonzero_mask()`` marks the weights that survive, ``to_dense()`` bakes

@@ -49,3 +49,18 @@ class MaskedConv2d(_MaskedMixin, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.effective_weight(), self.bias)
+
+
+class MaskedConv1d(_MaskedMixin, nn.Conv1d):
+    """nn.Conv1d with a pruning mask (buffer ``mask``, all ones until GMP prunes)."""
+
+    dense_type = nn.Conv1d
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        self._init_mask()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.effective_weight(), self.bias)

@@ -24,7 +24,7 @@ L0_DROP_RATE = 0.1  # initial drop rate of every gate
 # gates, 90% of LeNet-300's weights on a 40-feature input can only be reached by dropping >= 26 of
 # the 40 inputs (a fc1 input gate holds 300 weights): free on MNIST's blank borders, fatal on data
 # where every input matters (hold-out signals: 34% vs GMP's 67%). ``--recipe paper`` keeps the paper's.
-L0_GRANULARITY = {nn.Linear: "weight", nn.Conv2d: "weight"}
+L0_GRANULARITY = {nn.Linear: "weight", nn.Conv1d: "weight", nn.Conv2d: "weight"}
 
 
 def default_layer_options(method: str, dense_type: type) -> dict:

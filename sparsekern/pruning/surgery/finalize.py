@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from sparsekern.nn import L0_LAYERS, ChannelGate, GateGenerator, HardConcreteGates, SparseModule
 from sparsekern.nn.attention import SparseMultiheadAttention
+from sparsekern.nn.conv1d import is_conv1d
 from sparsekern.pruning.surgery.channel_gating import GatedModule
 from sparsekern.pruning.surgery.shrink import shrink_model, slice_inputs, slice_outputs
 from sparsekern.pruning.surgery.transformer_gating import transformer_gates
@@ -86,7 +87,7 @@ def _bake(model: nn.Module, dead_out: dict, dead_in: dict) -> nn.Module:
     """Replace every sparse layer by its baked dense layer; note the units structured gates closed."""
     def baked(layer):
         dense = layer.to_dense()
-        if isinstance(layer, L0_LAYERS) and layer.granularity in ("out", "in"):
+        if isinstance(layer, L0_LAYERS) and layer.granularity in ("out", "in") and not is_conv1d(layer):
             (dead_out if layer.granularity == "out" else dead_in)[id(dense)] = ~layer.kept()
         return dense
 

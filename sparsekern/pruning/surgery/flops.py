@@ -1,9 +1,9 @@
-"""Dense FLOPs of every Linear/Conv2d (and Hugging Face Conv1D), measured with forward hooks
+"""Dense FLOPs of every Linear/Conv1d/Conv2d (and Hugging Face Conv1D), measured with forward hooks
 on a real forward.
 
 FLOPs here are multiply-accumulates per example (the STR paper's convention): a layer
 producing ``out`` values per example, each a dot product of ``weight.numel() / out_channels``
-terms (in_features, or in_channels/groups * kh * kw), costs ``out * that``; biases,
+terms (in_features, or in_channels/groups * kernel size), costs ``out * that``; biases,
 activations, BatchNorm and pooling are not counted. The conv output size is the real one.
 The attentions of the transformers ``transformer_sites`` knows also count their two T x T
 products (2 T^2 x the context width per example, T the example's sequence length: the FLOPs
@@ -11,6 +11,7 @@ of a transformer are stated at the example's length).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -32,21 +33,33 @@ class TraceEvent:
 
 
 def _batch_size(example_input) -> int:
-    first = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
+    if isinstance(example_input, Mapping):  # keyword inputs (a Hugging Face batch): the first tensor
+        first = next((v for v in example_input.values() if isinstance(v, Tensor)), None)
+    else:
+        first = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
     if not isinstance(first, Tensor) or first.dim() == 0:
-        raise TypeError("example_input must be a batched Tensor (or a tuple of inputs whose first is one)")
+        raise TypeError("example_input must be a batched Tensor (or a tuple of inputs whose first is one, "
+                        "or a dict of keyword inputs holding one)")
     return first.shape[0]
 
 
-def hooked_eval_forward(model: nn.Module, example_input, hooks) -> None:
-    """One eval-mode, no-grad forward with forward ``hooks`` [(module, hook)]; every training
-    flag is restored and every hook removed afterwards, even on error."""
+def _call(model: nn.Module, example_input):
+    if isinstance(example_input, Mapping):
+        return model(**example_input)
+    return model(*(example_input if isinstance(example_input, (tuple, list)) else (example_input,)))
+
+
+def hooked_eval_forward(model: nn.Module, example_input, hooks, kwargs_hooks=()) -> None:
+    """One eval-mode, no-grad forward with forward ``hooks`` [(module, hook)] (``kwargs_hooks``: hooks
+    that also get the keyword arguments); every training flag is restored and every hook removed
+    afterwards, even on error."""
     handles = [m.register_forward_hook(h) for m, h in hooks]
+    handles += [m.register_forward_hook(h, with_kwargs=True) for m, h in kwargs_hooks]
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
         with torch.no_grad():
-            model(*(example_input if isinstance(example_input, (tuple, list)) else (example_input,)))
+            _call(model, example_input)
     finally:
         for h in handles:
             h.remove()
@@ -77,14 +90,58 @@ def trace(model: nn.Module, example_input) -> list[TraceEvent]:
             events.append(TraceEvent(f"{site.name}.attention", module, 2.0 * t * t * context.shape[-1], True, t))
         return hook
 
+    def attention_hook_for(name):
+        def hook(module, args, kwargs, output):
+            q, k, v = (tuple(args) + tuple(kwargs.get(a) for a in ("query", "key", "value")[len(args):]))[:3]
+            events.extend(attention_events(name, module, q, k, v, batch))
+        return hook
+
     # A Dep-L0 generator's Linears make gates, not predictions: not layers of the network.
     generator_parts = {id(p) for m in model.modules() if isinstance(m, GateGenerator) for p in m.modules()}
-    hooks = [(m, hook_for(n)) for n, m in model.named_modules()
-             if (isinstance(m, (nn.Linear, nn.Conv2d, ChannelGate)) or is_conv1d(m)) and id(m) not in generator_parts]
+    hooks, attention = [], []
+    for n, m in model.named_modules():
+        if id(m) in generator_parts:
+            continue
+        if isinstance(m, nn.MultiheadAttention):  # applies its projections' weights itself: one hook for all
+            attention.append((m, attention_hook_for(n)))
+        elif isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, ChannelGate)) or is_conv1d(m):
+            hooks.append((m, hook_for(n)))
     hooks += [(layer(model, site.out), attention_hook(site)) for site in transformer_sites(model)
               if isinstance(site, AttentionSite)]
-    hooked_eval_forward(model, example_input, hooks)
+    hooked_eval_forward(model, example_input, hooks, attention)
     return events
+
+
+class ProjectionWeight:
+    """A dense input projection of an nn.MultiheadAttention (a bare Parameter) as a report row's layer."""
+
+    def __init__(self, weight: Tensor):
+        self.weight = weight
+
+
+def attention_events(name: str, mha: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor,
+                     batch: int) -> list[TraceEvent]:
+    """The projections of one attention call, in the order it applies them: the input projection
+    (packed ``in_proj``: rows [0, E) on the query tokens, [E, 2E) on the key's, [2E, 3E) on the
+    value's; or ``q_proj`` / ``k_proj`` / ``v_proj``), then ``out_proj`` on the query tokens."""
+    def tokens(x):
+        return x.numel() / x.shape[-1] / batch
+
+    def qualified(child):
+        return f"{name}.{child}" if name else child
+
+    def layer(child):
+        module = mha._modules.get(child)
+        return module if module is not None else ProjectionWeight(mha._parameters[f"{child}_weight"])
+
+    e = mha.embed_dim
+    if mha._qkv_same_embed_dim:  # each of q, k, v: E rows of E inputs
+        events = [TraceEvent(qualified("in_proj"), layer("in_proj"),
+                             e * e * (tokens(query) + tokens(key) + tokens(value)))]
+    else:
+        events = [TraceEvent(qualified(f"{c}_proj"), layer(f"{c}_proj"), e * x.shape[-1] * tokens(x))
+                  for c, x in (("q", query), ("k", key), ("v", value))]
+    return events + [TraceEvent(qualified("out_proj"), mha.out_proj, e * e * tokens(query))]
 
 
 def record_flops_per_weight(model: nn.Module, example_input) -> dict[str, float]:

@@ -5,6 +5,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from sparsekern.nn import GateGenerator, HardConcreteGates, SparseModule
+from sparsekern.nn.attention import INPUT_PROJECTIONS
 from sparsekern.nn.conv1d import is_conv1d
 from sparsekern.pruning.surgery.modules import tied_weights
 
@@ -15,12 +16,15 @@ def _reason(name: str, module: nn.Module, tied: dict[str, list[str]]) -> str:
     if name in tied:
         return f"tied to {', '.join(tied[name])}"
     if isinstance(module, nn.MultiheadAttention):
-        return "in_proj_weight: a bare Parameter the attention applies itself"
+        dense = [p for p in INPUT_PROJECTIONS.values() if module._parameters.get(p) is not None]
+        if dense:
+            return f"{', '.join(dense)}: not selected (include / exclude / keep_first / keep_last)"
+        return "in_proj_bias: the input projections' bias (biases stay dense)"
     if isinstance(module, nn.Embedding):
         return "embedding"
     if isinstance(module, _NORMS):
         return "normalization"
-    if isinstance(module, (nn.Linear, nn.Conv2d)) or is_conv1d(module):
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_conv1d(module):
         return "not selected (include / exclude / keep_first / keep_last)"
     return f"{type(module).__name__} is not a layer type sparsify swaps"
 

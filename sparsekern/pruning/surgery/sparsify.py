@@ -1,4 +1,5 @@
-"""``sparsify``: swap a model's nn.Linear / nn.Conv2d layers for sparse ones, in place."""
+"""``sparsify``: swap a model's weight layers (Linear, Conv1d, Conv2d, HF Conv1D, attention projections)
+for sparse ones, in place."""
 from __future__ import annotations
 
 import fnmatch
@@ -8,8 +9,9 @@ from typing import Iterable
 from torch import nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-from sparsekern.nn import L0Conv2d, L0Linear, MaskedConv2d, MaskedLinear, STRConv2d, STRLinear
-from sparsekern.nn.attention import check_out_proj
+from sparsekern.nn import (L0Conv1d, L0Conv2d, L0Linear, MaskedConv1d, MaskedConv2d, MaskedLinear, STRConv1d,
+                           STRConv2d, STRLinear)
+from sparsekern.nn.attention import SparseMultiheadAttention, check_out_proj, dense_input_projections
 from sparsekern.nn.conv1d import conv1d_type, sparse_conv1d_types
 from sparsekern.pruning import defaults
 from sparsekern.pruning.surgery.attention import attention_out_projs, protect_attention
@@ -18,9 +20,9 @@ from sparsekern.pruning.surgery.modules import tied_weights
 from sparsekern.pruning.surgery.transformer_gating import gate_transformer, is_transformer
 
 LAYER_TYPES = {
-    "str": {nn.Linear: STRLinear, nn.Conv2d: STRConv2d},
-    "l0": {nn.Linear: L0Linear, nn.Conv2d: L0Conv2d},
-    "gmp": {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d},
+    "str": {nn.Linear: STRLinear, nn.Conv1d: STRConv1d, nn.Conv2d: STRConv2d},
+    "l0": {nn.Linear: L0Linear, nn.Conv1d: L0Conv1d, nn.Conv2d: L0Conv2d},
+    "gmp": {nn.Linear: MaskedLinear, nn.Conv1d: MaskedConv1d, nn.Conv2d: MaskedConv2d},
 }
 
 
@@ -62,11 +64,13 @@ STRUCTURED = {"l0_hc": None, "dep_l0": "forward"}  # channel gates: independent,
 
 def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False, keep_last: bool = False,
              include=None, exclude=None, **layer_opts) -> nn.Module:
-    """Replace every plain nn.Linear / nn.Conv2d of ``model`` by its sparse version, in place.
+    """Replace every plain nn.Linear / nn.Conv1d / nn.Conv2d of ``model`` by its sparse version, in place.
 
-    Also swapped: ``nn.MultiheadAttention.out_proj`` (the attention then applies it, see
-    ``nn.attention``; ``in_proj_weight`` is a bare Parameter and stays dense) and Hugging Face's
-    ``Conv1D`` (``nn.conv1d``). Left dense: a layer whose weight is tied to another module's
+    Also swapped: nn.Conv1d; ``nn.MultiheadAttention``'s projections: ``out_proj`` and the input
+    projection, a bare Parameter (``in_proj_weight``, or ``q_proj_weight`` / ``k_proj_weight`` /
+    ``v_proj_weight``), which becomes a bias-free sparse child named ``in_proj`` (``q_proj``, ...;
+    the attention then applies them, see ``nn.attention``); and Hugging Face's ``Conv1D``
+    (``nn.conv1d``). Left dense: a layer whose weight is tied to another module's
     (GPT-2's ``lm_head`` and ``wte``), since a sparse copy would untie them;
     ``sparsity_report`` lists what was left dense and why.
 
@@ -102,7 +106,15 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
         return _gate(model, method, **layer_opts)
     includes, excludes = _patterns(include, "include"), _patterns(exclude, "exclude")
     types = _layer_types(method)
-    candidates = [(n, m) for n, m in model.named_modules() if type(m) in types]
+    candidates, projections = [], {}
+    for n, m in model.named_modules():
+        if type(m) in types:
+            candidates.append((n, m))
+        elif isinstance(m, nn.MultiheadAttention):  # its input projections are Parameters: stand-in Linears
+            for child, linear in dense_input_projections(m).items():
+                name = f"{n}.{child}" if n else child
+                candidates.append((name, linear))
+                projections[name] = (m, child)
     if keep_first:
         candidates = candidates[1:]
     if keep_last:
@@ -116,11 +128,14 @@ def sparsify(model: nn.Module, method: str = "str", *, keep_first: bool = False,
             continue
         sparse, kind = types[type(layer)]
         opts = {**defaults.default_layer_options(method, kind), **layer_opts}
-        if name in out_projs:  # checked before anything is swapped
-            check_out_proj(opts.get("mode", "weight"), f"sparsify: {name}")
+        if name in out_projs or name in projections:  # checked before anything is swapped
+            check_out_proj(opts.get("mode", "weight"), f"sparsify: {name}", name.rpartition(".")[2])
         chosen.append((name, layer, sparse, opts))
     for name, layer, sparse, opts in chosen:
         new = sparse.from_dense(layer, **opts)
+        if name in projections:
+            SparseMultiheadAttention.attach_input_projection(*projections[name], new)
+            continue
         if not name:
             return new
         _set_module(model, name, new)

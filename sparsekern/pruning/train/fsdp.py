@@ -33,7 +33,8 @@ def _fsdp():
 
 
 def shard_model(model: nn.Module, mesh=None, **fsdp_kwargs) -> nn.Module:
-    """``fully_shard`` each sparse layer, each ``GateGenerator`` and ``model`` itself (in place;
+    """``fully_shard`` each sparse layer (an attention with sparse projections as one unit), each
+    ``GateGenerator`` and ``model`` itself (in place;
     returns ``model``). Needs an initialised process group; ``mesh`` defaults to a 1-D mesh over
     all ranks on the device of the model's parameters. ``fsdp_kwargs`` go to every ``fully_shard``."""
     if not isinstance(model, nn.Module):
@@ -49,9 +50,16 @@ def shard_model(model: nn.Module, mesh=None, **fsdp_kwargs) -> nn.Module:
         first = next(model.parameters(), None)
         device_type = first.device.type if first is not None else "cpu"
         mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    # An attention applies its projections' weights itself (weight_and_bias(), no forward of theirs that
+    # would gather them): it is sharded as one unit with its projections instead.
+    attentions = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)
+                  and any(isinstance(c, SparseModule) for c in m.children())]
+    inside = {id(c) for a in attentions for c in a.modules() if c is not a}
     for module in list(model.modules()):
-        if module is not model and isinstance(module, (SparseModule, GateGenerator)) \
-                and any(True for _ in module.parameters()):
+        if module is model or id(module) in inside:
+            continue
+        if isinstance(module, (SparseModule, GateGenerator)) and any(True for _ in module.parameters()) \
+                or any(module is a for a in attentions):
             fully_shard(module, mesh=mesh, **fsdp_kwargs)
     fully_shard(model, mesh=mesh, **fsdp_kwargs)
     return model
