@@ -4,24 +4,34 @@ Built in (each with ``gate_sites()`` and ``widths``, see ``models.sites``):
 ``lenet300`` (LeNet-300-100), ``lenet5`` (LeNet-5-Caffe), ``vgg16``,
 ``resnet20``, ``resnet56`` (CIFAR-style, any input >= 4x4, e.g. 1x8x8 digits or
 3x32x32 CIFAR); any other name is looked up in torchvision when it is installed.
+
+Token sequences (data with a ``task``, ``sparsekern.data.sequences``): ``hf:<config.json or dir>``
+(``models.hf``) or a name in ``TOKEN_MODELS``. ``build_for_data(name, info)`` picks the builder
+from the data: the trainer and ``sparsekern export`` call only it.
 """
 from __future__ import annotations
 
 from torch import nn
 
+from sparsekern.models.hf import check_hf_name, hf_model, is_hf_name
 from sparsekern.models.lenet import lenet5, lenet300
 from sparsekern.models.resnet import resnet20, resnet56
 from sparsekern.models.tv import check_torchvision_name, torchvision_model
 from sparsekern.models.vgg import vgg16
 
 MODELS = {"lenet300": lenet300, "lenet5": lenet5, "vgg16": vgg16, "resnet20": resnet20, "resnet56": resnet56}
+# Built-in models over token ids [B, T] -> logits: name -> builder(info, widths) (``info``: the data's,
+# with task, vocab_size, seq_len, num_classes). Empty until a built-in sequence model registers here.
+TOKEN_MODELS: dict = {}
 
 
 def check_model_name(name: str) -> None:
     """ValueError listing the built-in names unless ``name`` is built in or a torchvision model."""
     if not isinstance(name, str):
         raise TypeError(f"model must be a str, got {type(name).__name__}")
-    if name not in MODELS:
+    if is_hf_name(name):
+        check_hf_name(name)
+    elif name not in MODELS and name not in TOKEN_MODELS:
         check_torchvision_name(name, MODELS)
 
 
@@ -48,4 +58,27 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size, *, wi
     return torchvision_model(name, num_classes, in_channels)
 
 
-__all__ = ["MODELS", "build_model", "check_model_name"]
+def build_for_data(name: str, info: dict, *, widths=None, pretrained: bool = True) -> nn.Module:
+    """A fresh model for the data ``info`` describes (``load_dataset``'s): images go to ``build_model``,
+    token sequences to ``hf:`` or ``TOKEN_MODELS``. ``pretrained=False``: an hf: directory's weights
+    are not loaded (the architecture an export loads into)."""
+    tokens = info.get("task") in ("classification", "causal_lm")
+    if is_hf_name(name):
+        if not tokens:
+            raise ValueError(f"model {name!r} takes token sequences, but data {info['name']!r} is images; "
+                             "use a sequence set (seq_rule, seq_lm, a .npz with tokens)")
+        if widths is not None:
+            raise ValueError(f"build_model: widths do not apply to {name!r}")
+        return hf_model(name, info, pretrained=pretrained)
+    if tokens:
+        if name not in TOKEN_MODELS:
+            choices = ", ".join(["hf:<config.json or dir>", *TOKEN_MODELS])
+            raise ValueError(f"model {name!r} takes images, but data {info['name']!r} is token sequences "
+                             f"({info['task']}); use {choices}")
+        return TOKEN_MODELS[name](info, widths)
+    if name in TOKEN_MODELS:
+        raise ValueError(f"model {name!r} takes token sequences, but data {info['name']!r} is images")
+    return build_model(name, info["num_classes"], info["in_channels"], info["image_size"], widths=widths)
+
+
+__all__ = ["MODELS", "TOKEN_MODELS", "build_for_data", "build_model", "check_model_name"]
