@@ -13,9 +13,9 @@ Generated, with fixed seeds (every call returns the same arrays):
   0-4 times at random positions; the label is the marker that occurs most often (ties are
   redrawn). No single position tells the label: the model must count across the sequence.
 - ``seq_lm``: causal LM, vocabulary 16, length 24, 2,000 train / 500 test. The first two tokens are
-  random; then each token is ``(x[t-1] + x[t-2]) mod 16`` with probability 0.9, else uniform
-  (a noisy 2-gram rule). The best possible next-token accuracy is 0.9 + 0.1/16 = 0.906 on the
-  22 predictable positions of every sequence.
+  random; then each token is ``(x[t-2] + 1) mod 16`` with probability 0.9, else uniform (a noisy
+  copy from two positions back: the model must attend by position). The best possible next-token
+  accuracy over the 23 predicted positions is (22 * (0.9 + 0.1/16) + 1/16) / 23 = 20/23 = 0.870.
 
 Your own data: a ``.npz`` holding ``tokens`` (non-negative ints [N, T]); with ``labels`` ([N] ints)
 it is a classification set, without it a causal-LM set. Split 80/20 with a fixed seed, or give
@@ -58,7 +58,7 @@ def load_sequences(name_or_path: str):
     if name == "seq_rule":
         return _datasets("seq_rule", "classification", 16, *_majority(4000, 1), *_majority(1000, 2))
     if name == "seq_lm":
-        xtr, xte = _two_gram(2000, 3), _two_gram(500, 4)
+        xtr, xte = _skip_copy(2000, 3), _skip_copy(500, 4)
         return _datasets("seq_lm", "causal_lm", 16, xtr, xtr, xte, xte)
     return _npz(name)
 
@@ -79,12 +79,12 @@ def _majority(n: int, seed: int, length: int = 16, markers: int = 4, vocab: int 
     return x.astype(np.int64), y
 
 
-def _two_gram(n: int, seed: int, length: int = 24, vocab: int = 16, noise: float = 0.1):
+def _skip_copy(n: int, seed: int, length: int = 24, vocab: int = 16, noise: float = 0.1):
     rng = np.random.default_rng(seed)
     x = np.empty((n, length), dtype=np.int64)
     x[:, :2] = rng.integers(0, vocab, size=(n, 2))
     for t in range(2, length):
-        rule = (x[:, t - 1] + x[:, t - 2]) % vocab
+        rule = (x[:, t - 2] + 1) % vocab
         x[:, t] = np.where(rng.random(n) < noise, rng.integers(0, vocab, size=n), rule)
     return x
 

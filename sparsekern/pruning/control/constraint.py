@@ -171,12 +171,12 @@ def expected_density(model):
     count their current non-zeros. The deterministic counterpart is ``1 - global_sparsity``."""
     import torch
 
-    from sparsekern.nn import L0_LAYERS
+    from sparsekern.nn import L0_WEIGHT_LAYERS
     from sparsekern.pruning.surgery.modules import sparse_modules
 
     kept, total = None, 0
     for _, m in sparse_modules(model):
-        if isinstance(m, L0_LAYERS):
+        if isinstance(m, L0_WEIGHT_LAYERS):
             term = m.open_probability().sum() * m.group_sizes()
         else:
             with torch.no_grad():
