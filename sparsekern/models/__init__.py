@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from sparsekern.models.hf import check_hf_name, hf_model, is_hf_name
+from sparsekern.models.hf import check_hf_name, hf_model, is_hf_name, load_config
 from sparsekern.models.lenet import lenet5, lenet300
 from sparsekern.models.resnet import resnet20, resnet56
 from sparsekern.models.tv import check_torchvision_name, torchvision_model
@@ -58,6 +58,26 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size, *, wi
     return torchvision_model(name, num_classes, in_channels)
 
 
+def check_for_data(name: str, info: dict) -> None:
+    """Before a run directory is made: ValueError in one line unless ``name`` can take the data ``info``
+    describes (images vs token sequences; an hf: config's task, vocabulary and positions)."""
+    check_model_name(name)
+    tokens = info.get("task") in ("classification", "causal_lm")
+    if is_hf_name(name) and tokens:
+        load_config(name, info)
+    elif is_hf_name(name) or tokens != (name in TOKEN_MODELS):
+        _wrong_input(name, info)
+
+
+def _wrong_input(name: str, info: dict):
+    if info.get("task") in ("classification", "causal_lm"):
+        choices = ", ".join(["hf:<config.json or dir>", *TOKEN_MODELS])
+        raise ValueError(f"model {name!r} takes images, but data {info['name']!r} is token sequences "
+                         f"({info['task']}); use {choices}")
+    raise ValueError(f"model {name!r} takes token sequences, but data {info['name']!r} is images; "
+                     "use a sequence set (seq_rule, seq_lm, a .npz with tokens)")
+
+
 def build_for_data(name: str, info: dict, *, widths=None, pretrained: bool = True) -> nn.Module:
     """A fresh model for the data ``info`` describes (``load_dataset``'s): images go to ``build_model``,
     token sequences to ``hf:`` or ``TOKEN_MODELS``. ``pretrained=False``: an hf: directory's weights
@@ -65,20 +85,15 @@ def build_for_data(name: str, info: dict, *, widths=None, pretrained: bool = Tru
     tokens = info.get("task") in ("classification", "causal_lm")
     if is_hf_name(name):
         if not tokens:
-            raise ValueError(f"model {name!r} takes token sequences, but data {info['name']!r} is images; "
-                             "use a sequence set (seq_rule, seq_lm, a .npz with tokens)")
+            _wrong_input(name, info)
         if widths is not None:
             raise ValueError(f"build_model: widths do not apply to {name!r}")
         return hf_model(name, info, pretrained=pretrained)
+    if tokens != (name in TOKEN_MODELS):
+        _wrong_input(name, info)
     if tokens:
-        if name not in TOKEN_MODELS:
-            choices = ", ".join(["hf:<config.json or dir>", *TOKEN_MODELS])
-            raise ValueError(f"model {name!r} takes images, but data {info['name']!r} is token sequences "
-                             f"({info['task']}); use {choices}")
         return TOKEN_MODELS[name](info, widths)
-    if name in TOKEN_MODELS:
-        raise ValueError(f"model {name!r} takes token sequences, but data {info['name']!r} is images")
     return build_model(name, info["num_classes"], info["in_channels"], info["image_size"], widths=widths)
 
 
-__all__ = ["MODELS", "TOKEN_MODELS", "build_for_data", "build_model", "check_model_name"]
+__all__ = ["MODELS", "TOKEN_MODELS", "build_for_data", "build_model", "check_for_data", "check_model_name"]

@@ -16,6 +16,7 @@ from torch import nn
 PREFIX = "hf:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
+TASK_WORDS = {"classification": "sequence classification", "causal_lm": "causal language modelling"}
 AUTO_CLASSES = {"classification": "AutoModelForSequenceClassification", "causal_lm": "AutoModelForCausalLM"}
 
 
@@ -73,6 +74,7 @@ def load_config(name: str, info: dict):
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"model {name!r}: transformers does not know config model_type "
                          f"{raw['model_type']!r} ({' '.join(str(e).split())[:160]})") from e
+    check_task(name, config.model_type, info)
     vocab = getattr(config, "vocab_size", None)
     if not isinstance(vocab, int) or vocab < info["vocab_size"]:
         raise ValueError(f"model {name!r}: its vocab_size {vocab} is smaller than data {info['name']!r}'s "
@@ -84,6 +86,18 @@ def load_config(name: str, info: dict):
     if info["task"] == "classification":
         config.num_labels = info["num_classes"]
     return config
+
+
+def check_task(name: str, model_type: str, info: dict) -> None:
+    """ValueError unless transformers has a model of the data's task for this config type (a ViT config
+    has no sequence classifier; BERT's causal LM is a decoder variant, so it is allowed)."""
+    from transformers.models.auto import modeling_auto
+
+    names = (modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES if info["task"] == "classification"
+             else modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    if model_type not in names:
+        raise ValueError(f"model {name!r}: a {model_type!r} config has no {TASK_WORDS[info['task']]} model in "
+                         f"transformers, which data {info['name']!r} ({info['task']}) needs")
 
 
 def has_weights(name: str) -> bool:
@@ -104,6 +118,6 @@ def hf_model(name: str, info: dict, *, pretrained: bool = True) -> nn.Module:
     except ValueError as e:
         if "Unrecognized configuration class" not in str(e):
             raise
-        task = "sequence classification" if info["task"] == "classification" else "causal language modelling"
-        raise ValueError(f"model {name!r}: a {config.model_type!r} config has no {task} model in transformers, "
+        raise ValueError(f"model {name!r}: a {config.model_type!r} config has no {TASK_WORDS[info['task']]} model "
+                         "in transformers, "
                          f"which data {info['name']!r} ({info['task']}) needs") from e

@@ -29,9 +29,11 @@ import torch
 
 from sparsekern.backends import use_backend
 from sparsekern.data import load_dataset
-from sparsekern.models import build_for_data, check_model_name
+from sparsekern.models import build_for_data, check_for_data
+from sparsekern.models.hf import is_hf_name
 from sparsekern.pruning.defaults import L0_GATE_LR, L0_LAMBDA  # noqa: F401  (the defaults a run uses)
 from sparsekern.pruning.methods import METHODS as METHOD_CLASSES
+from sparsekern.pruning.surgery.sparsify import STRUCTURED
 from sparsekern.pruning.train.batches import BatchSource, epoch_plan
 from sparsekern.pruning.train.batches import steps_per_epoch as _steps_per_epoch
 from sparsekern.pruning.train.checkpoint import (
@@ -101,7 +103,7 @@ def _seed_everything(seed: int) -> None:
 
 def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: contextlib.ExitStack) -> dict:
     train_ds, test_ds, info = load_dataset(config.data)  # first: a bad --data must not leave a run dir
-    check_model_name(config.model)  # likewise a bad --model
+    check_for_data(config.model, info)  # likewise a bad --model, or one that cannot take this data
     ckpt_path = prepare_out(config, d)
     if d.rank == 0:  # one run per directory: a second one is refused while this one holds it
         cleanup.enter_context(RunLock(config.out))
@@ -124,7 +126,13 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
 
     def fresh_model():
         model = build_for_data(config.model, info)
-        return method.sparsify(model).to(device)
+        try:
+            return method.sparsify(model).to(device)
+        except ValueError as e:
+            if config.method in STRUCTURED and is_hf_name(config.model):  # the CLI cannot pass layers=[...]
+                raise ValueError(f"method {config.method!r} on model {config.model!r}: no gate placement is known "
+                                 f"for {type(model).__name__} ({' '.join(str(e).split())[:200]})") from e
+            raise
 
     model = fresh_model()
     example = test_ds[0][0].unsqueeze(0).to(device)
