@@ -1,5 +1,5 @@
 """The sequence-task rows of docs/RESULTS.md (issue 19): tiny Hugging Face models on the generated
-token sets, dense vs str / l0 / gmp at 50% sparsity (about 50% of the dense FLOPs), and the
+token sets, dense vs str / l0 / gmp at 50% sparsity (about 50% of the dense FLOPs) and at 90%, and the
 structured methods (l0_hc, dep_l0) at 50% FLOPs where a gate placement exists, several seeds.
 
     PYTHONPATH=. python bench/results_sequences.py --seeds 3
@@ -29,6 +29,8 @@ CASES = {
 }
 ROWS = [("dense", {}), ("gmp@0.5", {"method": "gmp", "target_sparsity": 0.5}),
         ("str@0.5", {"method": "str", "target_sparsity": 0.5}), ("l0@0.5", {"method": "l0", "target_sparsity": 0.5}),
+        ("gmp@0.9", {"method": "gmp", "target_sparsity": 0.9}),
+        ("str@0.9", {"method": "str", "target_sparsity": 0.9}), ("l0@0.9", {"method": "l0", "target_sparsity": 0.9}),
         ("l0_hc@0.5F", {"method": "l0_hc", "target_flops": 0.5}),
         ("dep_l0@0.5F", {"method": "dep_l0", "target_flops": 0.5})]
 

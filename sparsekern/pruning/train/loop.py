@@ -2,7 +2,9 @@
 
 Run directory (written by rank 0 only): ``config.json``, ``checkpoint.pt``
 (atomic, every epoch), ``log.csv`` and ``log.jsonl`` (one row per epoch),
-and at the end ``summary.json`` and ``model.pt`` (the finalized state_dict).
+and at the end ``summary.json`` and ``model.pt`` (the finalized state_dict); a Hugging Face
+model (``hf:``) also its ``save_pretrained`` in ``hf_model/``. What is minimised and counted
+follows the data's task (``objective``: classification, or next-token prediction).
 
 Reproducibility: the batch order of epoch ``e`` is a permutation seeded by
 (seed, e), and a checkpoint holds model (with the sparse layers' RNG offset
