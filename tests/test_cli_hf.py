@@ -11,7 +11,6 @@ import random
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from helpers import cli_error
 from sparsekern.cli import main
@@ -186,8 +185,17 @@ def test_report_export_and_from_pretrained_reproduce_the_run(tmp_path, capsys):
         assert torch.equal(logits, fresh(ids).logits)
     objective = CausalLM()  # the run's own number, recomputed from the reloaded model
     assert int(objective.correct(logits, ids)) / objective.units(ids) == summary["accuracy"]
-    zeros = sum(int((v == 0).sum()) for k, v in state.items() if k.endswith("c_attn.weight") or k.endswith("c_fc.weight"))
+    zeros = sum(int((v == 0).sum()) for k, v in state.items() if k.endswith(("c_attn.weight", "c_fc.weight")))
     assert zeros > 0  # the sparsity survived save_pretrained
+
+    # hf:<that directory> starts a new run from its weights (a directory without them: random init)
+    from sparsekern.models import build_for_data
+    _, _, info = load_dataset("seq_lm")
+    started = build_for_data("hf:" + str(run / "hf_model"), info).state_dict()
+    assert all(torch.equal(started[k], v) for k, v in exported.items())
+    fresh_init = build_for_data("hf:" + str(run / "hf_model"), info, pretrained=False).state_dict()
+    key = "transformer.h.0.attn.c_attn.weight"
+    assert not torch.equal(fresh_init[key], exported[key])
 
 
 # ---------------------------------------------------------------- bad input

@@ -12,8 +12,8 @@ import os
 from sparsekern.cli.common import CLIError, read_json, require_run_dir, say
 from sparsekern.models import build_for_data, build_model
 from sparsekern.models.hf import is_hf_name
-from sparsekern.pruning.train.run_dir import PRETRAINED_DIR
 from sparsekern.pruning.train.checkpoint import atomic_torch_save, load_state_dict_file
+from sparsekern.pruning.train.run_dir import PRETRAINED_DIR
 
 FORMATS = ("state_dict", "safetensors", "onnx", "sparse")
 CHECK_SEED = 0  # the random inputs the ONNX graph is checked on

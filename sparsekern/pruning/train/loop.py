@@ -28,6 +28,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: F401  (losses: objective.py; tests kill a run mid-step via trainer.F)
 
 from sparsekern.backends import use_backend
 from sparsekern.data import load_dataset
