@@ -1,5 +1,6 @@
 """The run directory: ``config.json``, ``log.csv``/``log.jsonl`` and ``summary.json`` (each written
-atomically), the check that refuses to overwrite a run, and the checks before resuming one."""
+atomically), ``hf_model/`` (a Hugging Face model's save_pretrained, whole or not at all), the check
+that refuses to overwrite a run, and the checks before resuming one."""
 from __future__ import annotations
 
 import csv
