@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 
 from sparsekern.cli.common import CLIError, read_json, require_run_dir, say
-from sparsekern.models import build_model
+from sparsekern.models import build_for_data, build_model
+from sparsekern.models.hf import is_hf_name
 from sparsekern.pruning.train.checkpoint import atomic_torch_save, load_state_dict_file
+from sparsekern.pruning.train.run_dir import PRETRAINED_DIR
 
 FORMATS = ("state_dict", "safetensors", "onnx", "sparse")
 CHECK_SEED = 0  # the random inputs the ONNX graph is checked on
@@ -32,8 +34,20 @@ def add_arguments(p) -> None:
 
 def finalized_architecture(run_dir: str):
     """A fresh plain model of the run's architecture (what the exported state_dict loads into); a run
-    whose export was shrunk records the kept ``widths`` in summary.json."""
+    whose export was shrunk records the kept ``widths`` in summary.json. A Hugging Face run is rebuilt
+    from the config its save_pretrained wrote (RUN_DIR/hf_model), so the original config may be gone."""
     meta = _metadata(run_dir)
+    if "task" in meta:
+        info = {"name": meta["model"], "task": meta["task"], "vocab_size": meta["vocab_size"],
+                "seq_len": meta["seq_len"], "num_classes": meta["num_classes"]}
+        name = meta["model"]
+        if is_hf_name(name):
+            saved = os.path.join(run_dir, PRETRAINED_DIR)
+            if not os.path.isfile(os.path.join(saved, "config.json")):
+                raise CLIError(f"run directory {run_dir!r} has no {PRETRAINED_DIR}/config.json (a Hugging Face run "
+                               "writes it when it finishes)")
+            name = "hf:" + saved
+        return build_for_data(name, info, widths=meta["widths"], pretrained=False)
     return build_model(meta["model"], meta["num_classes"], meta["in_channels"], tuple(meta["image_size"]),
                        widths=meta["widths"])
 
@@ -64,6 +78,10 @@ def _write(fmt: str, args, state: dict, model, run_dir: str) -> str:
         total = sum(t.numel() for t in state.values() if t.is_floating_point())
         return f"{len(state)} tensors, {nonzero}/{total} nonzero values"
     meta = _metadata(run_dir)
+    if "task" in meta and fmt in ("onnx", "sparse"):
+        raise CLIError(f"--format {fmt} is not supported for token-sequence models yet; use state_dict or "
+                       f"safetensors (a Hugging Face run also has {os.path.join(run_dir, PRETRAINED_DIR)!r} "
+                       "for from_pretrained)")
     try:
         if fmt == "safetensors":
             from sparsekern.pruning.surgery.export.safetensors_file import save_safetensors

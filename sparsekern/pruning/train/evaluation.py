@@ -13,6 +13,7 @@ from sparsekern.pruning.train.batches import BatchSource
 from sparsekern.pruning.train.batchnorm import recalibrate_bn
 from sparsekern.pruning.train.config import PruneConfig
 from sparsekern.pruning.train.distributed import Distributed
+from sparsekern.pruning.train.objective import Classification
 
 RECALIBRATION_BATCHES = 20
 
@@ -34,16 +35,27 @@ def evaluated(ema):
 
 @torch.no_grad()
 def accuracy(model: nn.Module, ds, source: BatchSource, d: Distributed, config: PruneConfig, *,
-             amp: bool = False) -> float:
+             amp: bool = False, objective=None) -> float:
     """Test accuracy; float32 unless ``amp`` (a bf16 run's autocast accuracy differed from its export's)."""
+    return evaluate(model, ds, source, d, config, amp=amp, objective=objective)[0]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds, source: BatchSource, d: Distributed, config: PruneConfig, *,
+             amp: bool = False, objective=None) -> tuple[float, float]:
+    """(accuracy, mean loss) over ``ds`` per the ``objective`` (default: classification); for causal
+    LM both are per predicted token (next-token accuracy; exp(loss) is the perplexity)."""
+    objective = objective or Classification()
     model.eval()
-    correct = seen = 0
+    correct = seen = loss = 0.0
     for x, y in source.evaluate(ds, d.rank, d.world):
         with autocast(config, x.device) if amp else contextlib.nullcontext():
-            correct += int((model(x).argmax(1) == y).sum())
-        seen += len(y)
-    total_correct, total = d.sum([float(correct), float(seen)], source.device)
-    return total_correct / total
+            out = model(x)
+        correct += float(objective.correct(out, y))
+        loss += float(objective.loss_sum(out, y))
+        seen += objective.units(y)
+    total_correct, total_loss, total = d.sum([correct, loss, float(seen)], source.device)
+    return total_correct / total, total_loss / total
 
 
 def autocast(config: PruneConfig, device: torch.device):

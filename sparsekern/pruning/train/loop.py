@@ -2,7 +2,9 @@
 
 Run directory (written by rank 0 only): ``config.json``, ``checkpoint.pt``
 (atomic, every epoch), ``log.csv`` and ``log.jsonl`` (one row per epoch),
-and at the end ``summary.json`` and ``model.pt`` (the finalized state_dict).
+and at the end ``summary.json`` and ``model.pt`` (the finalized state_dict); a Hugging Face
+model (``hf:``) also its ``save_pretrained`` in ``hf_model/``. What is minimised and counted
+follows the data's task (``objective``: classification, or next-token prediction).
 
 Reproducibility: the batch order of epoch ``e`` is a permutation seeded by
 (seed, e), and a checkpoint holds model (with the sparse layers' RNG offset
@@ -26,13 +28,15 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: F401  (losses: objective.py; tests kill a run mid-step via trainer.F)
 
 from sparsekern.backends import use_backend
 from sparsekern.data import load_dataset
-from sparsekern.models import build_model, check_model_name
+from sparsekern.models import build_for_data, check_for_data
+from sparsekern.models.hf import is_hf_name
 from sparsekern.pruning.defaults import L0_GATE_LR, L0_LAMBDA  # noqa: F401  (the defaults a run uses)
 from sparsekern.pruning.methods import METHODS as METHOD_CLASSES
+from sparsekern.pruning.surgery.sparsify import STRUCTURED
 from sparsekern.pruning.train.batches import BatchSource, epoch_plan
 from sparsekern.pruning.train.batches import steps_per_epoch as _steps_per_epoch
 from sparsekern.pruning.train.checkpoint import (
@@ -41,13 +45,14 @@ from sparsekern.pruning.train.checkpoint import (
 from sparsekern.pruning.train.config import PruneConfig
 from sparsekern.pruning.train.distributed import Distributed, resolve_device
 from sparsekern.pruning.train.ema import ParameterEMA
-from sparsekern.pruning.train.evaluation import accuracy, autocast, evaluated, recalibrate
+from sparsekern.pruning.train.evaluation import autocast, evaluate, evaluated, recalibrate
 from sparsekern.pruning.train.fsdp import full_parameters, shard_model
 from sparsekern.pruning.train.health import check_finite, health_fields
 from sparsekern.pruning.train.lr_schedule import lr_scheduler
+from sparsekern.pruning.train.objective import objective_for, perplexity
 from sparsekern.pruning.train.progress import progress
 from sparsekern.pruning.train.run_dir import (
-    check_resumable, finished_summary, prepare_out, write_json, write_logs,
+    check_resumable, finished_summary, prepare_out, write_json, write_logs, write_pretrained,
 )
 from sparsekern.pruning.train.runlock import RunLock
 from sparsekern.pruning.train.sharded_checkpoint import load_sharded, read_state, save_sharded
@@ -101,7 +106,7 @@ def _seed_everything(seed: int) -> None:
 
 def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: contextlib.ExitStack) -> dict:
     train_ds, test_ds, info = load_dataset(config.data)  # first: a bad --data must not leave a run dir
-    check_model_name(config.model)  # likewise a bad --model
+    check_for_data(config.model, info)  # likewise a bad --model, or one that cannot take this data
     ckpt_path = prepare_out(config, d)
     if d.rank == 0:  # one run per directory: a second one is refused while this one holds it
         cleanup.enter_context(RunLock(config.out))
@@ -120,10 +125,17 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
     total_steps = steps_per_epoch * config.epochs  # the pruning phase; fine-tuning comes after
     all_epochs = config.epochs + config.finetune_epochs
     method = METHOD_CLASSES[config.method](config)
+    objective = objective_for(info)  # classification, or next-token prediction for causal-LM data
 
     def fresh_model():
-        model = build_model(config.model, info["num_classes"], info["in_channels"], info["image_size"])
-        return method.sparsify(model).to(device)
+        model = build_for_data(config.model, info)
+        try:
+            return method.sparsify(model).to(device)
+        except ValueError as e:
+            if config.method in STRUCTURED and is_hf_name(config.model):  # the CLI cannot pass layers=[...]
+                raise ValueError(f"method {config.method!r} on model {config.model!r}: no gate placement is known "
+                                 f"for {type(model).__name__} ({' '.join(str(e).split())[:200]})") from e
+            raise
 
     model = fresh_model()
     example = test_ds[0][0].unsqueeze(0).to(device)
@@ -230,11 +242,12 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
         plan = epoch_plan(n_train, config.batch_size, config.seed, epoch, d.rank, d.world)
         for i, (x, y, global_batch) in enumerate(source.train(train_ds, plan, epoch, first), start=first):
             with autocast(config, device):
-                logits = net(x)
-            # Sum over this rank's share, divided by the global batch, times world (DDP averages):
-            # the gradient is exactly that of the global-batch mean.
-            ce = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=config.label_smoothing)
-            loss = ce * (d.world / global_batch)
+                output = net(x)
+            # Sum over this rank's share, divided by the global batch's units (examples; causal LM:
+            # predicted tokens), times world (DDP averages): the gradient is exactly that of the
+            # global-batch mean.
+            ce = objective.loss_sum(output, y, config.label_smoothing)
+            loss = ce * (d.world / objective.global_units(global_batch, y))
             with full():
                 penalty = method.penalty(model, n_train)
             if penalty is not None:
@@ -256,8 +269,8 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
                 ema.update()
             step += 1
             loss_sum += float(ce.detach())
-            correct += float((logits.argmax(1) == y).sum())
-            seen += len(y)
+            correct += float(objective.correct(output, y))
+            seen += objective.units(y)
             if bar is not None:
                 bar.update(1)
                 # live bars only (the epoch's last postfix is set below); under FSDP the sparsity is a
@@ -273,13 +286,14 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
         d.sync_buffers(model)  # rank 0's BatchNorm statistics and noise counters on every rank
         recalibrate(model, method, train_ds, config, device)
         with evaluated(ema), torch.no_grad(), full():  # FSDP: each rank runs its share of the test set alone, unsharded
-            test_acc = accuracy(model, test_ds, source, d, config)
+            test_acc, test_loss = evaluate(model, test_ds, source, d, config, objective=objective)
         epoch += 1
         with torch.no_grad(), full():
             sparsity_now = method.sparsity(model)
         row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                "test_acc": test_acc, "sparsity": sparsity_now,
-               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 3)}
+               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 3),
+               **_sequence_fields(info, test_loss)}
         history.append(row)
         if bar is not None:
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}",
@@ -300,28 +314,41 @@ def _run(config: PruneConfig, device, d: Distributed, on_epoch_end, cleanup: con
     with evaluated(ema):
         final = method.export(model)
         summary = _summarize(final, model, config, info, method, example, test_ds, source, d, history,
-                             getattr(controller, "lam", None))
+                             getattr(controller, "lam", None), objective)
     summary.update(health_fields(summary, history, info, controller, show=d.rank == 0))
     if d.rank == 0:
         atomic_torch_save({k: v.detach().cpu() for k, v in final.state_dict().items()},
                           os.path.join(config.out, "model.pt"))
+        if hasattr(final, "save_pretrained"):  # a Hugging Face model: from_pretrained(RUN_DIR/hf_model) reloads it
+            write_pretrained(config.out, final)
         write_json(os.path.join(config.out, "summary.json"), summary)
     d.barrier()
     return summary
 
 
+def _sequence_fields(info: dict, test_loss: float) -> dict:
+    """Token data: the test loss per unit, and for causal LM its perplexity (image runs log neither)."""
+    if info.get("task") is None:
+        return {}
+    return {"test_loss": test_loss, **({"test_perplexity": perplexity(test_loss)} if info["task"] == "causal_lm" else {})}
+
+
 def _summarize(final, model, config, info, method, example, test_ds, source, d, history,
-               controller_lambda=None) -> dict:
+               controller_lambda=None, objective=None) -> dict:
     # FLOPs of the sparse model: its dense FLOPs are the original architecture's, and
     # channels closed by structured gates count as removed (see pruning.report).
     report = method.report(model, example)
     sparsity = method.final_sparsity(model, report, final)
     widths = method.widths(final)
+    acc, test_loss = evaluate(final, test_ds, source, d, config, objective=objective)  # float32, as exported
     return {
         "method": config.method, "model": config.model, "data": info["name"], "epochs": config.epochs,
         "seed": config.seed, "world_size": d.world,
-        "accuracy": accuracy(final, test_ds, source, d, config),  # float32, as the exported model runs
-        **({"accuracy_amp": accuracy(final, test_ds, source, d, config, amp=True)} if config.amp != "off" else {}),
+        "accuracy": acc,
+        **({"accuracy_amp": evaluate(final, test_ds, source, d, config, amp=True, objective=objective)[0]}
+           if config.amp != "off" else {}),
+        **({"task": info["task"], "seq_len": info["seq_len"], **_sequence_fields(info, test_loss)}
+           if info.get("task") else {}),
         "sparsity": sparsity,
         "params": sum(p.numel() for p in final.parameters()),
         "nonzero_params": int(sum(int(torch.count_nonzero(p)) for p in final.parameters())),

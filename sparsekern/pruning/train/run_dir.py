@@ -1,5 +1,6 @@
 """The run directory: ``config.json``, ``log.csv``/``log.jsonl`` and ``summary.json`` (each written
-atomically), the check that refuses to overwrite a run, and the checks before resuming one."""
+atomically), ``hf_model/`` (a Hugging Face model's save_pretrained, whole or not at all), the check
+that refuses to overwrite a run, and the checks before resuming one."""
 from __future__ import annotations
 
 import csv
@@ -7,6 +8,8 @@ import dataclasses
 import io
 import json
 import os
+import shutil
+import tempfile
 
 from sparsekern.pruning.atomic_files import atomic_write, write_failure
 from sparsekern.pruning.train.config import RESUME_FREE, PruneConfig
@@ -76,3 +79,22 @@ def finished_summary(config: PruneConfig, state: dict) -> dict | None:
         return None
     with open(path) as f:
         return {**json.load(f), "already_finished": True}
+
+
+PRETRAINED_DIR = "hf_model"
+
+
+def write_pretrained(out: str, model) -> str:
+    """``model.save_pretrained`` into ``out/hf_model`` (a Hugging Face model), whole or not at all:
+    written beside it first, then renamed over any earlier copy."""
+    final = os.path.join(out, PRETRAINED_DIR)
+    staging = tempfile.mkdtemp(prefix=f".{PRETRAINED_DIR}-", dir=out)
+    try:
+        model.save_pretrained(staging)
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final

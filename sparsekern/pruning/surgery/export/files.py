@@ -21,6 +21,10 @@ def architecture(config: dict, summary: dict) -> dict:
     """The metadata that rebuilds a run's finalized model (``build_architecture``) plus the input
     normalization it was trained with; KeyError naming what ``config`` lacks."""
     data = config["dataset"]
+    if data.get("task"):  # token sequences: no image shape (models.build_for_data rebuilds from these)
+        return {"sparsekern_export": EXPORT_VERSION, "model": config["model"], "method": config.get("method"),
+                "num_classes": data["num_classes"], "task": data["task"], "vocab_size": data["vocab_size"],
+                "seq_len": data["seq_len"], "widths": summary.get("widths")}
     return {"sparsekern_export": EXPORT_VERSION, "model": config["model"], "method": config.get("method"),
             "num_classes": data["num_classes"], "in_channels": data["in_channels"],
             "image_size": list(data["image_size"]), "widths": summary.get("widths"),
