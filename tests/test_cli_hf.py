@@ -223,8 +223,22 @@ def test_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path, capsys):
     assert "model 'lenet300' takes images, but data 'seq_rule' is token sequences" in err("lenet300")
 
 
-def test_structured_methods_say_the_placement_is_unknown(tmp_path, capsys):
-    model = "hf:" + _config(tmp_path, BERT)
-    text = cli_error(["prune", "--model", model, "--data", "seq_rule", "--out", str(tmp_path / "r"), "--no-progress",
-                      "--method", "l0_hc", "--target-flops", "0.5", "--epochs", "1"], capsys)
-    assert "method 'l0_hc'" in text and "no gate placement is known for BertForSequenceClassification" in text
+@pytest.mark.parametrize("method", ["l0_hc", "dep_l0"])
+def test_structured_methods_shrink_heads_and_neurons_and_reload(tmp_path, method):
+    summary = _prune(tmp_path, BERT, "seq_rule", "run", "--method", method, "--target-flops", "0.5", "--epochs", "2")
+    assert abs(summary["flops"] / summary["dense_flops"] - 0.5) <= 0.01  # the target landed
+    exported = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    # heads and neurons physically removed: fewer parameters than the dense BERT
+    dense = transformers.AutoModelForSequenceClassification.from_config(
+        transformers.BertConfig(**BERT, num_labels=4))
+    assert sum(v.numel() for v in exported.values()) < sum(p.numel() for p in dense.state_dict().values())
+    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(
+        str(tmp_path / "run" / "hf_model"), trust_remote_code=True).eval()
+    state = reloaded.state_dict()
+    for k, v in exported.items():
+        assert torch.equal(state[k], v), k  # the shrunk weights, in their shrunk shapes
+    _, test, _ = load_dataset("seq_rule")
+    ids, labels = test.tensors
+    with torch.no_grad():
+        logits = reloaded(ids).logits
+    assert int((logits.argmax(1) == labels).sum()) / len(labels) == pytest.approx(summary["accuracy"], abs=1e-9)

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 
 from sparsekern.pruning.atomic_files import atomic_write, write_failure
+from sparsekern.pruning.surgery.export.hf_pretrained import save_shrunk_pretrained
 from sparsekern.pruning.train.config import RESUME_FREE, PruneConfig
 from sparsekern.pruning.train.distributed import Distributed
 from sparsekern.pruning.train.sharded_checkpoint import checkpoint_root, latest_checkpoint
@@ -86,11 +87,15 @@ PRETRAINED_DIR = "hf_model"
 
 def write_pretrained(out: str, model) -> str:
     """``model.save_pretrained`` into ``out/hf_model`` (a Hugging Face model), whole or not at all:
-    written beside it first, then renamed over any earlier copy."""
+    written beside it first, then renamed over any earlier copy. A model whose heads or neurons
+    ``finalize`` removed is written with its modeling file (``from_pretrained(..., trust_remote_code=True)``)."""
     final = os.path.join(out, PRETRAINED_DIR)
     staging = tempfile.mkdtemp(prefix=f".{PRETRAINED_DIR}-", dir=out)
     try:
-        model.save_pretrained(staging)
+        if hasattr(model, "sparsekern_shapes"):  # heads/neurons removed: the config alone cannot rebuild it
+            save_shrunk_pretrained(model, staging)
+        else:
+            model.save_pretrained(staging)
         if os.path.isdir(final):
             shutil.rmtree(final)
         os.replace(staging, final)
