@@ -14,7 +14,10 @@ import torch
 
 from helpers import cli_error
 from sparsekern.cli import main
+from sparsekern.cli.export import finalized_architecture
 from sparsekern.data import load_dataset
+from sparsekern.models import build_for_data
+from sparsekern.pruning.surgery.export.load import load_exported
 from sparsekern.pruning.train.loop import PruneConfig, run_prune
 from sparsekern.pruning.train.objective import CausalLM, Classification
 
@@ -242,3 +245,37 @@ def test_structured_methods_shrink_heads_and_neurons_and_reload(tmp_path, method
     with torch.no_grad():
         logits = reloaded(ids).logits
     assert int((logits.argmax(1) == labels).sum()) / len(labels) == pytest.approx(summary["accuracy"], abs=1e-9)
+    # `sparsekern export`: the state_dict loads into the run's (shrunk) architecture, the safetensors
+    # file rebuilds it from the config in its metadata; both compute the reloaded model's logits
+    run = str(tmp_path / "run")
+    for fmt, out in (("state_dict", "m.pt"), ("safetensors", "m.safetensors")):
+        assert main(["export", run, "--out", str(tmp_path / out), "--format", fmt]) == 0
+    architecture = finalized_architecture(run)
+    architecture.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    for model in (architecture.eval(), load_exported(str(tmp_path / "m.safetensors"))):
+        with torch.no_grad():
+            assert torch.equal(model(ids[:64]).logits, logits[:64])
+
+
+def test_a_shrunk_causal_lm_restarts_from_its_directory_and_exports(tmp_path):
+    """GPT-2 (Conv1D layers, lm_head tied to the embedding) shrunk by l0_hc: ``--model hf:RUN/hf_model``
+    starts from the shrunk weights (not a dense model with re-initialised mismatches), and the
+    safetensors export reloads without sparsekern's run directory."""
+    _prune(tmp_path, GPT2, "seq_lm", "run", "--method", "l0_hc", "--target-flops", "0.5", "--epochs", "1")
+    saved = str(tmp_path / "run" / "hf_model")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(saved, trust_remote_code=True).eval()
+    _, test, info = load_dataset("seq_lm")
+    ids = test.tensors[0][:32]
+    with torch.no_grad():
+        expected = reloaded(ids).logits
+    started = build_for_data("hf:" + saved, info).eval()
+    assert started.config.sparsekern_shapes  # layers were shrunk
+    assert started.lm_head.weight is started.transformer.wte.weight  # still tied
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "m.safetensors"), "--format",
+                 "safetensors"]) == 0
+    for model in (started, load_exported(str(tmp_path / "m.safetensors"))):
+        with torch.no_grad():
+            assert torch.equal(model(ids).logits, expected)
+    (tmp_path / "run" / "hf_model" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="cannot read .*model.safetensors"):
+        build_for_data("hf:" + saved, info)

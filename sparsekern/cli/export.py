@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 from sparsekern.cli.common import CLIError, read_json, require_run_dir, say
-from sparsekern.models import build_for_data, build_model
 from sparsekern.models.hf import is_hf_name
 from sparsekern.pruning.train.checkpoint import atomic_torch_save, load_state_dict_file
 from sparsekern.pruning.train.run_dir import PRETRAINED_DIR
@@ -33,32 +32,24 @@ def add_arguments(p) -> None:
 
 
 def finalized_architecture(run_dir: str):
-    """A fresh plain model of the run's architecture (what the exported state_dict loads into); a run
-    whose export was shrunk records the kept ``widths`` in summary.json. A Hugging Face run is rebuilt
-    from the config its save_pretrained wrote (RUN_DIR/hf_model), so the original config may be gone."""
-    meta = _metadata(run_dir)
-    if "task" in meta:
-        info = {"name": meta["model"], "task": meta["task"], "vocab_size": meta["vocab_size"],
-                "seq_len": meta["seq_len"], "num_classes": meta["num_classes"]}
-        name = meta["model"]
-        if is_hf_name(name):
-            saved = os.path.join(run_dir, PRETRAINED_DIR)
-            if not os.path.isfile(os.path.join(saved, "config.json")):
-                raise CLIError(f"run directory {run_dir!r} has no {PRETRAINED_DIR}/config.json (a Hugging Face run "
-                               "writes it when it finishes)")
-            name = "hf:" + saved
-        return build_for_data(name, info, widths=meta["widths"], pretrained=False)
-    return build_model(meta["model"], meta["num_classes"], meta["in_channels"], tuple(meta["image_size"]),
-                       widths=meta["widths"])
+    """A fresh plain model of the run's architecture (what the exported state_dict loads into): the
+    export metadata's (a shrunk run records the kept ``widths`` in summary.json; a Hugging Face run,
+    the config its save_pretrained wrote to RUN_DIR/hf_model, so the original config may be gone)."""
+    from sparsekern.pruning.surgery.export.files import build_architecture
+
+    return build_architecture(_metadata(run_dir), repr(run_dir))
 
 
 def _metadata(run_dir: str) -> dict:
     from sparsekern.pruning.surgery.export.files import architecture
 
     try:
-        return architecture(read_json(run_dir, "config.json"), read_json(run_dir, "summary.json"))
+        meta = architecture(read_json(run_dir, "config.json"), read_json(run_dir, "summary.json"))
     except KeyError as e:
         raise CLIError(f"{os.path.join(run_dir, 'config.json')!r} lacks {e}") from e
+    if "task" in meta and is_hf_name(meta["model"]):  # the config save_pretrained wrote (shrunk shapes included)
+        meta["hf_config"] = read_json(os.path.join(run_dir, PRETRAINED_DIR), "config.json")
+    return meta
 
 
 def _examples(meta: dict, batch: int):

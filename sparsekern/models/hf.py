@@ -64,10 +64,11 @@ def _transformers():
     return transformers
 
 
-def load_config(name: str, info: dict):
-    """The transformers config of ``hf:<path>``, fitted to the data: ``num_labels`` for classification;
-    ValueError in one line if the vocabulary or positions are too small for the data."""
-    raw = _read_config_dict(name)
+def load_config(name: str, info: dict, raw: dict | None = None):
+    """The transformers config of ``hf:<path>`` (or of ``raw``, its config.json as a dict), fitted to
+    the data: ``num_labels`` for classification; ValueError in one line if the vocabulary or
+    positions are too small for the data."""
+    raw = _read_config_dict(name) if raw is None else raw
     transformers = _transformers()
     try:
         config = transformers.AutoConfig.for_model(**raw)
@@ -105,19 +106,59 @@ def has_weights(name: str) -> bool:
     return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES)
 
 
-def hf_model(name: str, info: dict, *, pretrained: bool = True) -> nn.Module:
+def hf_model(name: str, info: dict, *, pretrained: bool = True, raw: dict | None = None) -> nn.Module:
     """``AutoModelFor<task>`` of ``hf:<path>`` for the data described by ``info`` (see the module docstring);
-    ``pretrained=False``: a fresh model of the config even if the directory holds weights."""
-    config = load_config(name, info)
+    ``pretrained=False``: a fresh model of the config even if the directory holds weights. ``raw``: the
+    config.json as a dict instead of the file (an export's metadata; then nothing is read from disk).
+    A shrunk model's config (``sparsekern_shapes``) gives the shrunk shapes."""
+    config = load_config(name, info, raw)
+    pretrained = pretrained and raw is None
     transformers = _transformers()
     auto = getattr(transformers, AUTO_CLASSES[info["task"]])
+    shrunk = bool(getattr(config, "sparsekern_shapes", None) or getattr(config, "sparsekern_heads", None))
     try:
-        if pretrained and has_weights(name):
+        if pretrained and has_weights(name) and not shrunk:
             return auto.from_pretrained(name[len(PREFIX):], config=config, ignore_mismatched_sizes=True)
-        return auto.from_config(config)
+        model = auto.from_config(config)
     except ValueError as e:
         if "Unrecognized configuration class" not in str(e):
             raise
         raise ValueError(f"model {name!r}: a {config.model_type!r} config has no {TASK_WORDS[info['task']]} model "
                          "in transformers, "
                          f"which data {info['name']!r} ({info['task']}) needs") from e
+    if shrunk:  # a directory save_shrunk_pretrained wrote: the stock class has the dense shapes
+        from sparsekern.models.hf_resize import resize_to_config
+
+        resize_to_config(model, config)
+        if pretrained and has_weights(name):
+            _load_shrunk_weights(model, name)
+    return model
+
+
+def _load_shrunk_weights(model: nn.Module, name: str) -> None:
+    """The weights of a shrunk model's directory (``model.safetensors``, which save_shrunk_pretrained
+    writes), as ``from_pretrained(ignore_mismatched_sizes=True)`` would load them: a tensor whose
+    shape differs (a classifier for another number of classes) keeps its fresh initialisation."""
+    from safetensors.torch import load_file
+
+    file = os.path.join(name[len(PREFIX):], "model.safetensors")
+    if not os.path.isfile(file):
+        raise ValueError(f"model {name!r}: a shrunk model's weights must be in model.safetensors (as "
+                         "save_shrunk_pretrained writes them)")
+    try:
+        saved = load_file(file)
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"model {name!r}: cannot read {file!r} ({' '.join(str(e).split())[:120]})") from e
+    own = model.state_dict()
+    unknown = sorted(set(saved) - set(own))
+    if unknown:
+        raise ValueError(f"model {name!r}: {file!r} holds tensors the model lacks: {unknown[:3]}")
+    fitting = {k: v for k, v in saved.items() if v.shape == own[k].shape}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    aliases: dict[int, list[str]] = {}  # tied weights (lm_head = embedding) are in the file once
+    for k, p in params.items():
+        aliases.setdefault(id(p), []).append(k)
+    missing = [k for k in own if k not in saved and not (k in params and any(a in saved for a in aliases[id(params[k])]))]
+    if missing:
+        raise ValueError(f"model {name!r}: {file!r} lacks {missing[:3]}")
+    model.load_state_dict(fitting, strict=False)

@@ -5,11 +5,12 @@ transformers has no per-layer head or neuron counts in its configs (and, in 5.x,
 beside ``save_pretrained``'s safetensors and config.json, a small modeling file (importing only
 torch and transformers) whose class subclasses the original and, after its ``__init__``,
 resizes the layers recorded in ``config.sparsekern_shapes`` and sets the head attributes of
-``config.sparsekern_heads``; ``config.auto_map`` points the Auto classes at it (Hugging Face's
-custom-code mechanism): ``AutoModel.from_pretrained(directory, trust_remote_code=True)``.
+``config.sparsekern_heads`` (``sparsekern.models.hf_resize``, copied in); ``config.auto_map``
+points the Auto classes at it (Hugging Face's custom-code mechanism): ``AutoModel.from_pretrained(directory, trust_remote_code=True)``.
 """
 from __future__ import annotations
 
+import inspect
 import os
 
 from torch import nn
@@ -25,38 +26,24 @@ TEMPLATE = '''"""Written by sparsekern: {base} with closed attention heads and F
 Imports only torch and transformers: the layer shapes and head counts are in config.json
 (sparsekern_shapes: {{layer: [in, out]}}, sparsekern_heads: {{attention: [heads, head_dim]}}).
 """
-from torch import nn
-from transformers.pytorch_utils import Conv1D
+{resize}
 
 from {module} import {base} as _Base
-
-
-def _resize(model, config):
-    for name, (n_in, n_out) in getattr(config, "sparsekern_shapes", {{}}).items():
-        parent, _, key = name.rpartition(".")
-        holder = model.get_submodule(parent) if parent else model
-        old = getattr(holder, key)
-        if isinstance(old, Conv1D):
-            new = Conv1D(n_out, n_in).to(device=old.weight.device, dtype=old.weight.dtype)
-        else:
-            new = nn.Linear(n_in, n_out, bias=old.bias is not None, device=old.weight.device,
-                            dtype=old.weight.dtype)
-        setattr(holder, key, new)
-    for name, (heads, head_dim) in getattr(config, "sparsekern_heads", {{}}).items():
-        module = model.get_submodule(name)
-        for attr in ("num_heads", "num_attention_heads"):
-            if isinstance(getattr(module, attr, None), int):
-                setattr(module, attr, heads)
-        for attr in ("all_head_size", "split_size"):
-            if isinstance(getattr(module, attr, None), int):
-                setattr(module, attr, heads * head_dim)
 
 
 class {name}(_Base):
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
-        _resize(self, config)
+        resize_to_config(self, config)
 '''
+
+
+def _resize_source() -> str:
+    """sparsekern.models.hf_resize without its docstring: torch and transformers imports and resize_to_config."""
+    from sparsekern.models import hf_resize  # imports transformers
+
+    source = inspect.getsource(hf_resize)
+    return source[source.index('"""', 3) + 3:].strip()
 
 
 def save_shrunk_pretrained(model: nn.Module, directory: str) -> None:
@@ -79,4 +66,4 @@ def save_shrunk_pretrained(model: nn.Module, directory: str) -> None:
     # subclass would not map back)
     model.save_pretrained(directory, save_original_format=False)
     with open(os.path.join(directory, MODELING_FILE), "w") as f:
-        f.write(TEMPLATE.format(base=base.__name__, module=base.__module__, name=name))
+        f.write(TEMPLATE.format(base=base.__name__, module=base.__module__, name=name, resize=_resize_source()))
