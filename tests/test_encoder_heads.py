@@ -329,3 +329,20 @@ def test_load_shrunk_refuses_missing_corrupt_and_mismatched(tmp_path):
         sk.save_shrunk(_classifier(), str(tmp_path / "x.pt"))
     with pytest.raises(ExportFileError):
         sk.load_shrunk(_classifier(), corrupt)
+
+
+# ------------------------------------------------------------------ the README's example
+def test_readme_encoder_example(tmp_path):
+    from test_readme_integrations import _run_block
+
+    scope = _run_block("### Your own `nn.TransformerEncoder`", tmp_path)
+    assert abs(scope["session"].metrics()["flops_fraction"] - 0.5) <= 0.01
+    shrunk, reloaded = scope["shrunk"], scope["reloaded"]
+    assert sum(layer.self_attn.num_heads for layer in shrunk.encoder.layers) < 2 * 4
+    assert [layer.self_attn.num_heads for layer in reloaded.encoder.layers] == \
+        [layer.self_attn.num_heads for layer in shrunk.encoder.layers]
+    tokens = scope["tokens"][:32]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(tokens), shrunk(tokens), rtol=0, atol=1e-5)
+        gated = scope["model"].eval()
+        torch.testing.assert_close(shrunk(tokens), gated(tokens), rtol=0, atol=1e-5)
