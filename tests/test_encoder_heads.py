@@ -113,6 +113,20 @@ def test_head_prunable_attention_matches_torch_values_and_grads(batch_first, cas
     torch.testing.assert_close(mine.out_proj.weight.grad, ref.out_proj.weight.grad, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.bfloat16, 2e-2)])
+def test_head_prunable_attention_matches_torch_in_other_dtypes(dtype, tol):
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(D, HEADS, batch_first=True).to(dtype)
+    mine = HeadPrunableMultiheadAttention.convert(copy.deepcopy(ref))
+    x = torch.randn(2, 5, D, dtype=dtype)
+    for kwargs in ({}, {"need_weights": False}, {"key_padding_mask": _mask_cases(2, 5)["padding"]["key_padding_mask"]}):
+        (o1, w1), (o2, w2) = ref(x, x, x, **kwargs), mine(x, x, x, **kwargs)
+        assert o2.dtype == dtype and (w1 is None) == (w2 is None)
+        torch.testing.assert_close(o2, o1, rtol=0, atol=tol)
+        if w1 is not None:
+            torch.testing.assert_close(w2, w1, rtol=0, atol=tol)
+
+
 def test_head_prunable_attention_cross_and_unbatched_inputs_match_torch():
     torch.manual_seed(0)
     ref = nn.MultiheadAttention(D, HEADS, batch_first=True)
@@ -268,6 +282,15 @@ def test_shrink_removes_heads_and_neurons_with_the_same_logits_and_report(batch_
     assert rows["encoder.layers.0.self_attn.in_proj"]["dense_flops"] == 72 * D * T
     gated_rows = {r["name"]: r for r in before["layers"]}
     assert gated_rows["encoder.layers.0.self_attn.attention"]["effective_flops"] == 2.0 * T * T * 3 * 8
+
+
+def test_shrunk_encoder_compiles_to_the_same_logits():
+    torch._dynamo.reset()
+    _, shrunk = _gated_and_shrunk()
+    compiled = torch.compile(shrunk, fullgraph=True, backend="aot_eager")
+    x, padding = _tokens(), _padding()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, padding), shrunk(x, padding), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "torch"])
