@@ -259,6 +259,19 @@ def _gated_and_shrunk(batch_first=True):
     return gated.eval(), sk.finalize(gated)
 
 
+def test_plain_and_gated_encoders_report_the_same_dense_flops():
+    plain, x = _classifier(), _tokens()
+    before = sk.sparsity_report(plain, x)
+    rows = {r["name"]: r for r in before["layers"]}
+    assert [r["name"] for r in before["layers"]][:3] == ["encoder.layers.0.self_attn.in_proj",
+                                                         "encoder.layers.0.self_attn.attention",
+                                                         "encoder.layers.0.self_attn.out_proj"]
+    assert rows["encoder.layers.0.self_attn.attention"]["dense_flops"] == 2.0 * T * T * D
+    gated = sk.sparsify(plain, "dep_l0")
+    after = sk.sparsity_report(gated, x)
+    assert [r["dense_flops"] for r in after["layers"]] == [r["dense_flops"] for r in before["layers"]]
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_shrink_removes_heads_and_neurons_with_the_same_logits_and_report(batch_first):
     gated, shrunk = _gated_and_shrunk(batch_first)

@@ -61,7 +61,7 @@ def test_flops_penalty_lowers_the_expected_flops(kind):
     assert after < 0.9 * before
 
 
-@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("kind", MODELS + ["torch_encoder"])
 def test_report_counts_the_attention_products_at_the_sequence_length(kind):
     model = _model(kind)
     x = _input(kind)

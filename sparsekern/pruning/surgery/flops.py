@@ -7,9 +7,10 @@ terms (in_features, or in_channels/groups * kernel size), costs ``out * that``; 
 activations, BatchNorm and pooling are not counted. The conv output size is the real one.
 The attentions of the transformers ``transformer_sites`` knows also count their two T x T
 products (2 T^2 x the context width per example, T the example's sequence length: the FLOPs
-of a transformer are stated at the example's length); so does a ``HeadPrunableMultiheadAttention``
-(torch's attention once it has head gates, or shrunk): 2 T_query T_key x heads x head_dim. A plain
-``nn.MultiheadAttention`` counts its projections only.
+of a transformer are stated at the example's length); so does the self-attention of an
+``nn.TransformerEncoderLayer``, plain or a ``HeadPrunableMultiheadAttention`` (with head gates,
+or shrunk): 2 T_query T_key x heads x head_dim. Other ``nn.MultiheadAttention`` s count their
+projections only.
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def trace(model: nn.Module, example_input) -> list[TraceEvent]:
     def attention_hook_for(name):
         def hook(module, args, kwargs, output):
             q, k, v = (tuple(args) + tuple(kwargs.get(a) for a in ("query", "key", "value")[len(args):]))[:3]
-            events.extend(attention_events(name, module, q, k, v, batch))
+            events.extend(attention_events(name, module, q, k, v, batch, name in site_names))
         return hook
 
     def head_attention_hook_for(name):
@@ -106,6 +107,8 @@ def trace(model: nn.Module, example_input) -> list[TraceEvent]:
             events.extend(head_attention_events(name, module, q, k, v, batch))
         return hook
 
+    sites = [s for s in transformer_sites(model) if isinstance(s, AttentionSite)]
+    site_names = {s.name for s in sites}
     # A Dep-L0 generator's Linears make gates, not predictions: not layers of the network.
     generator_parts = {id(p) for m in model.modules() if isinstance(m, GateGenerator) for p in m.modules()}
     hooks, attention, head_attention = [], [], []
@@ -118,9 +121,8 @@ def trace(model: nn.Module, example_input) -> list[TraceEvent]:
             attention.append((m, attention_hook_for(n)))
         elif isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, ChannelGate)) or is_conv1d(m):
             hooks.append((m, hook_for(n)))
-    hooks += [(layer(model, site.out), attention_hook(site)) for site in transformer_sites(model)  # (torch's: above)
-              if isinstance(site, AttentionSite)
-              and not isinstance(model.get_submodule(site.name), nn.MultiheadAttention)]
+    hooks += [(layer(model, site.out), attention_hook(site)) for site in sites  # (torch's attentions: above)
+              if not isinstance(model.get_submodule(site.name), nn.MultiheadAttention)]
     hooked_eval_forward(model, example_input, hooks, attention, head_attention)
     return events
 
@@ -133,10 +135,12 @@ class ProjectionWeight:
 
 
 def attention_events(name: str, mha: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor,
-                     batch: int) -> list[TraceEvent]:
+                     batch: int, products: bool = False) -> list[TraceEvent]:
     """The projections of one attention call, in the order it applies them: the input projection
     (packed ``in_proj``: rows [0, E) on the query tokens, [E, 2E) on the key's, [2E, 3E) on the
-    value's; or ``q_proj`` / ``k_proj`` / ``v_proj``), then ``out_proj`` on the query tokens."""
+    value's; or ``q_proj`` / ``k_proj`` / ``v_proj``), then ``out_proj`` on the query tokens.
+    ``products``: the attention is one ``transformer_sites`` knows (an encoder layer's): its T x T
+    products too, as its head-prunable form counts them."""
     def tokens(x):
         return x.numel() / x.shape[-1] / batch
 
@@ -154,7 +158,19 @@ def attention_events(name: str, mha: nn.MultiheadAttention, query: Tensor, key: 
     else:
         events = [TraceEvent(qualified(f"{c}_proj"), layer(f"{c}_proj"), e * x.shape[-1] * tokens(x))
                   for c, x in (("q", query), ("k", key), ("v", value))]
+    if products:
+        events.append(_products(name, mha, query, key, batch, mha.num_heads * mha.head_dim))
     return events + [TraceEvent(qualified("out_proj"), mha.out_proj, e * e * tokens(query))]
+
+
+def _products(name: str, mha: nn.MultiheadAttention, query: Tensor, key: Tensor, batch: int,
+              width: int) -> TraceEvent:
+    """The two T_query x T_key products over a context ``width`` wide (the event's module: the
+    output projection, whose heads the gates keep)."""
+    batched = query.dim() == 3
+    tq, tk = _tokens(query, batch, batched), _tokens(key, batch, batched)
+    return TraceEvent(f"{name}.attention" if name else "attention", layer(mha, "out_proj"), 2.0 * tq * tk * width,
+                      True, int(tk))
 
 
 def _tokens(x: Tensor, batch: int, batched: bool) -> float:
@@ -166,16 +182,13 @@ def head_attention_events(name: str, mha: HeadPrunableMultiheadAttention, query:
                           batch: int) -> list[TraceEvent]:
     """A ``HeadPrunableMultiheadAttention`` call before it runs: its ``in_proj`` (q rows on the
     query tokens, k rows on the key's, v rows on the value's) and its two T_query x T_key
-    products over its heads (the event's module: its output projection, whose heads the gates keep).
-    Its ``out_proj`` is a layer it calls: hooked as one."""
+    products over its heads. Its ``out_proj`` is a layer it calls: hooked as one."""
     batched = query.dim() == 3
-    tq, tk, tv = (_tokens(x, batch, batched) for x in (query, key, value))
-    in_proj, out_proj = mha.in_proj, layer(mha, "out_proj")
+    tokens = sum(_tokens(x, batch, batched) for x in (query, key, value))
+    in_proj = mha.in_proj
     rows = in_proj.weight.shape[0] // 3
-    products = 2.0 * tq * tk * mha.num_heads * mha.head_dim
-    prefix = f"{name}." if name else ""
-    return [TraceEvent(f"{prefix}in_proj", in_proj, rows * in_proj.weight.shape[1] * (tq + tk + tv)),
-            TraceEvent(f"{prefix}attention", out_proj, products, True, int(tk))]
+    return [TraceEvent(f"{name}.in_proj" if name else "in_proj", in_proj, rows * in_proj.weight.shape[1] * tokens),
+            _products(name, mha, query, key, batch, mha.num_heads * mha.head_dim)]
 
 
 def record_flops_per_weight(model: nn.Module, example_input) -> dict[str, float]:
