@@ -127,6 +127,23 @@ def test_head_prunable_attention_matches_torch_in_other_dtypes(dtype, tol):
             torch.testing.assert_close(w2, w1, rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_head_prunable_attention_dropout_matches_torch_in_training(need_weights):
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(D, HEADS, batch_first=True, dropout=0.3).train()
+    mine = HeadPrunableMultiheadAttention.convert(copy.deepcopy(ref))
+    x = torch.randn(2, 5, D)
+    outs = []
+    for module in (ref, mine):
+        torch.manual_seed(1)  # the same dropout draws: the same shapes in the same order
+        outs.append(module(x, x, x, need_weights=need_weights))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=0, atol=1e-5)
+    if need_weights:  # the probabilities after dropout, as torch returns them
+        torch.testing.assert_close(outs[1][1], outs[0][1], rtol=0, atol=1e-5)
+    torch.manual_seed(2)
+    assert not torch.allclose(mine(x, x, x, need_weights=need_weights)[0], outs[1][0])  # dropout is on
+
+
 def test_head_prunable_attention_cross_and_unbatched_inputs_match_torch():
     torch.manual_seed(0)
     ref = nn.MultiheadAttention(D, HEADS, batch_first=True)

@@ -124,8 +124,10 @@ class HeadPrunableMultiheadAttention(nn.MultiheadAttention):
         if need_weights:  # the probabilities are returned: computed explicitly, as torch does
             scores = (q * math.sqrt(1.0 / d)) @ k.transpose(-2, -1)
             probs = (scores if mask is None else scores + mask).softmax(-1)
+            if dropout > 0:  # torch returns the probabilities after dropout
+                probs = F.dropout(probs, dropout)
             weights = probs.mean(1) if average_attn_weights else probs
-            context = (F.dropout(probs, dropout) if dropout > 0 else probs) @ v
+            context = probs @ v
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
         out = self.out_proj(context.transpose(1, 2).reshape(b, tq, h * d))  # a head gate there sees [B, T, H*d]
