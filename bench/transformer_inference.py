@@ -1,13 +1,17 @@
 """CPU inference latency of a transformer with heads and FFN neurons removed, against dense.
 
-A Hugging Face model (random weights) gets l0_hc head and neuron gates; a fraction of the gates
+A Hugging Face model or torch's own ``nn.TransformerEncoder`` (``--model torch``; random weights)
+gets l0_hc head and neuron gates; a fraction of the gates
 of every layer is closed by hand (``--closed``, lowest index first: latency depends on the
 shapes, not on which heads), and ``finalize`` removes them. Both models run the same batch on
 one thread, round-robin (one call of each per round, so load that comes and goes hits both
 alike); the table gives the quartiles of the per-call times over the rounds, the FLOPs of the
 report at the stated sequence length, and the largest difference of the two outputs.
 
-    python bench/transformer_inference.py [--model bert|gpt2|vit|llama] [--closed 0.5] [--rounds 50]
+    python bench/transformer_inference.py [--model bert|gpt2|vit|llama|torch] [--closed 0.5] [--rounds 50]
+
+torch's dense encoder runs its fused fast path under ``inference_mode`` (what users get); the shrunk
+one, a ``HeadPrunableMultiheadAttention`` with fewer heads, runs the ordinary path.
 """
 from __future__ import annotations
 
@@ -15,8 +19,10 @@ import argparse
 import copy
 import statistics
 import time
+import types
 
 import torch
+from torch import nn
 
 import sparsekern as sk
 from sparsekern.pruning.surgery.report import sparsity_report
@@ -25,7 +31,22 @@ from sparsekern.pruning.surgery.transformer_gating import transformer_gates
 HIDDEN, LAYERS, HEADS, FFN = 256, 4, 8, 1024
 
 
+class _TorchEncoder(nn.Module):
+    """Token ids -> embedding -> torch's nn.TransformerEncoder; ``last_hidden_state`` like the HF models."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(1000, HIDDEN)
+        layer = nn.TransformerEncoderLayer(HIDDEN, HEADS, FFN, dropout=0.0, activation="gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, LAYERS)
+
+    def forward(self, tokens):
+        return types.SimpleNamespace(last_hidden_state=self.encoder(self.embed(tokens)))
+
+
 def _model(kind: str):
+    if kind == "torch":
+        return _TorchEncoder().eval()
     import transformers as T
     common = {"hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
               "intermediate_size": FFN}
@@ -45,7 +66,7 @@ def _quartiles(xs):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="bert", choices=("bert", "gpt2", "vit", "llama"))
+    p.add_argument("--model", default="bert", choices=("bert", "gpt2", "vit", "llama", "torch"))
     p.add_argument("--closed", type=float, default=0.5, help="fraction of each layer's heads and neurons closed")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)

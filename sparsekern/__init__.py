@@ -17,8 +17,9 @@ _moved.install()  # the module paths of earlier releases still import
 # The model layer is imported on first use, so `import sparsekern` stays light.
 _PRUNING = ("GMP", "L0_DROP_RATE", "L0_GATE_LR", "L0_LAMBDA", "ParameterEMA", "TargetLambda", "TargetSparsity",
             "calibrate_gates", "finalize",
-            "format_report", "global_sparsity", "make_optimizers", "model_widths", "param_groups", "recalibrate_bn",
-            "regularization", "save_shrunk_pretrained", "shrink_model", "sparse_modules", "sparsify", "sparsity_report")
+            "format_report", "global_sparsity", "load_shrunk", "make_optimizers", "model_widths", "param_groups",
+            "recalibrate_bn", "regularization", "save_shrunk", "save_shrunk_pretrained", "shrink_model",
+            "sparse_modules", "sparsify", "sparsity_report")
 _SUBMODULES = ("nn", "pruning", "reference", "backends", "ops", "selftest")
 
 

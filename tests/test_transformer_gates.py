@@ -61,7 +61,7 @@ def test_flops_penalty_lowers_the_expected_flops(kind):
     assert after < 0.9 * before
 
 
-@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("kind", MODELS + ["torch_encoder"])
 def test_report_counts_the_attention_products_at_the_sequence_length(kind):
     model = _model(kind)
     x = _input(kind)
@@ -190,7 +190,7 @@ def test_built_in_transformer_checks_its_input_and_widths():
         build_model("transformer", 3, VOCAB, SEQ, widths=[4, 128])
 
 
-def test_torch_encoder_layers_get_neuron_gates_and_shrink():
+def test_torch_encoder_layers_get_head_and_neuron_gates_and_shrink():
     class Classifier(nn.Module):  # Dep-L0 registers its generator on the model: not a Sequential
         def __init__(self):
             super().__init__()
@@ -204,19 +204,23 @@ def test_torch_encoder_layers_get_neuron_gates_and_shrink():
     torch.manual_seed(0)
     holder = sk.sparsify(Classifier(), "dep_l0")
     gates = [g for _, g in transformer_gates(holder)]
-    assert [(type(g).__name__, g.num_channels) for g in gates] == [("ChannelGate", 96)] * 2
+    assert [(type(g).__name__, g.num_channels) for g in gates] == [("HeadGate", HEADS), ("ChannelGate", 96)] * 2
     with torch.no_grad():
-        holder.gate_generator.offset[:30] = -30.0  # close 30 neurons of layer 0
+        holder.gate_generator.offset[:1] = -30.0  # close head 0 of layer 0
+        holder.gate_generator.offset[HEADS:HEADS + 30] = -30.0  # and 30 neurons of layer 0
     x = torch.randn(2, SEQ, HIDDEN)
     holder.eval()
     with torch.no_grad():
         expected = holder(x)
         shrunk = sk.finalize(holder)
         torch.testing.assert_close(shrunk(x), expected, rtol=0, atol=1e-5)
-    kept = [int(g.kept().sum()) for g in gates]  # the generator's first pass may close a few more
-    assert kept[0] <= 96 - 30
-    assert [shrunk.net[0].layers[i].linear1.out_features for i in (0, 1)] == kept
-    assert [shrunk.net[0].layers[i].linear2.in_features for i in (0, 1)] == kept
+    kept = [max(1, int(g.kept().sum())) for g in gates]  # the generator's first pass may close a few more
+    assert kept[0] <= HEADS - 1 and kept[1] <= 96 - 30
+    layers = shrunk.net[0].layers
+    assert [layers[i].self_attn.num_heads for i in (0, 1)] == kept[0::2]
+    assert [layers[i].self_attn.in_proj.out_features for i in (0, 1)] == [3 * 16 * k for k in kept[0::2]]
+    assert [layers[i].linear1.out_features for i in (0, 1)] == kept[1::2]
+    assert [layers[i].linear2.in_features for i in (0, 1)] == kept[1::2]
 
 
 def test_gating_twice_is_refused():

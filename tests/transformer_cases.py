@@ -54,7 +54,7 @@ FFN = {"bert": 128, "gpt2": 4 * HIDDEN, "vit": 128, "llama": 128, "transformer":
 
 class TorchEncoderClassifier(nn.Module):
     """Token ids -> embedding -> nn.TransformerEncoder (2 layers) -> mean over tokens -> Linear:
-    torch's own transformer layers (neuron gates only: its MultiheadAttention cannot lose heads)."""
+    torch's own transformer layers (head gates make its attention a HeadPrunableMultiheadAttention)."""
 
     def __init__(self):
         super().__init__()

@@ -11,7 +11,9 @@ ordinary path, while the user's other models keep theirs (no global switch such 
 ``torch.backends.mha.set_fastpath_enabled``). ``nn.MultiheadAttention`` has no such check and
 reads ``out_proj.weight`` even on its ordinary path: ``nn.attention.SparseMultiheadAttention``
 handles it, and ``nn.TransformerEncoder``'s nested-tensor path is switched off per encoder by
-``sparsify`` (``use_nested_tensor = False``).
+``sparsify`` (``use_nested_tensor = False``). ``nn.head_attention.HeadPrunableMultiheadAttention``
+carries the marker itself: a shrunk encoder has no gates left, and the fused kernel would assume
+embed_dim / num_heads.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sparsekern.nn import ChannelGate, GateGenerator, HeadGate
+from sparsekern.nn.head_attention import HeadPrunableMultiheadAttention
 from sparsekern.pruning.surgery.channel_gating import HC_INIT_MEAN, ChainLink
 from sparsekern.pruning.surgery.modules import tied_weights
 from sparsekern.pruning.surgery.transformer_sites import (AttentionSite, GatedInput, MlpSite, in_features, layer,
@@ -64,9 +65,13 @@ def gate_transformer(model: nn.Module, dependency: str | None = None) -> list[Ch
     sites = transformer_sites(model, check=True)
     if not sites:
         raise ValueError(f"structured gates: {type(model).__name__} is an architecture without built-in head/neuron "
-                         "placements (BERT/RoBERTa, GPT-2, ViT, Llama-style, sparsekern's transformer); pass "
-                         "layers=[names of the Linear layers to gate]")
+                         "placements (BERT/RoBERTa, GPT-2, ViT, Llama-style, nn.TransformerEncoderLayer, "
+                         "sparsekern's transformer); pass layers=[names of the Linear layers to gate]")
     _check(model, sites)
+    for site in sites:  # torch's attention: its own head width and a called out_proj (transformer_sites)
+        module = model.get_submodule(site.name)
+        if isinstance(site, AttentionSite) and type(module) is nn.MultiheadAttention:
+            HeadPrunableMultiheadAttention.convert(module)
     links = [_link(model, s) for s in sites]
     widths = [s.groups if isinstance(s, AttentionSite) else s.width for s in sites]
     ref = layer(model, sites[0].qkv[0] if isinstance(sites[0], AttentionSite) else sites[0].down).weight

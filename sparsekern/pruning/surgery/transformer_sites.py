@@ -9,9 +9,12 @@ projection) by the module names the supported architectures use:
 - GPT-2: ``attn.c_attn`` (q|k|v, Conv1D) -> ``attn.c_proj``; ``mlp.c_fc`` -> ``mlp.c_proj``
 - ViT, Llama-style and the built-in ``transformer``: ``{q,k,v}_proj`` -> ``o_proj``;
   ``fc1`` -> ``fc2`` or ``{gate,up}_proj`` -> ``down_proj``
-- ``nn.TransformerEncoderLayer``: neurons only, ``linear1`` -> ``linear2``
-  (torch's MultiheadAttention fixes the head width to embed_dim / num_heads, so it cannot lose
-  heads: the built-in ``transformer`` is the encoder whose heads can be removed)
+- ``nn.TransformerEncoderLayer``: ``self_attn.in_proj`` (q|k|v) -> ``self_attn.out_proj``;
+  ``linear1`` -> ``linear2``. torch's MultiheadAttention fixes the head width to embed_dim /
+  num_heads and applies its projections' weights itself, so placing head gates makes it a
+  ``nn.head_attention.HeadPrunableMultiheadAttention`` (its own head count and width, its q|k|v
+  projection a child layer ``in_proj``, ``out_proj`` called on the context). Until then the site
+  names an ``in_proj`` that does not exist yet (``gate_transformer`` converts).
 
 A head gate sits on the input of the output projection, a neuron gate on the input of the down
 projection (``GatedInput``), so a closed head or neuron is exactly 0 where it is consumed.
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from sparsekern.nn.conv1d import is_conv1d
+from sparsekern.nn.head_attention import HeadPrunableMultiheadAttention, unsupported
 
 
 class GatedInput(nn.Sequential):
@@ -151,14 +155,25 @@ def _mlp(model, name) -> MlpSite | None:
     return None
 
 
-def _torch_mlp(model, name, module) -> MlpSite | None:
-    """``nn.TransformerEncoderLayer``'s feed-forward: ``linear1`` -> ``linear2`` (its attention is
-    torch's MultiheadAttention, whose head width is fixed by embed_dim / num_heads: no head gates)."""
-    if isinstance(module, nn.TransformerEncoderLayer):
-        up, down = _get(model, f"{name}.linear1"), _get(model, f"{name}.linear2")
-        if isinstance(up, nn.Linear) and isinstance(down, nn.Linear):
-            return MlpSite(name, (f"{name}.linear1",), f"{name}.linear2", down.in_features)
-    return None
+def _torch_encoder(model, name, module, check: bool) -> list[AttentionSite | MlpSite]:
+    """``nn.TransformerEncoderLayer``: its self-attention's heads (module docstring) and its
+    feed-forward ``linear1`` -> ``linear2``. An attention that cannot take head gates
+    (``head_attention.unsupported``) raises with ``check``, else it is left out."""
+    if not isinstance(module, nn.TransformerEncoderLayer):
+        return []
+    sites = []
+    attention = module.self_attn
+    why = None if isinstance(attention, HeadPrunableMultiheadAttention) else unsupported(attention)
+    if why is None:
+        sites.append(AttentionSite(f"{name}.self_attn", (f"{name}.self_attn.in_proj",), f"{name}.self_attn.out_proj",
+                                   attention.num_heads, attention.head_dim, attention.num_heads))
+    elif check:
+        raise ValueError(f"structured gates: {name}.self_attn {why}; pass layers=[names of the Linear layers "
+                         "to gate] to gate the feed-forward neurons only")
+    up, down = _get(model, f"{name}.linear1"), _get(model, f"{name}.linear2")
+    if isinstance(up, nn.Linear) and isinstance(down, nn.Linear):
+        sites.append(MlpSite(name, (f"{name}.linear1",), f"{name}.linear2", down.in_features))
+    return sites
 
 
 def _bert_mlp(model, name) -> MlpSite | None:
@@ -178,15 +193,16 @@ def transformer_sites(model: nn.Module, *, check: bool = False) -> list[Attentio
     for name, module in model.named_modules():
         if isinstance(module, GatedInput) or any(name == t or name.startswith(t + ".") for t in taken):
             continue
-        site = None
+        site, found = None, []
         if name and not name.endswith(".self"):
             try:
                 site = _attention(model, name, module)
             except ValueError:
                 if check:
                     raise
-            site = site or _mlp(model, name) or _bert_mlp(model, name) or _torch_mlp(model, name, module)
-        if site is not None:
+            site = site or _mlp(model, name) or _bert_mlp(model, name)
+            found = [site] if site is not None else _torch_encoder(model, name, module, check)
+        for site in found:
             sites.append(site)
             taken.add(site.name if isinstance(site, MlpSite) or not site.name.endswith(".self")
                       else site.name[:-len(".self")])
