@@ -159,37 +159,29 @@ class L0Linear(_L0Mixin, nn.Linear):
         return self._gated_forward(x, F.linear, -1)
 
 
-class L0Conv2d(_L0Mixin, nn.Conv2d):
+class _L0Conv(_L0Mixin):
+    """What L0Conv1d and L0Conv2d share: nn.ConvNd's constructor plus the gates."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, granularity: str = "weight",
+                 mode: str = "weight", drop_rate: float = 0.5, beta: float = BETA, gamma: float = GAMMA,
+                 zeta: float = ZETA, log_alpha_source: Callable[[], Tensor] | None = None, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        self._init_l0(granularity, mode, drop_rate, beta, gamma, zeta, log_alpha_source,
+                      {"device": device, "dtype": dtype})
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._gated_forward(x, self._conv_forward, 1)
+
+
+class L0Conv2d(_L0Conv, nn.Conv2d):
     """Drop-in nn.Conv2d with hard-concrete gates (``out`` = one gate per filter, ``in`` = per input channel)."""
 
     dense_type = nn.Conv2d
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, granularity: str = "weight",
-                 mode: str = "weight", drop_rate: float = 0.5, beta: float = BETA, gamma: float = GAMMA,
-                 zeta: float = ZETA, log_alpha_source: Callable[[], Tensor] | None = None, device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device=device, dtype=dtype)
-        self._init_l0(granularity, mode, drop_rate, beta, gamma, zeta, log_alpha_source,
-                      {"device": device, "dtype": dtype})
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._gated_forward(x, self._conv_forward, 1)
-
-
-class L0Conv1d(_L0Mixin, nn.Conv1d):
+class L0Conv1d(_L0Conv, nn.Conv1d):
     """Drop-in nn.Conv1d with hard-concrete gates (``out`` = one gate per filter, ``in`` = per input channel)."""
 
     dense_type = nn.Conv1d
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, granularity: str = "weight",
-                 mode: str = "weight", drop_rate: float = 0.5, beta: float = BETA, gamma: float = GAMMA,
-                 zeta: float = ZETA, log_alpha_source: Callable[[], Tensor] | None = None, device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device=device, dtype=dtype)
-        self._init_l0(granularity, mode, drop_rate, beta, gamma, zeta, log_alpha_source,
-                      {"device": device, "dtype": dtype})
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._gated_forward(x, self._conv_forward, 1)

@@ -36,31 +36,26 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
         return F.linear(x, self.effective_weight(), self.bias)
 
 
-class MaskedConv2d(_MaskedMixin, nn.Conv2d):
+class _MaskedConv(_MaskedMixin):
+    """What MaskedConv1d and MaskedConv2d share: nn.ConvNd's constructor plus the mask."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        self._init_mask()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.effective_weight(), self.bias)
+
+
+class MaskedConv2d(_MaskedConv, nn.Conv2d):
     """nn.Conv2d with a pruning mask (buffer ``mask``, all ones until GMP prunes)."""
 
     dense_type = nn.Conv2d
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device=device, dtype=dtype)
-        self._init_mask()
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.effective_weight(), self.bias)
-
-
-class MaskedConv1d(_MaskedMixin, nn.Conv1d):
+class MaskedConv1d(_MaskedConv, nn.Conv1d):
     """nn.Conv1d with a pruning mask (buffer ``mask``, all ones until GMP prunes)."""
 
     dense_type = nn.Conv1d
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device=device, dtype=dtype)
-        self._init_mask()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.effective_weight(), self.bias)

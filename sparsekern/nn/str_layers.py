@@ -71,39 +71,30 @@ class STRLinear(_STRMixin, nn.Linear):
         return super().extra_repr() + f", thresholds={self.s.numel()}"
 
 
-class STRConv2d(_STRMixin, nn.Conv2d):
+class _STRConv(_STRMixin):
+    """What STRConv1d and STRConv2d share: nn.ConvNd's constructor plus the thresholds."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *,
+                 s_init: float | None = DEFAULT_S_INIT, per_channel: bool = False, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        self._init_threshold(s_init, per_channel, {"device": device, "dtype": dtype})
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", thresholds={self.s.numel()}"
+
+
+class STRConv2d(_STRConv, nn.Conv2d):
     """Drop-in nn.Conv2d whose weight is ``soft_threshold(weight, s)``; ``s`` per layer or per filter."""
 
     dense_type = nn.Conv2d
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *,
-                 s_init: float | None = DEFAULT_S_INIT, per_channel: bool = False, device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device=device, dtype=dtype)
-        self._init_threshold(s_init, per_channel, {"device": device, "dtype": dtype})
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.effective_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", thresholds={self.s.numel()}"
-
-
-class STRConv1d(_STRMixin, nn.Conv1d):
+class STRConv1d(_STRConv, nn.Conv1d):
     """Drop-in nn.Conv1d whose weight is ``soft_threshold(weight, s)``; ``s`` per layer or per filter."""
 
     dense_type = nn.Conv1d
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *,
-                 s_init: float | None = DEFAULT_S_INIT, per_channel: bool = False, device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device=device, dtype=dtype)
-        self._init_threshold(s_init, per_channel, {"device": device, "dtype": dtype})
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.effective_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", thresholds={self.s.numel()}"
