@@ -162,14 +162,14 @@ class TargetSparsity:
 
     def _fold(self) -> None:
         """Fix the pruned set and switch the thresholds off, survivors at their stored values."""
+        self.masks = []
         for layer in self.layers:
-            layer.weight.mul_(layer.effective_weight() != 0)
+            keep = layer.effective_weight() != 0
+            layer.weight.mul_(keep)
             layer.s.fill_(FROZEN_S)
-        self._apply_masks()
+            self.masks.append(keep)
 
     def _apply_masks(self) -> None:
-        if self.masks is None:  # after a resume: the checkpoint's weights are the refitted ones
-            self.masks = [layer.weight != 0 for layer in self.layers]
         for layer, keep in zip(self.layers, self.masks):
             layer.weight.mul_(keep)  # momentum would move the pruned weights off zero
 
@@ -194,12 +194,18 @@ class TargetSparsity:
         return out
 
     def state_dict(self) -> dict:
+        # the masks are state: between an optimizer step and this controller's, pruned weights are off zero
         return {"step_count": self.step_count, "target": self.target, "total_steps": self.total_steps,
-                "refit": self.refit, "reached": self.reached}
+                "refit": self.refit, "reached": self.reached,
+                "masks": [m.cpu() for m in self.masks] if self.masks is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         check_state("TargetSparsity", state, self.target, self.total_steps)
         self.refit = bool(state.get("refit", False))  # the run's own setting (checkpoints before refit: off)
         self.step_count = int(state["step_count"])
         self.reached = state.get("reached")
-        self.masks = None  # rebuilt from the loaded weights at the next step
+        masks = state.get("masks")
+        if self.refitted and (masks is None or [m.shape for m in masks] != [layer.weight.shape for layer in self.layers]):
+            raise ValueError("TargetSparsity.load_state_dict: a refitted controller's state needs the masks of "
+                             "its STR layers")
+        self.masks = [m.to(layer.weight.device) for m, layer in zip(masks, self.layers)] if self.refitted else None
