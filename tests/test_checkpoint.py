@@ -98,17 +98,27 @@ METHODS = [("dense", {}), ("str", {"target_sparsity": 0.8}), ("gmp", {"target_sp
 
 @pytest.mark.parametrize("method,opts", METHODS, ids=[m + ("-paper" if o.get("recipe") else "") for m, o in METHODS])
 def test_kill_and_resume_is_bit_identical(tmp_path, method, opts):
+    _kill_and_resume(tmp_path, method, opts, epochs=2, kill_after=1)
+
+
+def test_kill_and_resume_after_the_str_refit_is_bit_identical(tmp_path):
+    """Killed after TargetSparsity refitted the survivors (step 32 of 48): the resumed run rebuilds
+    the fixed pruned set from the checkpoint's weights."""
+    _kill_and_resume(tmp_path, "str", {"target_sparsity": 0.8}, epochs=4, kill_after=3)
+
+
+def _kill_and_resume(tmp_path, method, opts, epochs, kill_after):
     def config(out, resume=False):
-        return PruneConfig(method=method, model="lenet300", data="digits", epochs=2, seed=3, out=str(out),
+        return PruneConfig(method=method, model="lenet300", data="digits", epochs=epochs, seed=3, out=str(out),
                            resume=resume, progress=False, batch_size=128, **opts)
 
     straight = run_prune(config(tmp_path / "straight"))
 
-    def kill_after_first_epoch(epoch, row):
-        if epoch == 1:
+    def kill(epoch, row):
+        if epoch == kill_after:
             raise _Killed
     with pytest.raises(_Killed):
-        run_prune(config(tmp_path / "killed"), on_epoch_end=kill_after_first_epoch)
+        run_prune(config(tmp_path / "killed"), on_epoch_end=kill)
     assert not (tmp_path / "killed" / "summary.json").exists()
     # Scramble every RNG between the kill and the resume, as a new process would.
     random.seed(99), np.random.seed(99), torch.manual_seed(99)
@@ -128,7 +138,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path, method, opts):
     assert [{k: v for k, v in r.items() if k not in drop} for r in full_a["history"]] == \
            [{k: v for k, v in r.items() if k not in drop} for r in full_b["history"]]
     assert straight["accuracy"] == resumed["accuracy"] and straight["sparsity"] == resumed["sparsity"]
-    assert len((tmp_path / "killed" / "log.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    assert len((tmp_path / "killed" / "log.csv").read_text().splitlines()) == 1 + epochs  # header + epochs
 
 
 def test_resume_refuses_other_settings_and_overwrite(tmp_path):

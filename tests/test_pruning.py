@@ -191,10 +191,8 @@ def test_target_sparsity_lands_on_digits():
             opt.zero_grad()
             F.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
             opt.step()
-            if ctl.step_count == steps - 1:
-                before_calibration = ctl.measure()
             ctl.step()
-    assert abs(before_calibration - 0.9) < 0.02  # the controller alone
+    assert abs(ctl.reached - 0.9) < 0.02  # the controller's own steps, before its final solve and refit
     assert abs(pruning.global_sparsity(model) - 0.9) < 0.01
     model.eval()
     with torch.no_grad():
@@ -203,6 +201,64 @@ def test_target_sparsity_lands_on_digits():
     # per-layer budgets were learned, not forced equal
     per_layer = [1 - layer.nonzero_mask().float().mean().item() for _, layer in pruning.sparse_modules(model)]
     assert max(per_layer) - min(per_layer) > 0.01
+
+
+def test_target_sparsity_refits_the_survivors_at_the_end_of_the_ramp():
+    """At the ramp's end the controller lands on the target, keeps the pruned set and gives the
+    survivors their stored magnitudes (no soft-threshold shrinkage) for the rest of training; the
+    pruned weights stay zero through optimizer steps and a resume. ``refit=False``: thresholds live
+    to the end, with the final calibration."""
+    torch.manual_seed(3)
+    x, y = torch.randn(128, 8), torch.randint(0, 3, (128,))
+
+    def train(model, ctl, steps, on_step=None):
+        opt = torch.optim.SGD(pruning.param_groups(model, 0.05, 0.0), momentum=0.9)
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            ctl.step()
+            if on_step is not None:
+                on_step()
+
+    model = pruning.sparsify(_mlp(), "str")
+    ctl = pruning.TargetSparsity(model, 0.8, 30)  # ramp_end: step 20
+    train(model, ctl, 19)
+    raw = [layer.weight.detach().clone() for layer in ctl.layers]
+    shrunk = [layer.effective_weight().detach() for layer in ctl.layers]
+    torch.manual_seed(4)
+    train(model, ctl, 1)  # the refit step
+    assert ctl.refitted and ctl.measure() == pytest.approx(0.8, abs=1 / ctl.total_weights)
+    record = ctl.record()
+    assert record["refit"] and record["pruned_by_training"] == pytest.approx(ctl.reached)
+    assert abs(record["pruned_by_training"] - 0.8) < 0.05  # the schedule was nearly there on its own
+    for layer, w_raw, w_shrunk in zip(ctl.layers, raw, shrunk):
+        kept = layer.weight != 0
+        assert (layer.s == pruning.control.target.FROZEN_S).all()
+        assert torch.equal(layer.effective_weight(), layer.weight)  # thresholds off
+        # survivors are near their stored values (one SGD step apart), not their shrunk ones
+        both = kept & (w_shrunk != 0)
+        assert (layer.weight[both] - w_raw[both]).abs().max() < 0.02
+        assert (w_raw[both] - w_shrunk[both]).abs().min() > 0.05
+    masks = [layer.weight != 0 for layer in ctl.layers]
+
+    def pruned_stay_zero():
+        assert all(torch.equal(layer.weight != 0, m) for layer, m in zip(ctl.layers, masks))
+
+    state = ctl.state_dict()
+    train(model, ctl, 5, pruned_stay_zero)
+    again = pruning.TargetSparsity(model, 0.8, 30, refit=False)
+    again.load_state_dict(state)  # the run's own setting wins (a resumed refit run)
+    assert again.refit and again.refitted and again.reached == ctl.reached
+    train(model, again, 5, pruned_stay_zero)
+    assert again.calibrate() == pytest.approx(0.8, abs=1 / ctl.total_weights)  # nothing moves once refitted
+    pruned_stay_zero()
+
+    model = pruning.sparsify(_mlp(), "str")
+    ctl = pruning.TargetSparsity(model, 0.8, 30, refit=False)
+    train(model, ctl, 30)
+    assert not ctl.refitted and (ctl.layers[0].s > -50).all()  # thresholds still live
+    assert ctl.measure() == pytest.approx(0.8, abs=1 / ctl.total_weights)  # the final calibration
 
 
 def test_target_sparsity_calibrate_and_state():

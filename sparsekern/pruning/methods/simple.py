@@ -5,16 +5,11 @@ import torch
 
 from sparsekern.nn import MASKED_LAYERS, STR_LAYERS
 from sparsekern.pruning.control import gmp
-from sparsekern.pruning.control.target import TargetSparsity
+from sparsekern.pruning.control.target import FROZEN_S, TargetSparsity
 from sparsekern.pruning.methods.base import Method
 from sparsekern.pruning.methods.optim import param_groups
 from sparsekern.pruning.surgery.modules import sparse_modules
 from sparsekern.pruning.surgery.sparsify import sparsify
-
-
-# STR's threshold logit while fine-tuning: sigmoid(-100) < 4e-44, so soft_threshold is the identity
-# on every float32 weight that is not itself denormal.
-FROZEN_S = -100.0
 
 
 class Dense(Method):
