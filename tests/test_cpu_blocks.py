@@ -8,6 +8,8 @@ compiled path that computes the same numbers, and across thread counts.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -128,6 +130,18 @@ def test_results_do_not_depend_on_the_thread_count():
                 assert torch.equal(a, b), f"output {i} differs with {count} threads"
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and torch.backends.openmp.is_available()),
+                    reason="torch's intra-op threads are not OpenMP here")
+def test_kernels_are_built_with_openmp():
+    """at::parallel_for is a header template: built without -fopenmp it runs the whole range on
+    the calling thread (the test above then compares one thread with one thread). With OpenMP
+    the library calls libgomp's GOMP_parallel, which names itself in the dynamic symbol table."""
+    import sparsekern._C
+
+    with open(sparsekern._C.__file__, "rb") as f:
+        assert b"GOMP_parallel" in f.read(), "sparsekern._C was built without -fopenmp: its CPU kernels use one thread"
 
 
 @pytest.mark.parametrize("row", (1, 15, 16, 17, 255, 256, 257, 16383, 16385, 40001))
