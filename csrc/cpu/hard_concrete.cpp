@@ -29,7 +29,7 @@ at::Tensor map_gate(const char* name, const at::Tensor& log_alpha_in, const F& f
     const P* lp = log_alpha.data_ptr<P>();
     O* op = out.data_ptr<O>();
     const auto fn = f(T());
-    parallel_elements(n, [&](int64_t begin, int64_t end) {
+    parallel_elements(n, kMathGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         op[i] = static_cast<O>(fn(i, static_cast<T>(lp[i])));
       }
@@ -54,7 +54,7 @@ at::Tensor map_gate_grad(const char* name, const at::Tensor& grad_in, const at::
     const P* gp = grad.data_ptr<P>();
     T* op = out.data_ptr<T>();
     const auto fn = f(T());
-    parallel_elements(n, [&](int64_t begin, int64_t end) {
+    parallel_elements(n, kMathGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         op[i] = fn(i, static_cast<T>(gp[i]), static_cast<T>(lp[i]));
       }
@@ -141,7 +141,7 @@ at::Tensor l0_norm(const at::Tensor& log_alpha_in, double beta, double gamma, do
     const P* lp = log_alpha.data_ptr<P>();
     const std::vector<T> total = grouped_sums<T>(1, n, [&](int64_t begin, int64_t end) {
       return lane_sum<T>(begin, end, [&](int64_t i) SK_LAMBDA_INLINE { return l0_prob(static_cast<T>(lp[i]), p); });
-    });
+    }, kMathGrain);
     out.fill_(total[0]);
   });
   return out;

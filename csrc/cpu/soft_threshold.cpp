@@ -43,7 +43,7 @@ at::Tensor soft_threshold(const at::Tensor& weight_in, const at::Tensor& s) {
     const std::vector<T> t = thresholds<T>(s);
     const W* wp = weight.data_ptr<W>();
     W* op = out.data_ptr<W>();
-    parallel_elements(n, [&](int64_t begin, int64_t end) {
+    parallel_elements(n, kMemoryGrain, [&](int64_t begin, int64_t end) {
       for_each_group_segment(begin, end, group_len, [&](int64_t group, int64_t b, int64_t e) {
         const T tg = t[group];
         for (int64_t i = b; i < e; ++i) {
