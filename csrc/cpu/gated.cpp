@@ -164,7 +164,7 @@ at::Tensor gated_weight(const at::Tensor& weight_in, const at::Tensor& log_alpha
   const std::pair<at::Tensor, at::Tensor> promoted = promote(weight_in, log_alpha_in);
   const at::Tensor& weight = promoted.first;
   const at::Tensor& log_alpha = promoted.second;
-  at::Tensor out = at::empty_like(weight);
+  at::Tensor out = new_output(weight);
   const int64_t n = weight.numel();
   const int64_t gate_count = log_alpha.numel();
   const uint64_t key = as_u64(seed), base = as_u64(offset);
@@ -198,8 +198,8 @@ std::tuple<at::Tensor, at::Tensor> gated_weight_backward(const at::Tensor& grad_
   const at::Tensor& weight = promoted.first;
   const at::Tensor& log_alpha = promoted.second;
   const at::Tensor grad = as_dense(grad_in, weight.scalar_type());
-  at::Tensor grad_w = at::empty_like(weight);
-  at::Tensor grad_la = at::empty(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
+  at::Tensor grad_w = new_output(weight);
+  at::Tensor grad_la = new_output(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
   const int64_t n = weight.numel();
   const int64_t gate_count = log_alpha.numel();
   const uint64_t key = as_u64(seed), base = as_u64(offset);
@@ -244,7 +244,7 @@ at::Tensor gated_activation(const at::Tensor& x_in, const at::Tensor& log_alpha_
   const std::pair<at::Tensor, at::Tensor> promoted = promote(x_in, log_alpha_in, cl);
   const at::Tensor& x = promoted.first;
   const at::Tensor& log_alpha = promoted.second;
-  at::Tensor out = at::empty_like(x);
+  at::Tensor out = new_output(x);
   const int64_t n = x.numel();
   const int64_t channels = x.size(1);
   const int64_t gate_count = x.size(0) * channels;
@@ -287,7 +287,7 @@ std::tuple<at::Tensor, at::Tensor> gated_activation_backward(const at::Tensor& g
   const at::Tensor& x = promoted.first;
   const at::Tensor& log_alpha = promoted.second;
   const at::Tensor grad = cl ? as_layout_of(grad_in, x) : as_dense(grad_in, x.scalar_type());
-  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_x = new_output(x);
   at::Tensor grad_la = at::zeros(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
   const int64_t n = x.numel();
   const int64_t batch = x.size(0);

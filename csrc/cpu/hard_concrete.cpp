@@ -19,8 +19,8 @@ template <bool kParamGrad = false, typename F>
 at::Tensor map_gate(const char* name, const at::Tensor& log_alpha_in, const F& f) {
   check_inputs(name, {&log_alpha_in});
   const at::Tensor log_alpha = log_alpha_in.contiguous();
-  at::Tensor out = kParamGrad ? at::empty(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)))
-                              : at::empty_like(log_alpha);
+  at::Tensor out = kParamGrad ? new_output(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)))
+                              : new_output(log_alpha);
   const int64_t n = log_alpha.numel();
   SK_DISPATCH_FLOATS(log_alpha.scalar_type(), "sparsekern_gate", [&] {
     using P = scalar_t;
@@ -45,7 +45,7 @@ at::Tensor map_gate_grad(const char* name, const at::Tensor& grad_in, const at::
   check_grad_shape(name, grad_in, log_alpha_in, "log_alpha");
   const at::Tensor log_alpha = log_alpha_in.contiguous();
   const at::Tensor grad = as_dense(grad_in, log_alpha.scalar_type());
-  at::Tensor out = at::empty(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
+  at::Tensor out = new_output(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
   const int64_t n = log_alpha.numel();
   SK_DISPATCH_FLOATS(log_alpha.scalar_type(), "sparsekern_gate", [&] {
     using P = scalar_t;
@@ -77,8 +77,8 @@ at::Tensor map_sampled_gate(const char* name, const at::Tensor* grad_in, const a
     check_grad_shape(name, *grad_in, log_alpha_in, "log_alpha");
     grad = as_dense(*grad_in, log_alpha.scalar_type());
   }
-  at::Tensor out = kGrad ? at::empty(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)))
-                         : at::empty_like(log_alpha);
+  at::Tensor out = kGrad ? new_output(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)))
+                         : new_output(log_alpha);
   SK_DISPATCH_FLOATS(log_alpha.scalar_type(), "sparsekern_sampled_gate", [&] {
     using P = scalar_t;
     using T = math_t<P>;
