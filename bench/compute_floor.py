@@ -7,8 +7,8 @@ The loop is the kernels' own code: ``philox_r0_block`` (csrc/cpu/philox_block.h)
 256 words on the stack, ``hc_sample`` (csrc/include/sparsekern/sparsity_math.h) turns each into a
 gate, and the gates are summed in 16 lanes instead of being stored, so nothing but L1 is
 touched. It is compiled with setup.py's flags (``-O3 -ffp-contract=off -fno-math-errno
--fno-trapping-math -march=native``) and split over threads by ``at::parallel_for`` in chunks of
-the kernels' grain (16384 elements). Floors:
+-fno-trapping-math -march=native``, plus ``-fopenmp``) and split over threads by ``at::parallel_for``
+in pieces of 16384 elements. Floors:
 
 - ``philox``: the uniform stream's words alone (Philox4x32-10 rounds);
 - ``gate``: Philox + one hard-concrete sample (log, log, exp, two divisions): a gate op's forward;
@@ -43,7 +43,7 @@ namespace {
 using namespace sparsekern;
 using namespace sparsekern::cpu;
 
-constexpr int64_t kChunk = 16384;  // the kernels' parallel grain (csrc/cpu/cpu_common.h)
+constexpr int64_t kChunk = 16384;  // pieces split over threads (the kernels' reduction chunk, csrc/cpu/cpu_common.h)
 constexpr int kLanes = 16;
 
 // sum over the block of value(j) in kLanes lanes: a register reduction, nothing stored.
