@@ -88,19 +88,35 @@ def _cpu_arch_flags() -> list[str]:
     return [] if arch == "portable" else [f"-march={arch}"]
 
 
+def _openmp_flags() -> list[str]:
+    """-fopenmp where torch's intra-op threads are OpenMP (Linux wheels).
+
+    at::parallel_for is a header template: compiled without -fopenmp it runs its whole range on
+    the calling thread, so every CPU kernel used one core whatever torch.set_num_threads said.
+    The library then links libgomp.so.1, the soname torch already loaded (one OpenMP runtime)."""
+    import torch
+
+    if sys.platform != "linux" or not torch.backends.openmp.is_available():
+        return []
+    return ["-fopenmp"]
+
+
 def _extension(with_cuda: bool):
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     # No fast-math: -fno-trapping-math only lets GCC if-convert (vectorize) the branch-free
     # gate math; it changes no result. -ffp-contract=off keeps results identical across builds.
-    cxx = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Wall"] + _cpu_arch_flags()
+    openmp = _openmp_flags()
+    cxx = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Wall"] + _cpu_arch_flags() + openmp
     sources = _sources("ops.cpp") + _sources("autograd.cpp") + _sources("extension.cpp") + _sources("cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if with_cuda:
         nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DSPARSEKERN_WITH_CUDA"]
         return CUDAExtension("sparsekern._C", sources + _sources("cuda/*.cu"), include_dirs=include_dirs,
-                             extra_compile_args={"cxx": cxx + ["-DSPARSEKERN_WITH_CUDA"], "nvcc": nvcc})
-    return CppExtension("sparsekern._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+                             extra_compile_args={"cxx": cxx + ["-DSPARSEKERN_WITH_CUDA"], "nvcc": nvcc},
+                             extra_link_args=openmp)
+    return CppExtension("sparsekern._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+                        extra_link_args=openmp)
 
 
 def _build_ext(with_cuda: bool):

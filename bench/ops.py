@@ -29,7 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
+# Compile afresh: a graph inductor cached under another thread count or older code would be timed instead.
+os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")
+os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "0")
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import sparsekern  # noqa: E402
@@ -58,6 +61,7 @@ class OpBench:
     bytes_bwd: int
     main: str  # the tensor whose clone is the bandwidth floor
     plain: Callable | None = None  # (**tensors) -> output: the eager torch ops a user would write instead
+    floor_gates: int = 0  # gates the op samples (its compute floor's size); -n: n uniforms; 0: memory-bound
 
 
 def _plain_eval(log_alpha):
@@ -95,7 +99,7 @@ def _make(op: str, n: int, dtype: torch.dtype, device: str) -> OpBench:
                            lambda log_alpha: sparsekern.hard_concrete(log_alpha, SEED, OFFSET),
                            lambda log_alpha: reference.hard_concrete(log_alpha, SEED, OFFSET, *HC),
                            lambda g, log_alpha: reference.hard_concrete_backward(g, log_alpha, SEED, OFFSET, *HC),
-                           2 * n * es, 3 * n * es, "log_alpha", hard_concrete_sample)
+                           2 * n * es, 3 * n * es, "log_alpha", hard_concrete_sample, floor_gates=n)
         if op == "hard_concrete_eval":
             return OpBench(dict(log_alpha=la), randn(*la.shape),
                            lambda log_alpha: sparsekern.hard_concrete_eval(log_alpha),
@@ -115,7 +119,7 @@ def _make(op: str, n: int, dtype: torch.dtype, device: str) -> OpBench:
                        lambda g, weight, log_alpha: reference.gated_weight_backward(g, weight, log_alpha, SEED,
                                                                                     OFFSET, *HC),
                        3 * n * es, 5 * n * es, "weight",
-                       lambda weight, log_alpha: weight * hard_concrete_sample(log_alpha))
+                       lambda weight, log_alpha: weight * hard_concrete_sample(log_alpha), floor_gates=n)
     if op == "gated_activation":  # conv activations [B, 64, H, H], one gate per (example, channel)
         side = 32 if n >= 65536 else max(1, int(math.sqrt(n // 64)))
         x = randn(max(1, n // (64 * side * side)), 64, side, side)
@@ -131,7 +135,7 @@ def _make(op: str, n: int, dtype: torch.dtype, device: str) -> OpBench:
         return OpBench(dict(like=w), None,
                        lambda like: sparsekern.uniform(n, SEED, OFFSET, device=dev),
                        lambda like: reference.uniform(n, SEED, OFFSET, dev),
-                       None, 4 * n, 0, "like")
+                       None, 4 * n, 0, "like", floor_gates=-n)
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -214,7 +218,7 @@ def _plain_run(b: OpBench, fn: Callable, mode: str) -> Callable:
     return lambda: torch.autograd.grad(fn(**leaves), list(leaves.values()), b.grad)
 
 
-def _variants(b: OpBench, mode: str, ours: list[str], compile_ok: bool = True) -> dict:
+def _variants(b: OpBench, mode: str, ours: list[str], compile_ok: bool = True, floor: bool = False) -> dict:
     """name -> (backend to select or None, zero-argument callable)."""
     t = b.tensors
     if mode == "fwd":
@@ -238,7 +242,23 @@ def _variants(b: OpBench, mode: str, ours: list[str], compile_ok: bool = True) -
         out["plain-compile"] = (None, _plain_run(b, torch.compile(b.plain, fullgraph=True), mode))
     main = t[b.main]
     out["clone"] = (None, main.clone)
+    if floor and b.floor_gates:
+        out["floor"] = (None, _floor_run(b.floor_gates, mode))
     return out
+
+
+def _floor_run(gates: int, mode: str) -> Callable:
+    """The compute floor (bench/compute_floor.py) of sampling `gates` gates: the forward's Philox +
+    hard-concrete loop, plus for fwd+bwd the backward's (it regenerates the noise and forms dz)."""
+    from compute_floor import floor_call
+
+    if gates < 0:  # the uniform stream: Philox alone
+        return floor_call("philox", -gates)
+    fwd = floor_call("gate", gates)
+    if mode == "fwd":
+        return fwd
+    bwd = floor_call("gate_grad", gates)
+    return lambda: (fwd(), bwd())
 
 
 def measure(fn, backend, timer, repeat, min_time) -> float:
@@ -331,18 +351,76 @@ def ratios(row: dict, ours: list[str]) -> dict:
     return out
 
 
+def parse_threads(text: str | None) -> list[int]:
+    """--threads: '1,2,all' -> [1, 2, <cores>] (duplicates dropped, order kept); None: torch's count."""
+    if not text:
+        return [torch.get_num_threads()]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    counts = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if not (part == "all" or part.isdigit()) or part == "0":
+            raise SystemExit(f"--threads: cannot read {part!r} (positive counts or 'all', e.g. 1,2,all)")
+        count = cores if part == "all" else int(part)
+        if count not in counts:
+            counts.append(count)
+    return counts
+
+
+def quartiles(values: list[float]) -> list[float]:
+    """[median, first quartile, third quartile]."""
+    if len(values) < 2:
+        return [values[0]] * 3
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return [median, q1, q3]
+
+
+def paired_ratios(samples: dict, ours: list[str]) -> dict:
+    """Per round, each variant's time over our backend's of the same round (measured next to each
+    other), as [median, q1, q3] over rounds: > 1 means ours is faster (for clone and floor: how far
+    ours is above that floor, inverted: ours / floor)."""
+    out = {}
+    for name in ours:
+        mine = samples[name]
+        per = {}
+        for other, ts in samples.items():
+            if other == name:
+                continue
+            r = [m / t for m, t in zip(mine, ts)] if other in ("clone", "floor") else [t / m for m, t in zip(mine, ts)]
+            per[other] = quartiles(r)
+        out[name] = per
+    return out
+
+
+def _fmt_q(q: list[float] | None) -> str:
+    return f"{q[0]:.2f} ({q[1]:.2f}-{q[2]:.2f})" if q else "-"
+
+
+def print_paired_table(rows: list[dict], name: str) -> None:
+    """Markdown: ns per element of `name` and of the floors, paired ratios with quartiles."""
+    print(f"\n| op | mode | size | threads | {name} ns/elem | x plain | x plain-compile | {name} / copy "
+          f"| {name} / compute floor | floor ns/elem |")
+    print("|---|---|---:|---:|---:|---|---|---|---|---:|")
+    for r in rows:
+        q, n = r["paired"].get(name, {}), r["numel"]
+        floor = f"{r['seconds']['floor'] * 1e9 / n:.2f}" if "floor" in r["seconds"] else "-"
+        print(f"| {r['op']} | {r['mode']} | {size_name(n)} | {r['threads']} | {r['seconds'][name] * 1e9 / n:.2f} "
+              f"| {_fmt_q(q.get('plain'))} | {_fmt_q(q.get('plain-compile'))} | {_fmt_q(q.get('clone'))} "
+              f"| {_fmt_q(q.get('floor'))} | {floor} |")
+
+
 def _fmt_ratio(q: dict, key: str, width: int) -> str:
     return f"{q[key]:>{width}.2f}" if q.get(key) is not None else f"{'-':>{width}}"
 
 
 def print_table(rows: list[dict], ours: list[str]) -> None:
     names = ours + ["eager", "compile", "plain", "plain-compile", "clone"]
-    head = f"{'op':<19}{'mode':<8}{'size':>6} " + "".join(f"{n + ' ms':>17}" for n in names)
+    head = f"{'op':<19}{'mode':<8}{'size':>6}{'thr':>4} " + "".join(f"{n + ' ms':>17}" for n in names)
     head += "".join(f"{n + ' x eager':>14}{n + ' x comp':>13}{n + ' x plain':>14}{n + ' x plcomp':>15}"
                     f"{n + ' GB/s':>10}{n + ' %clone':>11}" for n in ours)
     print(head)
     for r in rows:
-        line = f"{r['op']:<19}{r['mode']:<8}{size_name(r['numel']):>6} "
+        line = f"{r['op']:<19}{r['mode']:<8}{size_name(r['numel']):>6}{r.get('threads', ''):>4} "
         line += "".join(f"{r['seconds'][n] * 1e3:>17.4f}" if n in r["seconds"] else f"{'-':>17}" for n in names)
         for n in ours:
             q = r["ratios"][n]
@@ -416,6 +494,12 @@ def main(argv=None) -> int:
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="CPU timing clock: wall time, or this process's CPU time (use with one thread on a "
                         "machine shared with other jobs: waiting for a core is not counted)")
+    p.add_argument("--threads", default=None,
+                   help="CPU: comma-separated torch thread counts, each a pass of the whole grid in this run "
+                        "('all' = the cores this process may use; default: torch's current count)")
+    p.add_argument("--floor", action="store_true",
+                   help="CPU: add the compute-floor variant of the gate ops (bench/compute_floor.py, built on "
+                        "first use) and print the paired table (ratios with quartiles, ns per element)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<device>-ops.json)")
     args = p.parse_args(argv)
 
@@ -436,38 +520,46 @@ def main(argv=None) -> int:
     name = device_name(args.device)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
 
+    thread_counts = parse_threads(args.threads) if args.device == "cpu" else [torch.get_num_threads()]
     rows = []
-    for op in ops:
-        for n in sizes:
-            b = _make(op, n, dtype, args.device)
-            for mode in ("fwd", "fwd+bwd") if b.ref_bwd is not None else ("fwd",):
-                compile_ok = op not in RNG_OPS or (args.compile_rng if args.compile_rng is not None
-                                                   else args.device == "cuda")
-                variants = _variants(b, mode, ours, compile_ok)
-                if args.variants:
-                    variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
-                # CPU: round-robin, one measurement per variant per round, so load that comes and
-                # goes hits all variants alike; GPU timers take their own repeats.
-                rounds, per_call = (args.repeat, 1) if args.device == "cpu" else (1, args.repeat)
-                samples = {v: [] for v in variants}
-                for _ in range(rounds):
-                    for v, (be, fn) in variants.items():
-                        samples[v].append(measure(fn, be, timer, per_call, args.min_time))
-                seconds = {v: statistics.median(ts) for v, ts in samples.items()}
-                numel = b.tensors[b.main].numel()
-                es = b.tensors[b.main].element_size()
-                row = dict(op=op, mode=mode, numel=numel, seconds=seconds, clone_bytes=2 * numel * es,
-                           bytes=b.bytes_fwd + (b.bytes_bwd if mode == "fwd+bwd" else 0))
-                row["ratios"] = ratios(row, ours)
-                rows.append(row)
-                times = ", ".join(f"{k} {v * 1e3:.3f}" for k, v in seconds.items())
-                print(f"  {op} {mode} {size_name(numel)}: {times} ms", file=sys.stderr, flush=True)
-            del b
-    print(f"\n{name}  dtype={args.dtype}  threads={torch.get_num_threads()}  torch={torch.__version__}  "
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        torch._dynamo.reset()  # inductor's CPU code fixes its OpenMP thread count when it compiles
+        for op in ops:
+            for n in sizes:
+                b = _make(op, n, dtype, args.device)
+                for mode in ("fwd", "fwd+bwd") if b.ref_bwd is not None else ("fwd",):
+                    compile_ok = op not in RNG_OPS or (args.compile_rng if args.compile_rng is not None
+                                                       else args.device == "cuda")
+                    variants = _variants(b, mode, ours, compile_ok, floor=args.floor and args.device == "cpu")
+                    if args.variants:
+                        keep = args.variants.split(",") + (["floor"] if args.floor else [])
+                        variants = {k: v for k, v in variants.items() if k in keep}
+                    # CPU: round-robin, one measurement per variant per round, so load that comes and
+                    # goes hits all variants alike; GPU timers take their own repeats.
+                    rounds, per_call = (args.repeat, 1) if args.device == "cpu" else (1, args.repeat)
+                    samples = {v: [] for v in variants}
+                    for _ in range(rounds):
+                        for v, (be, fn) in variants.items():
+                            samples[v].append(measure(fn, be, timer, per_call, args.min_time))
+                    seconds = {v: statistics.median(ts) for v, ts in samples.items()}
+                    numel = b.tensors[b.main].numel()
+                    es = b.tensors[b.main].element_size()
+                    row = dict(op=op, mode=mode, numel=numel, threads=threads, seconds=seconds, samples=samples,
+                               clone_bytes=2 * numel * es, bytes=b.bytes_fwd + (b.bytes_bwd if mode == "fwd+bwd" else 0))
+                    row["ratios"] = ratios(row, ours)
+                    row["paired"] = paired_ratios(samples, ours)
+                    rows.append(row)
+                    times = ", ".join(f"{k} {v * 1e3:.3f}" for k, v in seconds.items())
+                    print(f"  {op} {mode} {size_name(numel)} {threads}T: {times} ms", file=sys.stderr, flush=True)
+                del b
+    print(f"\n{name}  dtype={args.dtype}  threads={thread_counts}  torch={torch.__version__}  "
           f"(median seconds shown as ms; x = speedup of our backend; %clone = fraction of clone bandwidth)")
     print_table(rows, ours)
+    if args.floor and ours:
+        print_paired_table(rows, ours[0])
 
-    result = dict(device=name, dtype=args.dtype, threads=torch.get_num_threads(), torch=torch.__version__, clock=args.clock,
+    result = dict(device=name, dtype=args.dtype, threads=thread_counts, torch=torch.__version__, clock=args.clock,
                   backends=available, ours=ours, repeat=args.repeat, rows=rows)
     if args.model if args.model is not None else args.device == "cuda":
         model = bench_model(dtype, args.device, ours, timer, args.repeat, args.min_time)

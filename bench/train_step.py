@@ -54,6 +54,7 @@ LAM = 1e-6  # L0 penalty weight: its size does not change the step's cost
 # name -> (builder args, batch): MNIST-shaped MLP, CIFAR-shaped ResNet-20, ImageNet ResNet-50 (CUDA)
 MODELS = {
     "lenet300": (dict(num_classes=10, in_channels=1, image_size=28), 512),
+    "lenet5": (dict(num_classes=10, in_channels=1, image_size=28), 128),  # LeNet-5-Caffe, as bench/gate_lowering.py
     "resnet20": (dict(num_classes=10, in_channels=3, image_size=32), 64),
     "resnet50": (dict(num_classes=1000, in_channels=3, image_size=224), 256),
 }
@@ -207,7 +208,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--models", default=None,
-                   help="comma-separated (default: lenet300,resnet20 on CPU, + resnet50 on cuda)")
+                   help="comma-separated of lenet300, lenet5, resnet20, resnet50 (default: lenet300,resnet20 on CPU, "
+                        "+ resnet50 on cuda)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--modes", default="eager,compile")
     p.add_argument("--rounds", type=int, default=30, help="round-robin steps timed per variant (median taken)")

@@ -8,6 +8,8 @@ compiled path that computes the same numbers, and across thread counts.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -128,6 +130,43 @@ def test_results_do_not_depend_on_the_thread_count():
                 assert torch.equal(a, b), f"output {i} differs with {count} threads"
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and torch.backends.openmp.is_available()),
+                    reason="torch's intra-op threads are not OpenMP here")
+def test_kernels_are_built_with_openmp():
+    """at::parallel_for is a header template: built without -fopenmp it runs the whole range on
+    the calling thread (the test above then compares one thread with one thread). With OpenMP
+    the library calls libgomp's GOMP_parallel, which names itself in the dynamic symbol table."""
+    import sparsekern._C
+
+    with open(sparsekern._C.__file__, "rb") as f:
+        assert b"GOMP_parallel" in f.read(), "sparsekern._C was built without -fopenmp: its CPU kernels use one thread"
+
+
+def test_large_outputs_equal_the_same_ops_in_pieces():
+    """Outputs of 32 MiB and more get the huge-page hint before the kernel writes them
+    (cpu_common.h, advise_huge_pages): the same numbers as pieces below that size."""
+    n, piece = 9 * 2**20 + 5, 2**20  # 36 MiB of float32, pieces of 4 MiB
+    gen = generator("huge-pages")
+    la = torch.randn(n, generator=gen)
+    w = torch.randn(n, generator=gen)
+    s = torch.tensor([-1.5])
+    cpu = _cpu()
+    seed, offset = 77, 2**32 - 1000
+    u = cpu.uniform(n, seed, offset, torch.device("cpu"))
+    z = cpu.hard_concrete(la, *_hc_args(seed, offset))
+    gw = cpu.gated_weight(w, la, *_hc_args(seed, offset))
+    st = cpu.soft_threshold(w, s)
+    dz = cpu.hard_concrete_backward(w, la, *_hc_args(seed, offset))
+    for start in range(0, n, piece):
+        stop = min(n, start + piece)
+        assert torch.equal(u[start:stop], cpu.uniform(stop - start, seed, offset + start, torch.device("cpu")))
+        assert torch.equal(z[start:stop], cpu.hard_concrete(la[start:stop], *_hc_args(seed, offset + start)))
+        assert torch.equal(gw[start:stop], cpu.gated_weight(w[start:stop], la[start:stop], *_hc_args(seed, offset + start)))
+        assert torch.equal(st[start:stop], cpu.soft_threshold(w[start:stop], s))
+        assert torch.equal(dz[start:stop], cpu.hard_concrete_backward(w[start:stop], la[start:stop],
+                                                                      *_hc_args(seed, offset + start)))
 
 
 @pytest.mark.parametrize("row", (1, 15, 16, 17, 255, 256, 257, 16383, 16385, 40001))

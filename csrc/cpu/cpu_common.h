@@ -14,6 +14,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "../noise_state.h"
 #include "philox_block.h"
 #include "sparsekern/macros.h"
@@ -32,8 +36,58 @@ inline at::ScalarType math_dtype(const at::Tensor& t) {
 
 // Elements per work item: fixed, so reductions never depend on the thread count.
 constexpr int64_t kChunk = 16384;
+// Fewest elements a thread is given (the parallel grain), by the cost of an element: waking a
+// second thread costs about a microsecond on a quiet core. Memory-bound loops (under 0.3 ns per
+// element) use torch's own elementwise grain (at::internal::GRAIN_SIZE); light math (one exp)
+// the reduction chunk; loops that sample gates (Philox + log, log, exp: ~4.5 ns per element)
+// split finer, so 8K-16K gates already run on two cores. None of this changes a result: element
+// loops are independent per element and reductions combine fixed kChunk pieces in order.
+constexpr int64_t kMemoryGrain = 32768;
+constexpr int64_t kMathGrain = kChunk;
+constexpr int64_t kGateGrain = 4096;
 // Independent partial sums per work item (vectorizes without reassociating the sum).
 constexpr int kLanes = 16;
+
+// Outputs this large are fresh memory: glibc gives allocations of 32 MiB and more a mapping of
+// their own, so each 4 KiB page faults on its first write, and at 16M fp32 elements those faults
+// are most of an op's time (uniform into a fresh 64 MB tensor: 109 ms, 60 ms with huge pages).
+// Asking for transparent huge pages on the buffer's 2 MiB-aligned interior before the kernel
+// writes it leaves one fault per 2 MiB. Only buffers that large: their mapping is their own and
+// is unmapped when freed, so no other allocation is affected. A hint: with THP off, or when
+// madvise fails, nothing changes. Values are untouched.
+constexpr int64_t kHugePageOutputBytes = int64_t(32) << 20;
+
+// `out` must be freshly allocated by the caller (not yet written).
+inline void advise_huge_pages(const at::Tensor& out) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const int64_t bytes = out.numel() * static_cast<int64_t>(out.element_size());
+  if (bytes < kHugePageOutputBytes) {
+    return;
+  }
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(out.data_ptr());
+  const uintptr_t begin = (start + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (start + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
+  if (end > begin) {
+    madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  }
+#else
+  (void)out;
+#endif
+}
+
+// A new output like `like` (dtype, layout), with the huge-page hint when it is large.
+inline at::Tensor new_output(const at::Tensor& like) {
+  at::Tensor out = at::empty_like(like);
+  advise_huge_pages(out);
+  return out;
+}
+
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor out = at::empty(sizes, options);
+  advise_huge_pages(out);
+  return out;
+}
 
 #define SK_DISPATCH_FLOATS(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
@@ -118,8 +172,11 @@ SK_FORCE_INLINE acc_t lane_sum(int64_t begin, int64_t end, const F& term) {
 // returns the partial sum of a piece inside one group (and may store outputs).
 // Pieces are fixed (kChunk) and combined in order: the result is bitwise
 // reproducible for any number of threads.
+// grain: elements per thread at least (rounded to whole kChunk pieces).
 template <typename acc_t, typename F>
-std::vector<acc_t> grouped_sums(int64_t groups, int64_t group_len, const F& range_sum) {
+std::vector<acc_t> grouped_sums(int64_t groups, int64_t group_len, const F& range_sum,
+                                int64_t grain = kMemoryGrain) {
+  const int64_t item_grain = std::max<int64_t>(1, grain / kChunk);
   std::vector<acc_t> sums(static_cast<size_t>(groups), acc_t(0));
   if (groups == 0 || group_len == 0) {
     return sums;
@@ -127,7 +184,7 @@ std::vector<acc_t> grouped_sums(int64_t groups, int64_t group_len, const F& rang
   if (group_len >= kChunk) {
     const int64_t per_group = (group_len + kChunk - 1) / kChunk;
     std::vector<acc_t> partial(static_cast<size_t>(groups * per_group));
-    at::parallel_for(0, groups * per_group, 1, [&](int64_t first, int64_t last) {
+    at::parallel_for(0, groups * per_group, item_grain, [&](int64_t first, int64_t last) {
       for (int64_t item = first; item < last; ++item) {
         const int64_t group = item / per_group;
         const int64_t start = group * group_len + (item % per_group) * kChunk;
@@ -145,7 +202,7 @@ std::vector<acc_t> grouped_sums(int64_t groups, int64_t group_len, const F& rang
   } else {
     const int64_t groups_per_item = std::max<int64_t>(1, kChunk / group_len);
     const int64_t items = (groups + groups_per_item - 1) / groups_per_item;
-    at::parallel_for(0, items, 1, [&](int64_t first, int64_t last) {
+    at::parallel_for(0, items, item_grain, [&](int64_t first, int64_t last) {
       const int64_t stop_group = std::min(groups, last * groups_per_item);
       for (int64_t group = first * groups_per_item; group < stop_group; ++group) {
         sums[group] = range_sum(group * group_len, (group + 1) * group_len);
@@ -155,17 +212,17 @@ std::vector<acc_t> grouped_sums(int64_t groups, int64_t group_len, const F& rang
   return sums;
 }
 
-// Element-wise loop over [0, n) in parallel; body(begin, end).
+// Element-wise loop over [0, n) in parallel, at least `grain` elements per thread; body(begin, end).
 template <typename F>
-inline void parallel_elements(int64_t n, const F& body) {
-  at::parallel_for(0, n, kChunk, body);
+inline void parallel_elements(int64_t n, int64_t grain, const F& body) {
+  at::parallel_for(0, n, grain, body);
 }
 
 // fn(i, u_i) for i in [0, n) in parallel, u_i the SPEC 4 uniform of counter base + i.
 // The Philox words come in blocks so the loop over fn holds float math only (vectorizes).
 template <typename F>
 inline void parallel_uniforms(int64_t n, uint64_t seed, uint64_t base, const F& fn) {
-  parallel_elements(n, [&](int64_t begin, int64_t end) {
+  parallel_elements(n, kGateGrain, [&](int64_t begin, int64_t end) {
     for_each_random_block(seed, base, begin, end, [&](int64_t start, int64_t len, const uint32_t* bits) {
       for (int64_t j = 0; j < len; ++j) {
         fn(start + j, uniform_from_bits(bits[j]));

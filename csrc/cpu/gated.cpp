@@ -60,7 +60,7 @@ using pair_math_t = std::conditional_t<std::is_same<W, double>::value || std::is
 // blocks, so the loop over fn is contiguous float math (vectorizes).
 template <typename F>
 void parallel_gate_uniforms(int64_t count, int64_t channels, uint64_t seed, uint64_t offset, const F& fn) {
-  parallel_elements(count, [&](int64_t begin, int64_t end) {
+  parallel_elements(count, kGateGrain, [&](int64_t begin, int64_t end) {
     for_each_group_segment(begin, end, channels, [&](int64_t row, int64_t b, int64_t e) {
       const int64_t row_start = row * channels;
       for_each_random_block(seed, offset, b, e, [&](int64_t start, int64_t len, const uint32_t* bits) {
@@ -87,7 +87,7 @@ std::vector<Gate<T>> sample_gates(const P* log_alpha, int64_t count, int64_t cha
 // out[i] = data[i] * z[i / group_len] for precomputed gates.
 template <typename T, typename W>
 void scale_groups(const W* data, W* out, int64_t n, int64_t group_len, const std::vector<Gate<T>>& gates) {
-  parallel_elements(n, [&](int64_t begin, int64_t end) {
+  parallel_elements(n, kMemoryGrain, [&](int64_t begin, int64_t end) {
     for_each_group_segment(begin, end, group_len, [&](int64_t group, int64_t b, int64_t e) {
       const T z = gates[group].z;
       for (int64_t i = b; i < e; ++i) {
@@ -116,7 +116,7 @@ std::vector<T> scale_groups_backward(const W* grad, const W* data, W* grad_data,
 template <typename T, typename W>
 void scale_channels_last(const W* data, W* out, int64_t n, int64_t channels, int64_t spatial,
                          const std::vector<Gate<T>>& gates) {
-  parallel_elements(n, [&](int64_t begin, int64_t end) {
+  parallel_elements(n, kMemoryGrain, [&](int64_t begin, int64_t end) {
     for_each_group_segment(begin, end, channels, [&](int64_t pixel, int64_t b, int64_t e) {
       const Gate<T>* g = gates.data() + (pixel / spatial) * channels;  // this example's gates
       const int64_t row = pixel * channels;
@@ -164,7 +164,7 @@ at::Tensor gated_weight(const at::Tensor& weight_in, const at::Tensor& log_alpha
   const std::pair<at::Tensor, at::Tensor> promoted = promote(weight_in, log_alpha_in);
   const at::Tensor& weight = promoted.first;
   const at::Tensor& log_alpha = promoted.second;
-  at::Tensor out = at::empty_like(weight);
+  at::Tensor out = new_output(weight);
   const int64_t n = weight.numel();
   const int64_t gate_count = log_alpha.numel();
   const uint64_t key = as_u64(seed), base = as_u64(offset);
@@ -198,8 +198,8 @@ std::tuple<at::Tensor, at::Tensor> gated_weight_backward(const at::Tensor& grad_
   const at::Tensor& weight = promoted.first;
   const at::Tensor& log_alpha = promoted.second;
   const at::Tensor grad = as_dense(grad_in, weight.scalar_type());
-  at::Tensor grad_w = at::empty_like(weight);
-  at::Tensor grad_la = at::empty(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
+  at::Tensor grad_w = new_output(weight);
+  at::Tensor grad_la = new_output(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
   const int64_t n = weight.numel();
   const int64_t gate_count = log_alpha.numel();
   const uint64_t key = as_u64(seed), base = as_u64(offset);
@@ -244,7 +244,7 @@ at::Tensor gated_activation(const at::Tensor& x_in, const at::Tensor& log_alpha_
   const std::pair<at::Tensor, at::Tensor> promoted = promote(x_in, log_alpha_in, cl);
   const at::Tensor& x = promoted.first;
   const at::Tensor& log_alpha = promoted.second;
-  at::Tensor out = at::empty_like(x);
+  at::Tensor out = new_output(x);
   const int64_t n = x.numel();
   const int64_t channels = x.size(1);
   const int64_t gate_count = x.size(0) * channels;
@@ -287,7 +287,7 @@ std::tuple<at::Tensor, at::Tensor> gated_activation_backward(const at::Tensor& g
   const at::Tensor& x = promoted.first;
   const at::Tensor& log_alpha = promoted.second;
   const at::Tensor grad = cl ? as_layout_of(grad_in, x) : as_dense(grad_in, x.scalar_type());
-  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_x = new_output(x);
   at::Tensor grad_la = at::zeros(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
   const int64_t n = x.numel();
   const int64_t batch = x.size(0);
@@ -310,7 +310,7 @@ std::tuple<at::Tensor, at::Tensor> gated_activation_backward(const at::Tensor& g
       T* ap = acc.data();
       if (n == gate_count) {  // a gate per element: one fused pass, threads split the channels
         const uint64_t key = as_u64(seed), base = as_u64(offset);
-        at::parallel_for(0, channels, std::max<int64_t>(1, kChunk / batch), [&](int64_t c_begin, int64_t c_end) {
+        at::parallel_for(0, channels, std::max<int64_t>(1, kGateGrain / batch), [&](int64_t c_begin, int64_t c_end) {
           for (int64_t b = 0; b < batch; ++b) {
             const int64_t row = b * channels;
             for_each_random_block(key, base, row + c_begin, row + c_end,

@@ -19,8 +19,8 @@ template <bool kParamGrad = false, typename F>
 at::Tensor map_gate(const char* name, const at::Tensor& log_alpha_in, const F& f) {
   check_inputs(name, {&log_alpha_in});
   const at::Tensor log_alpha = log_alpha_in.contiguous();
-  at::Tensor out = kParamGrad ? at::empty(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)))
-                              : at::empty_like(log_alpha);
+  at::Tensor out = kParamGrad ? new_output(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)))
+                              : new_output(log_alpha);
   const int64_t n = log_alpha.numel();
   SK_DISPATCH_FLOATS(log_alpha.scalar_type(), "sparsekern_gate", [&] {
     using P = scalar_t;
@@ -29,7 +29,7 @@ at::Tensor map_gate(const char* name, const at::Tensor& log_alpha_in, const F& f
     const P* lp = log_alpha.data_ptr<P>();
     O* op = out.data_ptr<O>();
     const auto fn = f(T());
-    parallel_elements(n, [&](int64_t begin, int64_t end) {
+    parallel_elements(n, kMathGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         op[i] = static_cast<O>(fn(i, static_cast<T>(lp[i])));
       }
@@ -45,7 +45,7 @@ at::Tensor map_gate_grad(const char* name, const at::Tensor& grad_in, const at::
   check_grad_shape(name, grad_in, log_alpha_in, "log_alpha");
   const at::Tensor log_alpha = log_alpha_in.contiguous();
   const at::Tensor grad = as_dense(grad_in, log_alpha.scalar_type());
-  at::Tensor out = at::empty(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
+  at::Tensor out = new_output(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)));
   const int64_t n = log_alpha.numel();
   SK_DISPATCH_FLOATS(log_alpha.scalar_type(), "sparsekern_gate", [&] {
     using P = scalar_t;
@@ -54,7 +54,7 @@ at::Tensor map_gate_grad(const char* name, const at::Tensor& grad_in, const at::
     const P* gp = grad.data_ptr<P>();
     T* op = out.data_ptr<T>();
     const auto fn = f(T());
-    parallel_elements(n, [&](int64_t begin, int64_t end) {
+    parallel_elements(n, kMathGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         op[i] = fn(i, static_cast<T>(gp[i]), static_cast<T>(lp[i]));
       }
@@ -77,8 +77,8 @@ at::Tensor map_sampled_gate(const char* name, const at::Tensor* grad_in, const a
     check_grad_shape(name, *grad_in, log_alpha_in, "log_alpha");
     grad = as_dense(*grad_in, log_alpha.scalar_type());
   }
-  at::Tensor out = kGrad ? at::empty(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)))
-                         : at::empty_like(log_alpha);
+  at::Tensor out = kGrad ? new_output(log_alpha.sizes(), log_alpha.options().dtype(math_dtype(log_alpha)))
+                         : new_output(log_alpha);
   SK_DISPATCH_FLOATS(log_alpha.scalar_type(), "sparsekern_sampled_gate", [&] {
     using P = scalar_t;
     using T = math_t<P>;
@@ -141,7 +141,7 @@ at::Tensor l0_norm(const at::Tensor& log_alpha_in, double beta, double gamma, do
     const P* lp = log_alpha.data_ptr<P>();
     const std::vector<T> total = grouped_sums<T>(1, n, [&](int64_t begin, int64_t end) {
       return lane_sum<T>(begin, end, [&](int64_t i) SK_LAMBDA_INLINE { return l0_prob(static_cast<T>(lp[i]), p); });
-    });
+    }, kMathGrain);
     out.fill_(total[0]);
   });
   return out;

@@ -31,7 +31,7 @@ void check(const char* op, const at::Tensor& weight, const at::Tensor& s) {
 at::Tensor soft_threshold(const at::Tensor& weight_in, const at::Tensor& s) {
   check("soft_threshold", weight_in, s);
   const at::Tensor weight = weight_in.contiguous();
-  at::Tensor out = at::empty_like(weight);
+  at::Tensor out = new_output(weight);
   const int64_t n = weight.numel();
   if (n == 0) {
     return out;
@@ -43,7 +43,7 @@ at::Tensor soft_threshold(const at::Tensor& weight_in, const at::Tensor& s) {
     const std::vector<T> t = thresholds<T>(s);
     const W* wp = weight.data_ptr<W>();
     W* op = out.data_ptr<W>();
-    parallel_elements(n, [&](int64_t begin, int64_t end) {
+    parallel_elements(n, kMemoryGrain, [&](int64_t begin, int64_t end) {
       for_each_group_segment(begin, end, group_len, [&](int64_t group, int64_t b, int64_t e) {
         const T tg = t[group];
         for (int64_t i = b; i < e; ++i) {
@@ -62,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor> soft_threshold_backward(const at::Tensor& gra
   check_grad_shape("soft_threshold_backward", grad_in, weight_in, "weight");
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor grad = as_dense(grad_in, weight.scalar_type());
-  at::Tensor grad_w = at::empty_like(weight);
+  at::Tensor grad_w = new_output(weight);
   at::Tensor grad_s = at::empty(s.sizes(), s.options().dtype(math_dtype(s)));
   const int64_t n = weight.numel();
   const int64_t groups = s.numel();

@@ -25,7 +25,7 @@ void uniform(at::Tensor& out, int64_t seed, int64_t offset) {
 
 at::Tensor uniform_new(int64_t numel, int64_t seed, int64_t offset) {
   TORCH_CHECK(numel >= 0, "uniform: numel must be non-negative, got ", numel);
-  at::Tensor out = at::empty({numel}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor out = new_output({numel}, at::TensorOptions().dtype(at::kFloat));
   fill_uniform(out.data_ptr<float>(), numel, seed, offset);
   return out;
 }
