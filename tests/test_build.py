@@ -102,6 +102,7 @@ def _child_script() -> str:
     ])
 
 
+@pytest.mark.slow  # a second full build of the extension: minutes on 2 cores
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
 def test_cmake_build_matches_extension(tmp_path):
     build = tmp_path / "build"
