@@ -114,11 +114,7 @@ class SparseMultiheadAttention(nn.MultiheadAttention):
                 need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
         # nn.MultiheadAttention.forward's ordinary path, with out_proj's weights in its current mode.
-        key_padding_mask = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
-                                             other_type=F._none_or_dtype(attn_mask), other_name="attn_mask",
-                                             target_type=query.dtype)
-        attn_mask = F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="",
-                                      target_type=query.dtype, check_other=False)
+        key_padding_mask, attn_mask = canonical_masks(query, key_padding_mask, attn_mask)
         batched = query.dim() == 3
         if self.batch_first and batched:
             query, key, value = _seq_first(query, key, value)
@@ -138,6 +134,17 @@ class SparseMultiheadAttention(nn.MultiheadAttention):
 
 for _child, _pname in INPUT_PROJECTIONS.items():  # the Parameters' names keep working on the subclass
     setattr(SparseMultiheadAttention, _pname, _projection_property(_pname, _child))
+
+
+def canonical_masks(query: Tensor, key_padding_mask: Tensor | None,
+                    attn_mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """nn.MultiheadAttention.forward's first step: boolean masks become float masks of query's dtype."""
+    key_padding_mask = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
+                                         other_type=F._none_or_dtype(attn_mask), other_name="attn_mask",
+                                         target_type=query.dtype)
+    attn_mask = F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="",
+                                  target_type=query.dtype, check_other=False)
+    return key_padding_mask, attn_mask
 
 
 def _seq_first(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -21,6 +21,7 @@ import math
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from sparsekern.nn.attention import canonical_masks
 from sparsekern.nn.base import SparseModule
 from sparsekern.nn.slow_path import keep_slow_path
 
@@ -81,11 +82,7 @@ class HeadPrunableMultiheadAttention(nn.MultiheadAttention):
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
                 need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
-        key_padding_mask = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
-                                             other_type=F._none_or_dtype(attn_mask), other_name="attn_mask",
-                                             target_type=query.dtype)
-        attn_mask = F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="",
-                                      target_type=query.dtype, check_other=False)
+        key_padding_mask, attn_mask = canonical_masks(query, key_padding_mask, attn_mask)
         packed = query is key and key is value
         batched = query.dim() == 3
         if not batched:  # [T, E] -> [1, T, E]
