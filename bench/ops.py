@@ -244,7 +244,32 @@ def _variants(b: OpBench, mode: str, ours: list[str], compile_ok: bool = True, f
     out["clone"] = (None, main.clone)
     if floor and b.floor_gates:
         out["floor"] = (None, _floor_run(b.floor_gates, mode))
+        if mode == "fwd+bwd":
+            out["floor-autograd"] = (None, _floor_autograd_run(b))
     return out
+
+
+def _floor_autograd_run(b: OpBench) -> Callable:
+    """The compute floor called the way a user's op is: through autograd, with the op's leaves, its
+    outputs and gradients allocated. What a fwd+bwd op cannot get below in PyTorch at small sizes,
+    where the autograd engine's fixed cost (graph, engine, grad buffers) rivals the loop."""
+    fwd, bwd = _floor_run(b.floor_gates, "fwd"), _floor_run(b.floor_gates, "bwd")
+    main = b.main
+
+    class Floor(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *leaves):
+            fwd()
+            return torch.empty_like(leaves[names.index(main)])
+
+        @staticmethod
+        def backward(ctx, grad):
+            bwd()
+            return tuple(torch.empty_like(t) for t in values)
+
+    names = list(b.tensors)
+    values = [v.detach().requires_grad_() for v in b.tensors.values()]
+    return lambda: torch.autograd.grad(Floor.apply(*values), values, b.grad)
 
 
 def _floor_run(gates: int, mode: str) -> Callable:
@@ -258,6 +283,8 @@ def _floor_run(gates: int, mode: str) -> Callable:
     if mode == "fwd":
         return fwd
     bwd = floor_call("gate_grad", gates)
+    if mode == "bwd":
+        return bwd
     return lambda: (fwd(), bwd())
 
 
@@ -386,7 +413,7 @@ def paired_ratios(samples: dict, ours: list[str]) -> dict:
         for other, ts in samples.items():
             if other == name:
                 continue
-            r = [m / t for m, t in zip(mine, ts)] if other in ("clone", "floor") else [t / m for m, t in zip(mine, ts)]
+            r = [m / t for m, t in zip(mine, ts)] if other in ("clone", "floor", "floor-autograd") else [t / m for m, t in zip(mine, ts)]
             per[other] = quartiles(r)
         out[name] = per
     return out
@@ -399,14 +426,14 @@ def _fmt_q(q: list[float] | None) -> str:
 def print_paired_table(rows: list[dict], name: str) -> None:
     """Markdown: ns per element of `name` and of the floors, paired ratios with quartiles."""
     print(f"\n| op | mode | size | threads | {name} ns/elem | x plain | x plain-compile | {name} / copy "
-          f"| {name} / compute floor | floor ns/elem |")
-    print("|---|---|---:|---:|---:|---|---|---|---|---:|")
+          f"| {name} / compute floor | {name} / floor through autograd | floor ns/elem |")
+    print("|---|---|---:|---:|---:|---|---|---|---|---|---:|")
     for r in rows:
         q, n = r["paired"].get(name, {}), r["numel"]
         floor = f"{r['seconds']['floor'] * 1e9 / n:.2f}" if "floor" in r["seconds"] else "-"
         print(f"| {r['op']} | {r['mode']} | {size_name(n)} | {r['threads']} | {r['seconds'][name] * 1e9 / n:.2f} "
               f"| {_fmt_q(q.get('plain'))} | {_fmt_q(q.get('plain-compile'))} | {_fmt_q(q.get('clone'))} "
-              f"| {_fmt_q(q.get('floor'))} | {floor} |")
+              f"| {_fmt_q(q.get('floor'))} | {_fmt_q(q.get('floor-autograd'))} | {floor} |")
 
 
 def _fmt_ratio(q: dict, key: str, width: int) -> str:
@@ -533,7 +560,7 @@ def main(argv=None) -> int:
                                                        else args.device == "cuda")
                     variants = _variants(b, mode, ours, compile_ok, floor=args.floor and args.device == "cpu")
                     if args.variants:
-                        keep = args.variants.split(",") + (["floor"] if args.floor else [])
+                        keep = args.variants.split(",") + (["floor", "floor-autograd"] if args.floor else [])
                         variants = {k: v for k, v in variants.items() if k in keep}
                     # CPU: round-robin, one measurement per variant per round, so load that comes and
                     # goes hits all variants alike; GPU timers take their own repeats.
