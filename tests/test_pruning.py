@@ -223,7 +223,7 @@ def test_target_sparsity_refits_the_survivors_at_the_end_of_the_ramp():
 
     model = pruning.sparsify(_mlp(), "str")
     ctl = pruning.TargetSparsity(model, 0.8, 30)
-    assert ctl.ramp_end == 18  # ramp_frac 0.6
+    assert ctl.ramp_end == 20  # ramp_frac 2/3
     train(model, ctl, ctl.ramp_end - 1)
     raw = [layer.weight.detach().clone() for layer in ctl.layers]
     shrunk = [layer.effective_weight().detach() for layer in ctl.layers]

@@ -54,8 +54,8 @@ class TargetSparsity:
     re-solves every step, so it cancels that force like any other on s.
     """
 
-    def __init__(self, model: nn.Module, target: float, total_steps: int, *, start_frac: float = 0.1,
-                 ramp_frac: float = 0.6, max_shift: float = 0.5, max_layer_sparsity: float = 0.99,
+    def __init__(self, model: nn.Module, target: float, total_steps: int, *, start_frac: float = 0.2,
+                 ramp_frac: float = 2 / 3, max_shift: float = 0.5, max_layer_sparsity: float = 0.99,
                  calibrate: bool = True, refit: bool = True):
         name = "TargetSparsity"
         self.target = check_fraction(name, "target", target, high_open=True)
