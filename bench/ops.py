@@ -254,21 +254,21 @@ def _floor_autograd_run(b: OpBench) -> Callable:
     outputs and gradients allocated. What a fwd+bwd op cannot get below in PyTorch at small sizes,
     where the autograd engine's fixed cost (graph, engine, grad buffers) rivals the loop."""
     fwd, bwd = _floor_run(b.floor_gates, "fwd"), _floor_run(b.floor_gates, "bwd")
-    main = b.main
+    names = list(b.tensors)
+    values = [v.detach().requires_grad_() for v in b.tensors.values()]
+    main = names.index(b.main)
 
     class Floor(torch.autograd.Function):
         @staticmethod
         def forward(ctx, *leaves):
             fwd()
-            return torch.empty_like(leaves[names.index(main)])
+            return torch.empty_like(leaves[main])
 
         @staticmethod
         def backward(ctx, grad):
             bwd()
             return tuple(torch.empty_like(t) for t in values)
 
-    names = list(b.tensors)
-    values = [v.detach().requires_grad_() for v in b.tensors.values()]
     return lambda: torch.autograd.grad(Floor.apply(*values), values, b.grad)
 
 

@@ -1,0 +1,55 @@
+"""STR's schedule trial (docs/RESULTS.md, "STR's schedule"): the STR rows of ``bench/results.py``
+with ``TargetSparsity``'s ``start_frac`` / ``ramp_frac`` (or a per-layer cap equal to the target)
+changed, each variant in its own run directory.
+
+    PYTHONPATH=. python bench/str_schedule.py --start 0.1 --ramp 0.6 --cases lenet300-digits lenet300-signal1d
+    PYTHONPATH=. python bench/str_schedule.py --uniform --cases lenet300-digits
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+from results import CASES, SPARSITIES, run_one  # noqa: E402
+
+from sparsekern.pruning.control.target import TargetSparsity  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", nargs="+", required=True, choices=sorted(CASES))
+    p.add_argument("--start", type=float, default=None, help="start_frac (default: the library's)")
+    p.add_argument("--ramp", type=float, default=None, help="ramp_frac (default: the library's)")
+    p.add_argument("--uniform", action="store_true", help="cap every layer at the target (max_layer_sparsity)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--runs", default="runs/str_schedule")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    defaults = TargetSparsity.__init__.__kwdefaults__  # what the STR method's controller is built with
+    if args.start is not None:
+        defaults["start_frac"] = args.start
+    if args.ramp is not None:
+        defaults["ramp_frac"] = args.ramp
+    init = TargetSparsity.__init__
+    if args.uniform:
+        def capped(self, model, target, total_steps, **kw):
+            init(self, model, target, total_steps, **{"max_layer_sparsity": target, **kw})
+        TargetSparsity.__init__ = capped
+    name = f"start{defaults['start_frac']:g}-ramp{defaults['ramp_frac']:.3g}" + ("-uniform" if args.uniform else "")
+    for case in args.cases:
+        for sparsity in SPARSITIES:
+            accs = [run_one(case, f"str@{sparsity}", {"method": "str", "target_sparsity": sparsity}, seed, args.epochs,
+                            os.path.join(args.runs, name))["accuracy"] for seed in range(args.seeds)]
+            print(f"{name} {case} str@{sparsity}: {100 * statistics.mean(accs):.2f} "
+                  f"({' '.join(f'{100 * a:.2f}' for a in accs)})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
