@@ -560,7 +560,8 @@ def main(argv=None) -> int:
                                                        else args.device == "cuda")
                     variants = _variants(b, mode, ours, compile_ok, floor=args.floor and args.device == "cpu")
                     if args.variants:
-                        keep = args.variants.split(",") + (["floor", "floor-autograd"] if args.floor else [])
+                        # clone always: the bandwidth columns are computed from it
+                        keep = args.variants.split(",") + ["clone"] + (["floor", "floor-autograd"] if args.floor else [])
                         variants = {k: v for k, v in variants.items() if k in keep}
                     # CPU: round-robin, one measurement per variant per round, so load that comes and
                     # goes hits all variants alike; GPU timers take their own repeats.
