@@ -402,6 +402,9 @@ def quartiles(values: list[float]) -> list[float]:
     return [median, q1, q3]
 
 
+FLOORS = ("clone", "floor", "floor-autograd")  # ratios against these are ours / floor
+
+
 def paired_ratios(samples: dict, ours: list[str]) -> dict:
     """Per round, each variant's time over our backend's of the same round (measured next to each
     other), as [median, q1, q3] over rounds: > 1 means ours is faster (for clone and floor: how far
@@ -413,7 +416,7 @@ def paired_ratios(samples: dict, ours: list[str]) -> dict:
         for other, ts in samples.items():
             if other == name:
                 continue
-            r = [m / t for m, t in zip(mine, ts)] if other in ("clone", "floor", "floor-autograd") else [t / m for m, t in zip(mine, ts)]
+            r = [m / t for m, t in zip(mine, ts)] if other in FLOORS else [t / m for m, t in zip(mine, ts)]
             per[other] = quartiles(r)
         out[name] = per
     return out
@@ -561,7 +564,7 @@ def main(argv=None) -> int:
                     variants = _variants(b, mode, ours, compile_ok, floor=args.floor and args.device == "cpu")
                     if args.variants:
                         # clone always: the bandwidth columns are computed from it
-                        keep = args.variants.split(",") + ["clone"] + (["floor", "floor-autograd"] if args.floor else [])
+                        keep = args.variants.split(",") + (list(FLOORS) if args.floor else ["clone"])
                         variants = {k: v for k, v in variants.items() if k in keep}
                     # CPU: round-robin, one measurement per variant per round, so load that comes and
                     # goes hits all variants alike; GPU timers take their own repeats.
