@@ -4,6 +4,7 @@ changed, each variant in its own run directory.
 
     PYTHONPATH=. python bench/str_schedule.py --start 0.1 --ramp 0.6 --cases lenet300-digits lenet300-signal1d
     PYTHONPATH=. python bench/str_schedule.py --uniform --cases lenet300-digits
+    PYTHONPATH=. python bench/str_schedule.py --rewind 0.5 --rewind-warmup 0.25 --cases lenet5-digits
 """
 from __future__ import annotations
 
@@ -20,12 +21,40 @@ from results import CASES, SPARSITIES, run_one  # noqa: E402
 from sparsekern.pruning.control.target import TargetSparsity  # noqa: E402
 
 
+def _rewind_at_refit(defaults: dict, rewind: float, warmup: float) -> None:
+    """LR rewinding (Renda et al. 2020) for the refit: from the controller's ramp end, the cosine
+    restarts at its value at ``rewind`` of training and decays to 0 by the end."""
+    import math
+
+    import sparsekern.pruning.train.loop as loop
+
+    def scheduler(optimizer, config, steps_per_epoch):
+        total = steps_per_epoch * (config.epochs + config.finetune_epochs)
+        start = round(defaults["start_frac"] * total)
+        end = max(start + 1, round(defaults["ramp_frac"] * total))
+        peak = 0.5 * (1 + math.cos(math.pi * rewind))
+
+        def factor(step):
+            if step < end:
+                return 0.5 * (1 + math.cos(math.pi * step / total))
+            now = 0.5 * (1 + math.cos(math.pi * end / total))
+            warm = round(warmup * (total - end))
+            if step - end < warm:  # linear from the schedule's rate at the ramp end up to the rewound one
+                return now + (peak - now) * (step - end + 1) / warm
+            return peak * 0.5 * (1 + math.cos(math.pi * (step - end - warm) / max(1, total - end - warm)))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    loop.lr_scheduler = scheduler
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", required=True, choices=sorted(CASES))
     p.add_argument("--start", type=float, default=None, help="start_frac (default: the library's)")
     p.add_argument("--ramp", type=float, default=None, help="ramp_frac (default: the library's)")
     p.add_argument("--uniform", action="store_true", help="cap every layer at the target (max_layer_sparsity)")
+    p.add_argument("--rewind", type=float, default=None,
+                   help="at the refit, restart the cosine LR at its value at this fraction of training")
+    p.add_argument("--rewind-warmup", type=float, default=0.0, help="fraction of the refit warming up to it")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--runs", default="runs/str_schedule")
@@ -36,12 +65,15 @@ def main(argv=None) -> int:
         defaults["start_frac"] = args.start
     if args.ramp is not None:
         defaults["ramp_frac"] = args.ramp
+    if args.rewind is not None:
+        _rewind_at_refit(defaults, args.rewind, args.rewind_warmup)
     init = TargetSparsity.__init__
     if args.uniform:
         def capped(self, model, target, total_steps, **kw):
             init(self, model, target, total_steps, **{"max_layer_sparsity": target, **kw})
         TargetSparsity.__init__ = capped
-    name = f"start{defaults['start_frac']:g}-ramp{defaults['ramp_frac']:.3g}" + ("-uniform" if args.uniform else "")
+    name = f"start{defaults['start_frac']:g}-ramp{defaults['ramp_frac']:.3g}" + ("-uniform" if args.uniform else "") \
+        + (f"-rewind{args.rewind:g}-warm{args.rewind_warmup:g}" if args.rewind is not None else "")
     for case in args.cases:
         for sparsity in SPARSITIES:
             accs = [run_one(case, f"str@{sparsity}", {"method": "str", "target_sparsity": sparsity}, seed, args.epochs,
