@@ -9,6 +9,7 @@ changed, each variant in its own run directory.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -23,9 +24,9 @@ from sparsekern.pruning.control.target import TargetSparsity  # noqa: E402
 
 def _rewind_at_refit(defaults: dict, rewind: float, warmup: float) -> None:
     """LR rewinding (Renda et al. 2020) for the refit: from the controller's ramp end, the cosine
-    restarts at its value at ``rewind`` of training and decays to 0 by the end."""
-    import math
-
+    restarts at its value at ``rewind`` of training and decays to 0 by the end. Replaces the run's
+    schedule with a plain cosine (the grid's: no warm-up epochs); the ramp end repeats
+    ``TargetSparsity``'s formula because the controller is built inside the run."""
     import sparsekern.pruning.train.loop as loop
 
     def scheduler(optimizer, config, steps_per_epoch):
@@ -33,12 +34,12 @@ def _rewind_at_refit(defaults: dict, rewind: float, warmup: float) -> None:
         start = round(defaults["start_frac"] * total)
         end = max(start + 1, round(defaults["ramp_frac"] * total))
         peak = 0.5 * (1 + math.cos(math.pi * rewind))
+        now = 0.5 * (1 + math.cos(math.pi * end / total))
+        warm = round(warmup * (total - end))
 
         def factor(step):
             if step < end:
                 return 0.5 * (1 + math.cos(math.pi * step / total))
-            now = 0.5 * (1 + math.cos(math.pi * end / total))
-            warm = round(warmup * (total - end))
             if step - end < warm:  # linear from the schedule's rate at the ramp end up to the rewound one
                 return now + (peak - now) * (step - end + 1) / warm
             return peak * 0.5 * (1 + math.cos(math.pi * (step - end - warm) / max(1, total - end - warm)))
