@@ -3,7 +3,8 @@
 argv[1]: JSON ``{"runs": [PruneConfig fields + optional "kill_after_epoch"]}``. Prints
 ``ROW <rank> <method> <fsdp> <json row>`` per epoch and ``SUMMARY <method> <fsdp> <json>`` (rank 0).
 ``kill_after_epoch``: the process ends abruptly (``os._exit``, no cleanup) once that epoch's
-checkpoint is written, as a killed run does.
+checkpoint is written, as a killed run does. Every rank first waits for the others to print their
+row: the first rank to exit makes torchrun kill the rest, and rank 0 still writes the logs then.
 """
 import json
 import os
@@ -36,6 +37,7 @@ def main() -> None:
         def on_epoch_end(epoch, row, tag=tag, kill=kill):
             _emit(f"ROW {rank} {tag} {json.dumps(row)}")
             if epoch == kill:
+                dist.barrier()
                 os._exit(KILLED)
 
         summary = run_prune(PruneConfig(progress=False, **run), on_epoch_end=on_epoch_end)
