@@ -5,6 +5,11 @@ changed, each variant in its own run directory.
     PYTHONPATH=. python bench/str_schedule.py --start 0.1 --ramp 0.6 --cases lenet300-digits lenet300-signal1d
     PYTHONPATH=. python bench/str_schedule.py --uniform --cases lenet300-digits
     PYTHONPATH=. python bench/str_schedule.py --rewind 0.5 --rewind-warmup 0.25 --cases lenet5-digits
+    PYTHONPATH=. python bench/str_schedule.py --refit-from scaled --cases lenet5-digits
+    PYTHONPATH=. python bench/str_schedule.py --refit-from scaled --short   # the 6-epoch check
+
+``--short`` runs the check every trial so far also had to pass: ``sparsekern prune --method str
+--data digits --epochs 6`` on the (model, target, seed) of ``SHORT_CHECK``, one torch thread.
 """
 from __future__ import annotations
 
@@ -19,7 +24,9 @@ import torch
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 from results import CASES, SPARSITIES, run_one  # noqa: E402
 
-from sparsekern.pruning.control.target import TargetSparsity  # noqa: E402
+from sparsekern.pruning.control.target import FROZEN_S, TargetSparsity  # noqa: E402
+
+SHORT_CHECK = (("lenet5", 0.8, 0), ("lenet5", 0.8, 1), ("lenet5", 0.9, 0), ("lenet300", 0.8, 0), ("lenet300", 0.9, 0))
 
 
 def _rewind_at_refit(defaults: dict, rewind: float, warmup: float) -> None:
@@ -47,19 +54,44 @@ def _rewind_at_refit(defaults: dict, rewind: float, warmup: float) -> None:
     loop.lr_scheduler = scheduler
 
 
+def _refit_from(start: str) -> None:
+    """Where the refit starts the survivors: ``shrunk`` at their soft-thresholded values, ``scaled``
+    at their stored values times one factor per layer that gives the layer the L2 norm of its
+    shrunk weights (the stored values' relative sizes, the shrunk layer's output scale)."""
+    @torch.no_grad()
+    def fold(self):
+        self.masks = []
+        for layer in self.layers:
+            shrunk = layer.effective_weight()
+            keep = shrunk != 0
+            layer.weight.mul_(keep)
+            if start == "shrunk":
+                layer.weight.copy_(shrunk)
+            else:
+                layer.weight.mul_(shrunk.norm() / layer.weight.norm().clamp_min(1e-30))
+            layer.s.fill_(FROZEN_S)
+            self.masks.append(keep)
+    TargetSparsity._fold = fold
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", nargs="+", required=True, choices=sorted(CASES))
+    p.add_argument("--cases", nargs="+", default=[], choices=sorted(CASES))
+    p.add_argument("--short", action="store_true", help="run the 6-epoch check (SHORT_CHECK) instead of --cases")
     p.add_argument("--start", type=float, default=None, help="start_frac (default: the library's)")
     p.add_argument("--ramp", type=float, default=None, help="ramp_frac (default: the library's)")
     p.add_argument("--uniform", action="store_true", help="cap every layer at the target (max_layer_sparsity)")
     p.add_argument("--rewind", type=float, default=None,
                    help="at the refit, restart the cosine LR at its value at this fraction of training")
     p.add_argument("--rewind-warmup", type=float, default=0.0, help="fraction of the refit warming up to it")
+    p.add_argument("--refit-from", choices=["stored", "shrunk", "scaled"], default="stored",
+                   help="the survivors' values when the refit starts (default: the library's, stored)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--runs", default="runs/str_schedule")
     args = p.parse_args(argv)
+    if not args.cases and not args.short:
+        p.error("give --cases, --short or both")
     torch.set_num_threads(1)
     defaults = TargetSparsity.__init__.__kwdefaults__  # what the STR method's controller is built with
     if args.start is not None:
@@ -68,13 +100,21 @@ def main(argv=None) -> int:
         defaults["ramp_frac"] = args.ramp
     if args.rewind is not None:
         _rewind_at_refit(defaults, args.rewind, args.rewind_warmup)
+    if args.refit_from != "stored":
+        _refit_from(args.refit_from)
     init = TargetSparsity.__init__
     if args.uniform:
         def capped(self, model, target, total_steps, **kw):
             init(self, model, target, total_steps, **{"max_layer_sparsity": target, **kw})
         TargetSparsity.__init__ = capped
     name = f"start{defaults['start_frac']:g}-ramp{defaults['ramp_frac']:.3g}" + ("-uniform" if args.uniform else "") \
-        + (f"-rewind{args.rewind:g}-warm{args.rewind_warmup:g}" if args.rewind is not None else "")
+        + (f"-rewind{args.rewind:g}-warm{args.rewind_warmup:g}" if args.rewind is not None else "") \
+        + (f"-from-{args.refit_from}" if args.refit_from != "stored" else "")
+    if args.short:
+        for model, target, seed in SHORT_CHECK:
+            acc = run_one(f"{model}-digits", f"str@{target}", {"method": "str", "target_sparsity": target}, seed, 6,
+                          os.path.join(args.runs, name))["accuracy"]
+            print(f"{name} {model} 6 epochs str@{target} seed {seed}: {acc:.3f}", flush=True)
     for case in args.cases:
         for sparsity in SPARSITIES:
             accs = [run_one(case, f"str@{sparsity}", {"method": "str", "target_sparsity": sparsity}, seed, args.epochs,
