@@ -1,6 +1,6 @@
 """Compiles every Triton kernel variant for a GPU target, without a GPU.
 
-    python -m sparsekern.backends.triton.aot_check [--arch 80,90,100] [--dtypes fp32,bf16,fp16]
+    python -m sparsekern.backends.triton.aot_check [--arch 80,90,100] [--dtypes fp32,bf16,fp16] [--jobs N]
 
 The interpreter (TRITON_INTERPRET=1) runs kernels as Python and so misses what
 only the compiler checks (non-constexpr globals, libdevice calls, casts); this
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 
 def _variants(k, dtypes):
@@ -46,33 +48,47 @@ def _variants(k, dtypes):
                    dict(BLOCK_SIZE=block))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="90", help="comma-separated CUDA compute capabilities, e.g. 80,90,100")
-    parser.add_argument("--dtypes", default="fp32,bf16,fp16")
-    args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("aot_check: unset TRITON_INTERPRET (it replaces the compiler)", file=sys.stderr)
-        return 2
-
+def _compile(arch: int, index: int, dtypes: tuple[str, ...]) -> str | None:
+    """Compiles variant ``index`` for ``sm_<arch>``; the kernel's name if it gave no cubin."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from sparsekern.backends.triton import kernels
 
-    for arch in (int(a) for a in args.arch.split(",")):
-        target = GPUTarget("cuda", arch, 32)
-        start, count = time.time(), 0
-        for kernel, types, consts in _variants(kernels, args.dtypes.split(",")):
-            fn = kernel
-            signature = {name: "constexpr" if name in consts else types[name] for name in fn.arg_names}
-            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=target)
-            if not compiled.asm.get("cubin"):
-                print(f"aot_check: {fn.__name__} gave no cubin for sm_{arch}", file=sys.stderr)
-                return 1
-            count += 1
-        print(f"aot_check: {count} Triton kernel variants compiled to cubin for sm_{arch} in {time.time() - start:.1f} s")
+    fn, types, consts = next(itertools.islice(_variants(kernels, dtypes), index, None))
+    signature = {name: "constexpr" if name in consts else types[name] for name in fn.arg_names}
+    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts),
+                              target=GPUTarget("cuda", arch, 32))
+    return None if compiled.asm.get("cubin") else fn.__name__
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="90", help="comma-separated CUDA compute capabilities, e.g. 80,90,100")
+    parser.add_argument("--dtypes", default="fp32,bf16,fp16")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiler processes")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("aot_check: unset TRITON_INTERPRET (it replaces the compiler)", file=sys.stderr)
+        return 2
+
+    from sparsekern.backends.triton import kernels
+
+    archs, dtypes = [int(a) for a in args.arch.split(",")], tuple(args.dtypes.split(","))
+    count = sum(1 for _ in _variants(kernels, dtypes))
+    start = time.time()
+    # Each compile is single-threaded Python and ptxas: a process per core. spawn, not fork: no
+    # compiler state (threads, caches) copied into the workers.
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = {(arch, i): pool.submit(_compile, arch, i, dtypes) for arch in archs for i in range(count)}
+        failed = [(arch, name) for (arch, _), job in jobs.items() if (name := job.result())]
+    for arch, name in failed:
+        print(f"aot_check: {name} gave no cubin for sm_{arch}", file=sys.stderr)
+    if failed:
+        return 1
+    print(f"aot_check: {count} Triton kernel variants compiled to cubin for "
+          f"{', '.join(f'sm_{a}' for a in archs)} in {time.time() - start:.1f} s ({args.jobs} processes)")
     return 0
 
 
