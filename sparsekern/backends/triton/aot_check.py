@@ -69,6 +69,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", default="fp32,bf16,fp16")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiler processes")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("aot_check: unset TRITON_INTERPRET (it replaces the compiler)", file=sys.stderr)
         return 2
@@ -81,8 +83,8 @@ def main(argv=None) -> int:
     # Each compile is single-threaded Python and ptxas: a process per core. spawn, not fork: no
     # compiler state (threads, caches) copied into the workers.
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = {(arch, i): pool.submit(_compile, arch, i, dtypes) for arch in archs for i in range(count)}
-        failed = [(arch, name) for (arch, _), job in jobs.items() if (name := job.result())]
+        jobs = [(arch, pool.submit(_compile, arch, i, dtypes)) for arch in archs for i in range(count)]
+        failed = [(arch, name) for arch, job in jobs if (name := job.result())]
     for arch, name in failed:
         print(f"aot_check: {name} gave no cubin for sm_{arch}", file=sys.stderr)
     if failed:
