@@ -14,7 +14,7 @@ import time
 import torch
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-from results import CASES, grid, run_dir, run_one  # noqa: E402
+from results import CASES, GRIDS, grid, run_dir, run_one  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     p.add_argument("--cases", nargs="+", required=True, choices=sorted(CASES))
     p.add_argument("--labels", nargs="*", default=None, help="only these grid labels (default: all)")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--grid", choices=("full", "main"), default="full")
+    p.add_argument("--grid", choices=GRIDS, default="full")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--runs", default="runs/results")
     p.add_argument("--worker", type=int, default=0)

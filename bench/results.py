@@ -31,15 +31,23 @@ CASES = {f"{m}-{d}": (m, d) for m in MODELS for d in DATASETS if not (d.startswi
 TUNED_ON = ("digits", "signal1d")
 SPARSITIES = (0.9, 0.95, 0.98)
 FLOPS = (0.5,)
-GRIDS = ("full", "main")
+STRUCTURED_FLOPS = (0.5, 0.25)
+GRIDS = ("full", "main", "structured")
 DEFAULT_EPOCHS = 10
 
 
 def grid(which: str = "full"):
     """(label, options) of every run of a case: dense; GMP, STR and L0 at each sparsity; L0-HC and
     Dep-L0 (forward) at each FLOPs fraction. ``main``: 90% and 50% only. Every option is a library
-    default (no gate learning rate or lambda is set here)."""
+    default (no gate learning rate or lambda is set here). ``structured``: only the structured
+    methods, L0-HC and Dep-L0 with both dependencies, at 50% and 25% FLOPs."""
     yield "dense", {}
+    if which == "structured":
+        for f in STRUCTURED_FLOPS:
+            yield f"l0_hc@{f}", {"method": "l0_hc", "target_flops": f}
+            yield f"dep_l0@{f}", {"method": "dep_l0", "target_flops": f}
+            yield f"dep_l0-backward@{f}", {"method": "dep_l0", "target_flops": f, "dependency": "backward"}
+        return
     for sparsity in SPARSITIES if which == "full" else SPARSITIES[:1]:
         for method in ("gmp", "str", "l0"):
             yield f"{method}@{sparsity}", {"method": method, "target_sparsity": sparsity}
@@ -118,6 +126,16 @@ def worst_case(results: dict) -> list[str]:
     return lines + [""]
 
 
+# (column, label, baseline label) of the targets table; a column shows when some case has both runs
+TARGET_DIFFS = (("L0 - GMP @90%", "l0@0.9", "gmp@0.9"), ("STR - GMP @90%", "str@0.9", "gmp@0.9"),
+                ("STR - GMP @95%", "str@0.95", "gmp@0.95"), ("STR - GMP @98%", "str@0.98", "gmp@0.98"),
+                ("L0 - GMP @95%", "l0@0.95", "gmp@0.95"), ("L0 - GMP @98%", "l0@0.98", "gmp@0.98"),
+                ("Dep-L0 - L0-HC @50% FLOPs", "dep_l0@0.5", "l0_hc@0.5"),
+                ("Dep-L0 backward - L0-HC @50% FLOPs", "dep_l0-backward@0.5", "l0_hc@0.5"),
+                ("Dep-L0 - L0-HC @25% FLOPs", "dep_l0@0.25", "l0_hc@0.25"),
+                ("Dep-L0 backward - L0-HC @25% FLOPs", "dep_l0-backward@0.25", "l0_hc@0.25"))
+
+
 def targets(results: dict) -> list[str]:
     """Issue 17's targets per case, from the means over seeds (points of test accuracy) and the
     worst seed / dense mean at 90% sparsity and 50% FLOPs."""
@@ -128,10 +146,10 @@ def targets(results: dict) -> list[str]:
         ma, mb = mean(rows, a), mean(rows, b)
         return "-" if ma is None or mb is None else f"{100 * (ma - mb):+.2f}"
 
+    columns = [c for c in TARGET_DIFFS if any(c[1] in rows and c[2] in rows for rows in results.values())]
     lines = ["### Targets per case (differences of mean test accuracy, points)", "",
-             "| case | worst / dense at 90% or 50% FLOPs (method) | L0 - GMP @90% | STR - GMP @90% | "
-             "STR - GMP @95% | STR - GMP @98% | L0 - GMP @95% | L0 - GMP @98% | Dep-L0 - L0-HC @50% FLOPs |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| case | worst / dense at 90% or 50% FLOPs (method) | " + " | ".join(c[0] for c in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for case, rows in results.items():
         worst = "-"
         if "dense" in rows:
@@ -140,10 +158,7 @@ def targets(results: dict) -> list[str]:
                      if label.endswith("@0.9") or label.endswith("@0.5")]
             if pairs:
                 worst = "{:.3f} ({})".format(*min(pairs))
-        lines.append(f"| {case} | {worst} | {diff(rows, 'l0@0.9', 'gmp@0.9')} | {diff(rows, 'str@0.9', 'gmp@0.9')} | "
-                     f"{diff(rows, 'str@0.95', 'gmp@0.95')} | {diff(rows, 'str@0.98', 'gmp@0.98')} | "
-                     f"{diff(rows, 'l0@0.95', 'gmp@0.95')} | {diff(rows, 'l0@0.98', 'gmp@0.98')} | "
-                     f"{diff(rows, 'dep_l0@0.5', 'l0_hc@0.5')} |")
+        lines.append(f"| {case} | {worst} | " + " | ".join(diff(rows, a, b) for _, a, b in columns) + " |")
     return lines + [""]
 
 
@@ -186,7 +201,8 @@ def main(argv=None) -> int:
                    help=f"cases ({', '.join(CASES)}), each optionally CASE:SEEDS:EPOCHS:GRID to override "
                         "--seeds / --epochs / --grid for that case (fields may be empty)")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--grid", choices=GRIDS, default="full", help="full: 90/95/98%% sparsity; main: 90%% only")
+    p.add_argument("--grid", choices=GRIDS, default="full", help="full: 90/95/98%% sparsity; main: 90%% only; structured: L0-HC and Dep-L0 "
+                   "(forward, backward) at 50%% and 25%% FLOPs")
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     p.add_argument("--runs", default="runs/results")
     p.add_argument("--doc", default="docs/results_tables.md")

@@ -7,6 +7,7 @@ changed, each variant in its own run directory.
     PYTHONPATH=. python bench/str_schedule.py --rewind 0.5 --rewind-warmup 0.25 --cases lenet5-digits
     PYTHONPATH=. python bench/str_schedule.py --refit-from scaled --cases lenet5-digits
     PYTHONPATH=. python bench/str_schedule.py --refit-from scaled --short   # the 6-epoch check
+    PYTHONPATH=. python bench/str_schedule.py --anneal 0.5 --cases lenet300-digits lenet5-digits
 
 ``--short`` runs the check every trial so far also had to pass: ``sparsekern prune --method str
 --data digits --epochs 6`` on the (model, target, seed) of ``SHORT_CHECK``, one torch thread.
@@ -74,6 +75,33 @@ def _refit_from(start: str) -> None:
     TargetSparsity._fold = fold
 
 
+def _anneal_shrinkage(fraction: float) -> None:
+    """The relaxed lasso's path (Meinshausen 2007: the selected support refitted under phi times
+    the selecting penalty) instead of one jump to phi = 0: at the ramp end the pruned set is fixed
+    as in the default, but each survivor keeps its stored value and the thresholds fall linearly
+    from their value at the refit to 0 over ``fraction`` of the rest of training, so the
+    survivors' effective weights grow back gradually rather than at once."""
+    fold, apply_masks = TargetSparsity._fold, TargetSparsity._apply_masks
+
+    @torch.no_grad()
+    def folded(self):
+        self.fold_thresholds = [layer.threshold().clone() for layer in self.layers]
+        fold(self)
+        self._anneal()
+
+    @torch.no_grad()
+    def anneal(self):
+        steps = max(1, round(fraction * (self.total_steps - self.ramp_end)))
+        phi = max(0.0, 1.0 - (self.step_count - self.ramp_end) / steps)
+        for layer, t in zip(self.layers, self.fold_thresholds):
+            layer.s.copy_(torch.logit(phi * t) if phi > 0 else torch.full_like(t, FROZEN_S))
+
+    def masked(self):
+        apply_masks(self)
+        self._anneal()
+    TargetSparsity._fold, TargetSparsity._apply_masks, TargetSparsity._anneal = folded, masked, anneal
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", default=[], choices=sorted(CASES))
@@ -86,12 +114,16 @@ def main(argv=None) -> int:
     p.add_argument("--rewind-warmup", type=float, default=0.0, help="fraction of the refit warming up to it")
     p.add_argument("--refit-from", choices=["stored", "shrunk", "scaled"], default="stored",
                    help="the survivors' values when the refit starts (default: the library's, stored)")
+    p.add_argument("--anneal", type=float, default=None,
+                   help="at the refit, lower the thresholds to 0 over this fraction of the rest of training")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--runs", default="runs/str_schedule")
     args = p.parse_args(argv)
     if not args.cases and not args.short:
         p.error("give --cases, --short or both")
+    if args.anneal is not None and not 0 < args.anneal <= 1:
+        p.error(f"--anneal must be in (0, 1], got {args.anneal}")
     torch.set_num_threads(1)
     defaults = TargetSparsity.__init__.__kwdefaults__  # what the STR method's controller is built with
     if args.start is not None:
@@ -102,6 +134,8 @@ def main(argv=None) -> int:
         _rewind_at_refit(defaults, args.rewind, args.rewind_warmup)
     if args.refit_from != "stored":
         _refit_from(args.refit_from)
+    if args.anneal is not None:
+        _anneal_shrinkage(args.anneal)
     init = TargetSparsity.__init__
     if args.uniform:
         def capped(self, model, target, total_steps, **kw):
@@ -109,7 +143,8 @@ def main(argv=None) -> int:
         TargetSparsity.__init__ = capped
     name = f"start{defaults['start_frac']:g}-ramp{defaults['ramp_frac']:.3g}" + ("-uniform" if args.uniform else "") \
         + (f"-rewind{args.rewind:g}-warm{args.rewind_warmup:g}" if args.rewind is not None else "") \
-        + (f"-from-{args.refit_from}" if args.refit_from != "stored" else "")
+        + (f"-from-{args.refit_from}" if args.refit_from != "stored" else "") \
+        + (f"-anneal{args.anneal:g}" if args.anneal is not None else "")
     if args.short:
         for model, target, seed in SHORT_CHECK:
             acc = run_one(f"{model}-digits", f"str@{target}", {"method": "str", "target_sparsity": target}, seed, 6,
