@@ -84,22 +84,22 @@ def _anneal_shrinkage(fraction: float) -> None:
     fold, apply_masks = TargetSparsity._fold, TargetSparsity._apply_masks
 
     @torch.no_grad()
-    def folded(self):
-        self.fold_thresholds = [layer.threshold().clone() for layer in self.layers]
-        fold(self)
-        self._anneal()
-
-    @torch.no_grad()
     def anneal(self):
         steps = max(1, round(fraction * (self.total_steps - self.ramp_end)))
         phi = max(0.0, 1.0 - (self.step_count - self.ramp_end) / steps)
         for layer, t in zip(self.layers, self.fold_thresholds):
             layer.s.copy_(torch.logit(phi * t) if phi > 0 else torch.full_like(t, FROZEN_S))
 
+    @torch.no_grad()
+    def folded(self):
+        self.fold_thresholds = [layer.threshold().clone() for layer in self.layers]
+        fold(self)
+        anneal(self)
+
     def masked(self):
         apply_masks(self)
-        self._anneal()
-    TargetSparsity._fold, TargetSparsity._apply_masks, TargetSparsity._anneal = folded, masked, anneal
+        anneal(self)
+    TargetSparsity._fold, TargetSparsity._apply_masks = folded, masked
 
 
 def main(argv=None) -> int:
